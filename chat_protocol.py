@@ -1,0 +1,403 @@
+"""The chat wire protocol: framing, encoding and message validation.
+
+Sans-IO: this module knows nothing of sockets, threads or terminals.  Bytes
+go in through :class:`PacketDecoder`, whole payloads come out; payloads become
+validated message objects through :func:`parse_client_message` (what a server
+receives) and :func:`parse_server_message` (what a client receives).  Every
+message object turns back into wire bytes with :func:`encode`.
+
+A packet is a 2-byte big-endian payload length followed by that many bytes of
+UTF-8 JSON encoding one object with a string field ``"type"``.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+HEADER_SIZE = 2
+MAX_PAYLOAD = 0xFFFF
+MAX_NAME_LENGTH = 32
+LOBBY = "lobby"
+
+
+class ProtocolError(Exception):
+    """Anything wrong with bytes or messages crossing the wire."""
+
+
+class MalformedPacket(ProtocolError):
+    """The peer sent a payload that is not UTF-8 JSON: the stream is garbage."""
+
+
+class InvalidMessage(ProtocolError):
+    """The peer sent a JSON payload that is not a valid message."""
+
+
+class PacketTooLarge(ProtocolError):
+    """Encoding a message would not fit in one packet (local misuse)."""
+
+
+# --------------------------------------------------------------------------
+# Framing
+
+
+class PacketDecoder:
+    """Incremental framing decoder: feed it any chunks, get whole payloads.
+
+    ``feed`` returns the payloads (bytes) completed by the chunk, in order.
+    Partial data stays buffered until the rest arrives.
+    """
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        payloads = []
+        start = 0
+        end = len(buffer)
+        while end - start >= HEADER_SIZE:
+            length = (buffer[start] << 8) | buffer[start + 1]
+            stop = start + HEADER_SIZE + length
+            if stop > end:
+                break
+            payloads.append(bytes(buffer[start + HEADER_SIZE:stop]))
+            start = stop
+        if start:
+            del buffer[:start]
+        return payloads
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete packet still waiting for their rest."""
+        return len(self._buffer)
+
+
+def frame(payload: bytes) -> bytes:
+    """Prefix a payload with its 2-byte length; refuse one that cannot fit."""
+    if len(payload) > MAX_PAYLOAD:
+        raise PacketTooLarge(
+            f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return len(payload).to_bytes(HEADER_SIZE, "big") + payload
+
+
+def encode_object(obj: dict[str, Any]) -> bytes:
+    """Encode a JSON-able dict as one whole packet."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        payload = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PacketTooLarge("text is not valid Unicode") from exc
+    return frame(payload)
+
+
+def decode_object(payload: bytes) -> dict[str, Any]:
+    """Decode one payload into a JSON object with a string ``type``."""
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MalformedPacket("payload is not valid UTF-8") from exc
+    except (ValueError, RecursionError) as exc:
+        raise MalformedPacket("payload is not valid JSON") from exc
+    if not isinstance(obj, dict):
+        raise InvalidMessage("payload is not a JSON object")
+    if not isinstance(obj.get("type"), str):
+        raise InvalidMessage('payload has no string field "type"')
+    return obj
+
+
+# --------------------------------------------------------------------------
+# Field rules
+
+
+def _is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_FORBIDDEN_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zs", "Zl", "Zp"})
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid nick or room name, or None if it is."""
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
+        return f"must be 1 to {MAX_NAME_LENGTH} characters"
+    if name.startswith("/"):
+        return "must not start with /"
+    for char in name:
+        if char.isspace() or unicodedata.category(char) in _FORBIDDEN_NAME_CATEGORIES:
+            return "must not contain spaces or control characters"
+    return None
+
+
+def name_key(name: str) -> str:
+    """The form under which names are compared (uniqueness ignores case)."""
+    return name.casefold()
+
+
+def _check_text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidMessage(f'field "{field}" must be a string')
+    if not _is_valid_unicode(value):
+        raise InvalidMessage(f'field "{field}" is not valid Unicode')
+    return value
+
+
+def _check_name(value: Any, field: str) -> str:
+    text = _check_text(value, field)
+    problem = name_problem(text)
+    if problem:
+        raise InvalidMessage(f"invalid {field} {text!r}: {problem}")
+    return text
+
+
+def _check_nonempty(value: Any, field: str) -> str:
+    text = _check_text(value, field)
+    if not text.strip():
+        raise InvalidMessage(f'field "{field}" must not be empty')
+    return text
+
+
+def _check_text_list(value: Any, field: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise InvalidMessage(f'field "{field}" must be a list')
+    return tuple(_check_text(item, field) for item in value)
+
+
+def _check_room_counts(value: Any, field: str) -> tuple[RoomCount, ...]:
+    if not isinstance(value, list):
+        raise InvalidMessage(f'field "{field}" must be a list')
+    rooms = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise InvalidMessage(f'field "{field}" must hold objects')
+        count = item.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise InvalidMessage(f'field "{field}" needs a count for each room')
+        rooms.append(RoomCount(_check_text(item.get("name"), "name"), count))
+    return tuple(rooms)
+
+
+# --------------------------------------------------------------------------
+# Messages
+
+
+@dataclass(frozen=True, slots=True)
+class RoomCount:
+    name: str
+    count: int
+
+
+class Message:
+    """Base of every message; subclasses are frozen dataclasses.
+
+    ``TYPE`` is the wire ``type``; ``CHECKS`` maps each field to the function
+    that validates it when the message is parsed off the wire.
+    """
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+    CHECKS: ClassVar[dict[str, Any]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {"type": self.TYPE}
+        for field in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            obj[_wire_name(field.name)] = _to_json(value)
+        return obj
+
+
+def _wire_name(field_name: str) -> str:
+    return "from" if field_name == "sender" else field_name
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_to_json(item) for item in value]
+    if isinstance(value, RoomCount):
+        return {"name": value.name, "count": value.count}
+    return value
+
+
+# Client -> server
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    TYPE = "hello"
+    CHECKS = {"nick": _check_name}
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chat(Message):
+    TYPE = "chat"
+    CHECKS = {"message": _check_text}
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendDirect(Message):
+    TYPE = "dm"
+    CHECKS = {"to": _check_text, "message": _check_nonempty}
+    to: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Emote(Message):
+    TYPE = "emote"
+    CHECKS = {"message": _check_nonempty}
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WhoRequest(Message):
+    TYPE = "who"
+
+
+@dataclass(frozen=True, slots=True)
+class EnterRoom(Message):
+    TYPE = "enter"
+    CHECKS = {"room": _check_name}
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsRequest(Message):
+    TYPE = "rooms"
+
+
+# Server -> client
+
+
+@dataclass(frozen=True, slots=True)
+class ChatFrom(Message):
+    TYPE = "chat"
+    CHECKS = {"nick": _check_text, "message": _check_text}
+    nick: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Joined(Message):
+    TYPE = "join"
+    CHECKS = {"nick": _check_text}
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Left(Message):
+    TYPE = "leave"
+    CHECKS = {"nick": _check_text}
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    TYPE = "error"
+    CHECKS = {"message": _check_text}
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class DirectFrom(Message):
+    TYPE = "dm"
+    CHECKS = {"sender": _check_text, "to": _check_text, "message": _check_text}
+    sender: str
+    to: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class EmoteFrom(Message):
+    TYPE = "emote"
+    CHECKS = {"nick": _check_text, "message": _check_text}
+    nick: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WhoList(Message):
+    TYPE = "who"
+    CHECKS = {"room": _check_text, "nicks": _check_text_list}
+    room: str
+    nicks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EnteredRoom(Message):
+    TYPE = "enter"
+    CHECKS = {"nick": _check_text, "room": _check_text}
+    nick: str
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExitedRoom(Message):
+    TYPE = "exit"
+    CHECKS = {"nick": _check_text, "room": _check_text}
+    nick: str
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoomList(Message):
+    TYPE = "rooms"
+    CHECKS = {"rooms": _check_room_counts}
+    rooms: tuple[RoomCount, ...]
+
+
+CLIENT_MESSAGES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Hello, Chat, SendDirect, Emote, WhoRequest, EnterRoom, RoomsRequest)
+}
+SERVER_MESSAGES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (ChatFrom, Joined, Left, Error, DirectFrom, EmoteFrom, WhoList,
+                EnteredRoom, ExitedRoom, RoomList)
+}
+
+
+def _build(registry: dict[str, type[Message]], obj: dict[str, Any]) -> Message:
+    cls = registry.get(obj["type"])
+    if cls is None:
+        raise InvalidMessage(f"unknown message type {obj['type']!r}")
+    values = {}
+    for name, check in cls.CHECKS.items():
+        wire = _wire_name(name)
+        if wire not in obj:
+            raise InvalidMessage(f'"{cls.TYPE}" message needs field "{wire}"')
+        values[name] = check(obj[wire], wire)
+    return cls(**values)
+
+
+def parse_client_message(payload: bytes) -> Message:
+    """Validate a payload a client sent; raise ProtocolError if it is bad."""
+    return _build(CLIENT_MESSAGES, decode_object(payload))
+
+
+def parse_server_message(payload: bytes) -> Message:
+    """Validate a payload a server sent; raise ProtocolError if it is bad."""
+    return _build(SERVER_MESSAGES, decode_object(payload))
+
+
+def encode(message: Message) -> bytes:
+    """One whole packet for ``message``; PacketTooLarge if it cannot fit."""
+    return encode_object(message.to_dict())
+
+
+def fits_in_packet(message: Message) -> bool:
+    try:
+        encode(message)
+    except PacketTooLarge:
+        return False
+    return True

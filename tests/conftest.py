@@ -1,0 +1,32 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support import RawClient, ServerProcess  # noqa: E402
+
+
+@pytest.fixture
+def server():
+    process = ServerProcess()
+    yield process
+    process.cleanup()
+
+
+@pytest.fixture
+def connect(server):
+    """connect(nick) -> RawClient; every client is closed at teardown."""
+    clients = []
+
+    def make(nick=None):
+        client = RawClient(server.port, nick)
+        clients.append(client)
+        if nick is not None:
+            client.expect({"type": "join", "nick": nick})
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

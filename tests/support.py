@@ -1,0 +1,166 @@
+"""Test helpers: start the real server, and a raw-socket protocol client."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import chat_protocol as proto
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TIMEOUT = 10.0
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT,
+              interval: float = 0.01, describe: Callable[[], str] = lambda: "") -> Any:
+    """Poll until condition() is truthy; fail with describe() on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting\n{describe()}")
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """The real chat_server.py on a free loopback port."""
+
+    def __init__(self, *extra: str) -> None:
+        self.log_file = tempfile.NamedTemporaryFile(
+            prefix="chat_server_", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "chat_server.py"), "0", "--host", "127.0.0.1",
+             *extra],
+            stdout=subprocess.DEVNULL, stderr=self.log_file, cwd=ROOT)
+        match = wait_for(self._listening_line, describe=self.log_text)
+        self.port = int(match.group(1))
+        self.host = "127.0.0.1"
+
+    def _listening_line(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited early:\n{self.log_text()}")
+        return re.search(r"listening on \S+:(\d+)", self.log_text())
+
+    def log_text(self) -> str:
+        return Path(self.log_file.name).read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=DEFAULT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        self.stop()
+        os.unlink(self.log_file.name)
+
+
+class RawClient:
+    """A protocol client over a real socket, for exact packet checks."""
+
+    def __init__(self, port: int, nick: str | None = None, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=DEFAULT_TIMEOUT)
+        self.decoder = proto.PacketDecoder()
+        self.received: list[dict] = []
+        self.unread = 0          # index of the first message expect() has not consumed
+        self.closed = False
+        self.nick = nick
+        if nick is not None:
+            self.send({"type": "hello", "nick": nick})
+
+    def send(self, message: dict | bytes) -> None:
+        data = message if isinstance(message, bytes) else proto.encode_object(message)
+        self.sock.sendall(data)
+
+    def chat(self, text: str) -> None:
+        self.send({"type": "chat", "message": text})
+
+    def _pump(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(1 << 16)
+        except socket.timeout:
+            return
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.closed = True
+            return
+        for payload in self.decoder.feed(data):
+            self.received.append(json.loads(payload.decode("utf-8")))
+
+    def expect(self, predicate: Callable[[dict], bool] | dict,
+               timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """Wait for the next unread message matching predicate (a dict means
+        equality); messages before it are consumed."""
+        if isinstance(predicate, dict):
+            wanted = predicate
+            predicate = lambda message: message == wanted  # noqa: E731
+        deadline = time.monotonic() + timeout
+        while True:
+            while self.unread < len(self.received):
+                message = self.received[self.unread]
+                self.unread += 1
+                if predicate(message):
+                    return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.closed:
+                raise AssertionError(
+                    f"{self.nick}: no matching message (closed={self.closed}); got:\n"
+                    + "\n".join(map(repr, self.received)))
+            self._pump(min(remaining, 0.5))
+
+    def expect_next(self, wanted: dict, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """The very next unread message must equal wanted."""
+        got = self.expect(lambda message: True, timeout)
+        assert got == wanted, f"{self.nick}: expected {wanted}, got {got}"
+        return got
+
+    def expect_closed(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.closed:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.nick}: connection still open")
+            self._pump(0.2)
+
+    def drain(self, quiet: float = 0.2) -> list[dict]:
+        """Read until nothing arrives for `quiet` seconds; return unread."""
+        before = len(self.received)
+        while True:
+            count = len(self.received)
+            self._pump(quiet)
+            if len(self.received) == count or self.closed:
+                break
+        self.unread = len(self.received)
+        return self.received[before:]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def join(nick: str) -> dict:
+    return {"type": "join", "nick": nick}
+
+
+def leave(nick: str) -> dict:
+    return {"type": "leave", "nick": nick}
+
+
+def chat_from(nick: str, text: str) -> dict:
+    return {"type": "chat", "nick": nick, "message": text}
