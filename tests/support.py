@@ -123,7 +123,7 @@ class RawClient:
             if remaining <= 0 or self.closed:
                 raise AssertionError(
                     f"{self.nick}: no matching message (closed={self.closed}); got:\n"
-                    + "\n".join(map(repr, self.received)))
+                    + describe_messages(self.received))
             self._pump(min(remaining, 0.5))
 
     def expect_next(self, wanted: dict, timeout: float = DEFAULT_TIMEOUT) -> dict:
@@ -152,6 +152,13 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def describe_messages(messages: list[dict], last: int = 20) -> str:
+    """The last few messages, each cut short, for a readable failure."""
+    shown = [repr(m)[:200] for m in messages[-last:]]
+    skipped = len(messages) - len(shown)
+    return (f"... {skipped} earlier\n" if skipped else "") + "\n".join(shown)
 
 
 def join(nick: str) -> dict:
