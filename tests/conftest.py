@@ -30,3 +30,25 @@ def connect(server):
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture(params=["curses", "ansi"])
+def ui(request):
+    return request.param
+
+
+@pytest.fixture
+def terminal(server, ui):
+    """terminal(nick, **options) -> TerminalClient on the test's server."""
+    from tests.terminal import TerminalClient
+
+    started = []
+
+    def make(nick, port=None, **options):
+        term = TerminalClient(nick, port or server.port, ui, **options)
+        started.append(term)
+        return term
+
+    yield make
+    for term in started:
+        term.close()

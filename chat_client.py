@@ -1,0 +1,374 @@
+"""The terminal chat client.
+
+The main thread reads lines with ``read_command`` and sends them; a receiver
+thread reads packets, formats them and hands them to ``print_message``.  The
+terminal UI is chosen at run time through ``ui_backend`` (curses by default,
+``--ui ansi`` for plain escapes).
+
+Usage: ``python chat_client.py NICK HOST PORT [--ui curses|ansi]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import chat_protocol as proto
+import ui_backend
+
+Segment = tuple[str, "str | None"]
+
+
+# --------------------------------------------------------------------------
+# What the user sees of each packet
+
+
+def info(text: str) -> list[Segment]:
+    return [("*** ", "info"), (text, None)]
+
+
+def nick_segment(nick: str) -> Segment:
+    return (nick, "nick:" + nick)
+
+
+def format_message(message: proto.Message) -> list[Segment] | None:
+    """The output line for a packet from the server (None: show nothing)."""
+    if isinstance(message, proto.ChatFrom):
+        return [nick_segment(message.nick), (": " + message.message, None)]
+    if isinstance(message, proto.Joined):
+        return info(f"{message.nick} has joined the chat")
+    if isinstance(message, proto.Left):
+        return info(f"{message.nick} has left the chat")
+    if isinstance(message, proto.Error):
+        return [("*** error: " + message.message, "error")]
+    if isinstance(message, proto.DirectFrom):
+        return [nick_segment(message.sender), (" -> ", None), nick_segment(message.to),
+                (": " + message.message, None)]
+    if isinstance(message, proto.EmoteFrom):
+        return [("[", None), nick_segment(message.nick), (f" {message.message}]", None)]
+    if isinstance(message, proto.WhoList):
+        return info(f"in {message.room}: {', '.join(message.nicks)}")
+    if isinstance(message, proto.EnteredRoom):
+        return info(f"{message.nick} entered room {message.room}")
+    if isinstance(message, proto.ExitedRoom):
+        return info(f"{message.nick} left room {message.room}")
+    if isinstance(message, proto.RoomList):
+        rooms = ", ".join(f"{room.name} ({room.count})" for room in message.rooms)
+        return info(f"rooms: {rooms}")
+    return None
+
+
+# --------------------------------------------------------------------------
+# Commands typed at the prompt
+
+
+@dataclass(frozen=True)
+class Command:
+    usage: str
+    summary: str
+    run: Callable[["ChatClient", str], None]
+
+
+def _command_table() -> dict[str, Command]:
+    return {
+        "/q": Command("/q", "quit", lambda c, _: c.quit()),
+        "/message": Command("/message NICK TEXT", "send a direct message",
+                            lambda c, a: c.send_direct(a, "/message")),
+        "/msg": Command("/msg NICK TEXT", "same as /message",
+                        lambda c, a: c.send_direct(a, "/msg")),
+        "/me": Command("/me TEXT", "act something out: [pat waves]",
+                       lambda c, a: c.send_emote(a)),
+        "/who": Command("/who", "list who is in your room",
+                        lambda c, a: c.send(proto.WhoRequest())),
+        "/join": Command("/join ROOM", "move to a room (made if new)",
+                         lambda c, a: c.enter_room(a)),
+        "/leave": Command("/leave", "go back to the lobby",
+                          lambda c, a: c.enter_room(proto.LOBBY)),
+        "/rooms": Command("/rooms", "list rooms and how many are in each",
+                          lambda c, a: c.send(proto.RoomsRequest())),
+        "/help": Command("/help", "show this list", lambda c, a: c.show_help()),
+    }
+
+
+COMMANDS = _command_table()
+
+
+class Quit(Exception):
+    """The user asked to leave."""
+
+
+class ChatClient:
+    """One connection to the server and the state the UI needs."""
+
+    def __init__(self, sock: socket.socket, nick: str, ui, timestamps: bool = False) -> None:
+        self.sock = sock
+        self.nick = nick
+        self.ui = ui
+        self.timestamps = timestamps
+        self.room = proto.LOBBY
+        self.nicks: dict[str, str] = {}   # name_key -> nick, for completion
+        self.accepted = False             # the server announced our join
+        self.disconnected = False
+        self.rejected: str | None = None  # error before our join: nick refused
+        self.failure: BaseException | None = None
+        self._send_lock = threading.Lock()
+
+    # ---- main thread ----
+
+    def prompt(self) -> str:
+        if proto.name_key(self.room) == proto.name_key(proto.LOBBY):
+            return f"{self.nick}> "
+        return f"{self.nick} [{self.room}]> "
+
+    def run(self) -> bool:
+        """Read and act on lines until the user quits (True) or the server
+        goes away (False)."""
+        receiver = threading.Thread(target=self.receive_loop, name="receiver", daemon=True)
+        receiver.start()
+        try:
+            while True:
+                line = self.ui.read_command(self.prompt, self.complete)
+                for part in line.split("\n"):
+                    self.handle_line(part)
+        except (Quit, KeyboardInterrupt):
+            return True
+        except EOFError:
+            return not self.disconnected
+
+    def handle_line(self, line: str) -> None:
+        if not line.strip():
+            return
+        if line.startswith("//"):
+            self.send_chat(line[1:])
+        elif line.startswith("/"):
+            name, _, argument = line.partition(" ")
+            command = COMMANDS.get(name.lower())
+            if command is None:
+                self.show(info(f"unknown command: {name} (try /help)"))
+            else:
+                command.run(self, argument.strip())
+        else:
+            self.send_chat(line)
+
+    def quit(self) -> None:
+        raise Quit
+
+    def send_chat(self, text: str) -> None:
+        self.send_checked(proto.Chat(text), proto.ChatFrom(self.nick, text))
+
+    def send_emote(self, text: str) -> None:
+        if not text.strip():
+            self.usage("/me")
+            return
+        self.send_checked(proto.Emote(text), proto.EmoteFrom(self.nick, text))
+
+    def send_direct(self, argument: str, name: str) -> None:
+        to, _, text = argument.partition(" ")
+        if not to or not text.strip():
+            self.usage(name)
+            return
+        self.send_checked(proto.SendDirect(to, text), proto.DirectFrom(self.nick, to, text))
+
+    def enter_room(self, room: str) -> None:
+        problem = proto.name_problem(room) if room else "is missing"
+        if problem:
+            self.show(info(f"room name {problem}; usage: /join ROOM"))
+            return
+        self.send(proto.EnterRoom(room))
+
+    def show_help(self) -> None:
+        self.show(info("commands:"))
+        width = max(len(c.usage) for c in COMMANDS.values())
+        for command in COMMANDS.values():
+            self.show(info(f"  {command.usage.ljust(width)}  {command.summary}"))
+        self.show(info("  //TEXT" + " " * (width - 6) + "  send TEXT starting with /"))
+
+    def usage(self, name: str) -> None:
+        self.show(info(f"usage: {COMMANDS[name].usage}"))
+
+    def send_checked(self, message: proto.Message, echo: proto.Message) -> None:
+        """Send unless the server's rebroadcast of it could not fit a packet."""
+        if not proto.fits_in_packet(echo):
+            size = len(getattr(message, "message", "").encode("utf-8", "replace"))
+            self.show([(f"*** message too long to send ({size} bytes); nothing was sent",
+                        "error")])
+            return
+        self.send(message)
+
+    def send(self, message: proto.Message) -> None:
+        try:
+            with self._send_lock:
+                self.sock.sendall(proto.encode(message))
+        except OSError:
+            self.disconnected = True
+            raise EOFError("connection lost") from None
+
+    def complete(self, word: str, at_line_start: bool) -> list[str]:
+        folded = word.casefold()
+        if at_line_start and word.startswith("/"):
+            return [name for name in COMMANDS if name.startswith(folded)]
+        nicks = sorted(self.nicks.values(), key=str.casefold)
+        return [nick for nick in nicks if nick.casefold().startswith(folded)]
+
+    def show(self, segments: list[Segment]) -> None:
+        if self.timestamps:
+            segments = [(time.strftime("%H:%M "), "dim")] + segments
+        self.ui.print_message(segments)
+
+    # ---- receiver thread ----
+
+    def receive_loop(self) -> None:
+        decoder = proto.PacketDecoder()
+        try:
+            while True:
+                try:
+                    data = self.sock.recv(1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                for payload in decoder.feed(data):
+                    self.receive(payload)
+            self.disconnected = True
+            self.show(info("disconnected from server"))
+        except BaseException as exc:  # shown after the terminal is restored
+            self.failure = exc
+        finally:
+            self.ui.stop_input()
+
+    def receive(self, payload: bytes) -> None:
+        try:
+            message = proto.parse_server_message(payload)
+        except proto.ProtocolError:
+            return  # a type this client does not know, or a malformed packet
+        self.track(message)
+        segments = format_message(message)
+        if segments is not None:
+            self.show(segments)
+
+    def track(self, message: proto.Message) -> None:
+        """Keep the nicks (for Tab) and our room (for the prompt) current."""
+        if isinstance(message, (proto.Joined, proto.ChatFrom, proto.EmoteFrom,
+                                proto.EnteredRoom)):
+            self.nicks[proto.name_key(message.nick)] = message.nick
+        if isinstance(message, proto.Joined) and message.nick == self.nick:
+            self.accepted = True
+        elif isinstance(message, proto.Left):
+            self.nicks.pop(proto.name_key(message.nick), None)
+        elif isinstance(message, proto.WhoList):
+            for nick in message.nicks:
+                self.nicks[proto.name_key(nick)] = nick
+        elif isinstance(message, proto.EnteredRoom) and message.nick == self.nick:
+            self.room = message.room
+        elif isinstance(message, proto.Error) and not self.accepted:
+            self.rejected = message.message
+
+
+# --------------------------------------------------------------------------
+# Start-up
+
+
+def nick_argument(text: str) -> str:
+    problem = proto.name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"invalid nick {text!r}: {problem}")
+    return text
+
+
+def port_argument(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {port}")
+    return port
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="chat_client.py",
+                                     description="Terminal chat client.")
+    parser.add_argument("nick", type=nick_argument, metavar="NICK", help="your nickname")
+    parser.add_argument("host", metavar="HOST", help="server host name or address")
+    parser.add_argument("port", type=port_argument, metavar="PORT", help="server port")
+    parser.add_argument("--ui", choices=sorted(ui_backend.BACKENDS), default=ui_backend.DEFAULT,
+                        help=f"terminal backend (default {ui_backend.DEFAULT})")
+    parser.add_argument("--no-color", action="store_true",
+                        help="no colours (also when NO_COLOR is set)")
+    parser.add_argument("--timestamps", action="store_true", help="show the time of each line")
+    return parser.parse_args(argv)
+
+
+def connect(host: str, port: int) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.settimeout(None)
+    return sock
+
+
+def fail(message: str) -> int:
+    print(f"chat_client.py: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        ui = ui_backend.load(args.ui)
+    except ui_backend.BackendUnavailable as exc:
+        return fail(f"{exc} (try --ui ansi)" if args.ui == "curses" else str(exc))
+    try:
+        sock = connect(args.host, args.port)
+        sock.sendall(proto.encode(proto.Hello(args.nick)))
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return fail(f"cannot connect to {args.host}:{args.port}: {reason}")
+    color = not args.no_color and not os.environ.get("NO_COLOR")
+    client = ChatClient(sock, args.nick, ui, timestamps=args.timestamps)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        ui_backend.start(ui, color=color)
+    except ui_backend.BackendUnavailable as exc:
+        sock.close()
+        return fail(str(exc))
+    try:
+        user_ended = client.run()
+    except Exception:
+        ui.end_windows()
+        traceback.print_exc()
+        return 1
+    finally:
+        ui.end_windows()
+        close_quietly(sock)
+    return report_exit(client, user_ended)
+
+
+def close_quietly(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+def report_exit(client: ChatClient, user_ended: bool) -> int:
+    """After the terminal is restored: say why the client ended."""
+    if client.failure is not None:
+        traceback.print_exception(client.failure)
+        return 1
+    if client.rejected is not None:
+        return fail(f"the server refused us: {client.rejected}")
+    if not user_ended:
+        return fail("disconnected from server")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

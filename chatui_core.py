@@ -1,0 +1,602 @@
+"""What both terminal backends share, with no terminal in it.
+
+Owns: escaping of control characters, display width and wrapping, the
+scrollback model, the line editor (keys, history, completion, paste), the
+layout of the input row, and :class:`ChatScreen`, the input loop that a
+backend subclasses with its own drawing and key reading.
+
+Threading: only the thread that calls ``read_command`` (the main thread)
+draws.  ``print_message`` may be called from any thread: it queues the line
+and wakes the input loop through a pipe, which draws every queued line in
+one batch.  Knows nothing of packets: a message is text, optionally split
+into styled segments.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import signal
+import threading
+import zlib
+from typing import Callable, Iterable, Sequence, Union
+
+from wcwidth import wcwidth
+
+# A piece of text with a style key: None (plain), "info", "error", "dim",
+# or "nick:NAME" (a stable colour chosen from the name).
+Segment = tuple[str, Union[str, None]]
+Message = Union[str, Sequence[Segment]]
+Row = list[Segment]
+
+PALETTE_SIZE = 6
+SCROLLBACK_LINES = 10000
+ESCAPE_WAIT = 0.15  # seconds to wait for the rest of an escape sequence
+
+
+# --------------------------------------------------------------------------
+# Text
+
+
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                           "\u2066\u2067\u2068\u2069")
+
+
+def escape_char(char: str) -> str:
+    code = ord(char)
+    if code < 0x20:
+        return "^" + chr(code + 0x40)
+    if code == 0x7F:
+        return "^?"
+    if 0x80 <= code < 0xA0 or char in _BIDI_CONTROLS or code in (0x2028, 0x2029):
+        return f"<U+{code:04X}>"
+    return char
+
+
+def escape_controls(text: str) -> str:
+    """Show control characters (C0, DEL, C1, bidi overrides) as visible text,
+    so nothing from the network can drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(escape_char(char) if not char.isprintable() else char for char in text)
+
+
+def char_width(char: str) -> int:
+    width = wcwidth(char)
+    return width if width > 0 else 0
+
+
+def display_width(text: str) -> int:
+    return sum(char_width(char) for char in text)
+
+
+def nick_color(nick: str) -> int:
+    """A stable palette index (1..6) for a nick."""
+    return zlib.crc32(nick.casefold().encode("utf-8")) % PALETTE_SIZE + 1
+
+
+def as_segments(message: Message) -> list[Segment]:
+    if isinstance(message, str):
+        return [(escape_controls(message), None)]
+    return [(escape_controls(text), style) for text, style in message]
+
+
+def wrap_segments(segments: Sequence[Segment], width: int) -> list[Row]:
+    """Wrap styled text into rows of at most ``width`` display columns,
+    breaking after a space when one is in the row."""
+    width = max(1, width)
+    cells = [(char, style, char_width(char))
+             for text, style in segments for char in text]
+    rows: list[Row] = []
+    start = 0
+    while True:
+        used, end, last_space = 0, start, -1
+        while end < len(cells) and used + cells[end][2] <= width:
+            if cells[end][0] == " ":
+                last_space = end
+            used += cells[end][2]
+            end += 1
+        if end < len(cells) and last_space > start:
+            end = last_space + 1
+        if end == start and end < len(cells):
+            end += 1  # a character wider than the row: show it anyway
+        rows.append(_merge(cells[start:end]))
+        start = end
+        if start >= len(cells):
+            return rows
+
+
+def _merge(cells: list[tuple[str, str | None, int]]) -> Row:
+    row: Row = []
+    for char, style, _ in cells:
+        if row and row[-1][1] == style:
+            row[-1] = (row[-1][0] + char, style)
+        else:
+            row.append((char, style))
+    return row
+
+
+def row_text(row: Row) -> str:
+    return "".join(text for text, _ in row)
+
+
+# --------------------------------------------------------------------------
+# Scrollback
+
+
+class Scrollback:
+    """The output lines kept for redraws and PageUp/PageDown.
+
+    ``offset`` is how many wrapped rows the view is scrolled up from the
+    newest row; 0 means following new output.
+    """
+
+    def __init__(self, limit: int = SCROLLBACK_LINES) -> None:
+        self.lines: collections.deque[list[Segment]] = collections.deque(maxlen=limit)
+        self.offset = 0
+
+    def add(self, segments: list[Segment], width: int) -> None:
+        self.lines.append(segments)
+        if self.offset:
+            self.offset += len(wrap_segments(segments, width))
+
+    def view(self, width: int, height: int) -> list[Row]:
+        """The rows to show, top to bottom (at most ``height``)."""
+        wanted = height + self.offset
+        rows: list[Row] = []
+        for segments in reversed(self.lines):
+            rows[:0] = wrap_segments(segments, width)
+            if len(rows) >= wanted:
+                break
+        self.offset = max(0, min(self.offset, len(rows) - height))
+        end = len(rows) - self.offset
+        return rows[max(0, end - height):end]
+
+    def page_up(self, height: int) -> None:
+        self.offset += max(1, height - 1)
+
+    def page_down(self, height: int) -> None:
+        self.offset = max(0, self.offset - max(1, height - 1))
+
+
+# --------------------------------------------------------------------------
+# Line editing
+
+# Key names shared by the backends' key readers; anything else is text.
+ENTER, TAB, BACKSPACE, DELETE = "enter", "tab", "backspace", "delete"
+LEFT, RIGHT, HOME, END = "left", "right", "home", "end"
+UP, DOWN, PAGE_UP, PAGE_DOWN = "up", "down", "page-up", "page-down"
+WORD_LEFT, WORD_RIGHT = "word-left", "word-right"
+CTRL_A, CTRL_C, CTRL_D, CTRL_E = "ctrl-a", "ctrl-c", "ctrl-d", "ctrl-e"
+CTRL_K, CTRL_L, CTRL_U, CTRL_W = "ctrl-k", "ctrl-l", "ctrl-u", "ctrl-w"
+RESIZE, ESCAPE = "resize", "escape"
+
+CONTROL_KEYS = {
+    0x01: CTRL_A, 0x02: LEFT, 0x03: CTRL_C, 0x04: CTRL_D, 0x05: CTRL_E,
+    0x06: RIGHT, 0x08: BACKSPACE, 0x09: TAB, 0x0A: ENTER, 0x0B: CTRL_K,
+    0x0C: CTRL_L, 0x0D: ENTER, 0x0E: DOWN, 0x10: UP, 0x15: CTRL_U,
+    0x17: CTRL_W, 0x1B: ESCAPE, 0x7F: BACKSPACE,
+}
+
+
+class Paste(str):
+    """Text that arrived as a bracketed paste: inserted, never executed."""
+
+
+Completer = Callable[[str, bool], list[str]]
+
+
+class LineEditor:
+    """The input line: text, cursor, history and Tab completion."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.cursor = 0
+        self.history: list[str] = []
+        self._history_pos = 0
+        self._draft = ""
+        self._completion: tuple[int, list[str], int] | None = None
+
+    # editing
+    def insert(self, text: str) -> None:
+        text = "".join(c for c in text.replace("\r\n", "\n").replace("\r", "\n")
+                       .replace("\t", "    ") if c == "\n" or c.isprintable())
+        self.text = self.text[:self.cursor] + text + self.text[self.cursor:]
+        self.cursor += len(text)
+
+    def backspace(self) -> None:
+        if self.cursor:
+            self.text = self.text[:self.cursor - 1] + self.text[self.cursor:]
+            self.cursor -= 1
+
+    def delete(self) -> None:
+        self.text = self.text[:self.cursor] + self.text[self.cursor + 1:]
+
+    def move(self, position: int) -> None:
+        self.cursor = max(0, min(len(self.text), position))
+
+    def word_start(self) -> int:
+        position = self.cursor
+        while position and self.text[position - 1] == " ":
+            position -= 1
+        while position and self.text[position - 1] != " ":
+            position -= 1
+        return position
+
+    def word_end(self) -> int:
+        position = self.cursor
+        while position < len(self.text) and self.text[position] == " ":
+            position += 1
+        while position < len(self.text) and self.text[position] != " ":
+            position += 1
+        return position
+
+    def delete_word_back(self) -> None:
+        start = self.word_start()
+        self.text = self.text[:start] + self.text[self.cursor:]
+        self.cursor = start
+
+    def kill_to_start(self) -> None:
+        self.text = self.text[self.cursor:]
+        self.cursor = 0
+
+    def kill_to_end(self) -> None:
+        self.text = self.text[:self.cursor]
+
+    def replace(self, text: str) -> None:
+        self.text, self.cursor = text, len(text)
+
+    # history
+    def history_back(self) -> None:
+        if self._history_pos == 0:
+            return
+        if self._history_pos == len(self.history):
+            self._draft = self.text
+        self._history_pos -= 1
+        self.replace(self.history[self._history_pos])
+
+    def history_forward(self) -> None:
+        if self._history_pos >= len(self.history):
+            return
+        self._history_pos += 1
+        if self._history_pos == len(self.history):
+            self.replace(self._draft)
+        else:
+            self.replace(self.history[self._history_pos])
+
+    def accept(self) -> str:
+        line = self.text
+        if line.strip() and (not self.history or self.history[-1] != line):
+            self.history.append(line)
+        self._history_pos = len(self.history)
+        self._draft = ""
+        self.replace("")
+        return line
+
+    # completion
+    def complete(self, completer: Completer | None) -> None:
+        """Complete the word before the cursor; Tab again cycles the matches."""
+        if completer is None:
+            return
+        if self._completion is not None:
+            start, matches, index = self._completion
+            self._apply(start, matches, (index + 1) % len(matches))
+            return
+        start = self.cursor
+        while start and self.text[start - 1] != " ":
+            start -= 1
+        word = self.text[start:self.cursor]
+        matches = completer(word, start == 0)
+        if not matches:
+            return
+        common = len(os.path.commonprefix([m.casefold() for m in matches]))
+        if len(matches) > 1 and common > len(word):
+            self.text = self.text[:start] + matches[0][:common] + self.text[self.cursor:]
+            self.cursor = start + common
+            return
+        self._apply(start, matches, 0)
+
+    def _apply(self, start: int, matches: list[str], index: int) -> None:
+        match = matches[index]
+        suffix = " " if match.startswith("/") or start else ": "
+        self.text = self.text[:start] + match + suffix + self.text[self.cursor:]
+        self.cursor = start + len(match) + len(suffix)
+        self._completion = (start, matches, index) if len(matches) > 1 else None
+
+    def forget_completion(self) -> None:
+        self._completion = None
+
+
+def input_view(prompt: str, text: str, cursor: int, width: int) -> tuple[str, str, int]:
+    """What the input row shows: (prompt, visible text, cursor column).
+
+    The text scrolls sideways to keep the cursor in view; one column is kept
+    free at the right for the cursor."""
+    prompt = escape_controls(prompt)
+    shown = [escape_char(c) if c != "\n" else "\u21b5" for c in text]
+    available = width - 1 - display_width(prompt)
+    if available < 8:  # a tiny terminal: give the text the whole row
+        prompt, available = "", width - 1
+    start, used = cursor, 0
+    while start > 0 and used + display_width(shown[start - 1]) <= max(1, available - 4):
+        start -= 1
+        used += display_width(shown[start])
+    if display_width("".join(shown[:cursor])) <= available:
+        start = 0
+    end, total = start, 0
+    while end < len(shown) and total + display_width(shown[end]) <= available:
+        total += display_width(shown[end])
+        end += 1
+    column = display_width(prompt) + display_width("".join(shown[start:cursor]))
+    return prompt, "".join(shown[start:end]), column
+
+
+# --------------------------------------------------------------------------
+# The input loop
+
+
+class ChatScreen:
+    """Output region above, input row below; subclassed by each backend.
+
+    A backend provides: ``_setup()`` and ``_restore()`` (terminal modes),
+    ``_size()``, ``_read_keys(final)`` (keys now available; ``final`` means
+    the escape wait is over), ``_waiting_for_more()`` (a partial escape
+    sequence is buffered), ``_draw(rows, prompt, text, column, full)`` and
+    ``input_fd``.
+    """
+
+    input_fd = 0
+
+    def __init__(self, color: bool = True) -> None:
+        self.color = color
+        self.scrollback = Scrollback()
+        self.editor = LineEditor()
+        self._pending: collections.deque[Message] = collections.deque()
+        self._lock = threading.Lock()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._wake_sent = False
+        self._stop_input = False
+        self._resized = False
+        self._started = False
+        self._full_redraw = True
+        self._previous_winch = None
+        self._output_changed = True
+
+    # ---- public API (module-level functions of the backends) ----
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._setup()
+        self._started = True
+        self._full_redraw = True
+        try:
+            self._previous_winch = signal.signal(signal.SIGWINCH, self._on_winch)
+        except ValueError:  # not the main thread
+            self._previous_winch = None
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        if self._previous_winch is not None:
+            signal.signal(signal.SIGWINCH, self._previous_winch)
+        self._restore()
+
+    def print_message(self, message: Message) -> None:
+        """Queue a line for the output region; safe from any thread."""
+        with self._lock:
+            self._pending.append(message)
+            self._wake()
+
+    def stop_input(self) -> None:
+        """Make the current (or next) read_command raise EOFError."""
+        with self._lock:
+            self._stop_input = True
+            self._wake()
+
+    def read_command(self, prompt: str | Callable[[], str],
+                     complete: Completer | None = None) -> str:
+        """Edit a line at the bottom row and return it when Enter is pressed.
+
+        ``prompt`` may be a callable, asked again at each redraw.  Raises
+        EOFError on Ctrl-D at an empty line (or after stop_input) and
+        KeyboardInterrupt on Ctrl-C."""
+        get_prompt = prompt if callable(prompt) else (lambda: prompt)
+        final = False
+        while True:
+            self._absorb_pending()
+            if self._resized:
+                self._resized = False
+                self._full_redraw = True
+                self._on_resize()
+            self._render(get_prompt())
+            if self._stop_input:
+                raise EOFError("input stopped")
+            keys = self._read_keys(final)
+            for key in keys:
+                line = self._handle_key(key, complete)
+                if line is not None:
+                    self._render(get_prompt())
+                    return line
+            final = False if keys else self._wait_for_input()
+
+    # ---- internals ----
+
+    def _wake(self) -> None:
+        if not self._wake_sent:
+            self._wake_sent = True
+            try:
+                os.write(self._wake_write, b"!")
+            except OSError:
+                pass
+
+    def _on_winch(self, *_: object) -> None:
+        self._resized = True
+        try:
+            os.write(self._wake_write, b"w")
+        except OSError:
+            pass
+
+    def _wait_for_input(self) -> bool:
+        """Block until a key, a message or a resize; True when the wait for
+        the rest of an escape sequence ran out."""
+        timeout = ESCAPE_WAIT if self._waiting_for_more() else None
+        try:
+            ready, _, _ = select.select([self.input_fd, self._wake_read], [], [], timeout)
+        except InterruptedError:
+            return False
+        if self._wake_read in ready:
+            with self._lock:
+                self._wake_sent = False
+                try:
+                    while os.read(self._wake_read, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+        return not ready
+
+    def _absorb_pending(self) -> None:
+        with self._lock:
+            messages, self._pending = self._pending, collections.deque()
+        if not messages:
+            return
+        width = self._size()[1]
+        for message in messages:
+            self.scrollback.add(as_segments(message), width)
+        self._output_changed = True
+
+    def _render(self, prompt: str) -> None:
+        height, width = self._size()
+        rows = None
+        if self._output_changed or self._full_redraw:
+            rows = self.scrollback.view(width, max(1, height - 1))
+        shown_prompt, text, column = input_view(prompt, self.editor.text,
+                                                self.editor.cursor, width)
+        self._draw(rows, shown_prompt, text, column, self._full_redraw)
+        self._output_changed = False
+        self._full_redraw = False
+
+    def _handle_key(self, key: str, complete: Completer | None) -> str | None:
+        editor = self.editor
+        if key != TAB:
+            editor.forget_completion()
+        if isinstance(key, Paste):
+            editor.insert(key)
+            return None
+        action = {
+            LEFT: lambda: editor.move(editor.cursor - 1),
+            RIGHT: lambda: editor.move(editor.cursor + 1),
+            HOME: lambda: editor.move(0), CTRL_A: lambda: editor.move(0),
+            END: lambda: editor.move(len(editor.text)),
+            CTRL_E: lambda: editor.move(len(editor.text)),
+            WORD_LEFT: lambda: editor.move(editor.word_start()),
+            WORD_RIGHT: lambda: editor.move(editor.word_end()),
+            BACKSPACE: editor.backspace, DELETE: editor.delete,
+            CTRL_U: editor.kill_to_start, CTRL_K: editor.kill_to_end,
+            CTRL_W: editor.delete_word_back,
+            UP: editor.history_back, DOWN: editor.history_forward,
+            TAB: lambda: editor.complete(complete),
+            PAGE_UP: self._page_up, PAGE_DOWN: self._page_down,
+            CTRL_L: self._redraw, RESIZE: self._note_resize,
+        }.get(key)
+        if action is not None:
+            action()
+        elif key == ENTER:
+            self.scrollback.offset = 0
+            self._output_changed = True
+            return editor.accept()
+        elif key == CTRL_C:
+            raise KeyboardInterrupt
+        elif key == CTRL_D:
+            if not editor.text:
+                raise EOFError("end of input")
+            editor.delete()
+        elif len(key) == 1 and key.isprintable():
+            editor.insert(key)
+        return None
+
+    def _page_up(self) -> None:
+        self.scrollback.page_up(self._size()[0] - 1)
+        self._output_changed = True
+
+    def _page_down(self) -> None:
+        self.scrollback.page_down(self._size()[0] - 1)
+        self._output_changed = True
+
+    def _redraw(self) -> None:
+        self._full_redraw = True
+
+    def _note_resize(self) -> None:
+        self._resized = True
+
+    # ---- backend hooks ----
+
+    def _setup(self) -> None:
+        raise NotImplementedError
+
+    def _restore(self) -> None:
+        raise NotImplementedError
+
+    def _size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _on_resize(self) -> None:
+        """The terminal changed size (the next draw is a full one)."""
+
+    def _read_keys(self, final: bool) -> Iterable[str]:
+        raise NotImplementedError
+
+    def _waiting_for_more(self) -> bool:
+        return False
+
+    def _draw(self, rows: list[Row] | None, prompt: str, text: str,
+              column: int, full: bool) -> None:
+        raise NotImplementedError
+
+
+def style_key_color(style: str | None) -> int | None:
+    """Palette index for a style key (None: the terminal's default)."""
+    if style is None or style == "dim":
+        return None
+    if style == "error":
+        return 1
+    if style == "info":
+        return 6
+    if style.startswith("nick:"):
+        return nick_color(style[5:])
+    return None
+
+
+def module_functions(screen_factory: Callable[..., ChatScreen]):
+    """The four functions every backend exposes (plus stop_input), bound to
+    one lazily created screen."""
+    holder: dict[str, ChatScreen] = {}
+
+    def screen() -> ChatScreen:
+        if "screen" not in holder:
+            holder["screen"] = screen_factory()
+        return holder["screen"]
+
+    def init_windows(color: bool = True) -> None:
+        screen().color = color
+        screen().start()
+
+    def read_command(prompt, complete=None) -> str:
+        return screen().read_command(prompt, complete)
+
+    def print_message(message: Message) -> None:
+        screen().print_message(message)
+
+    def end_windows() -> None:
+        if "screen" in holder:
+            holder["screen"].stop()
+
+    def stop_input() -> None:
+        screen().stop_input()
+
+    return init_windows, read_command, print_message, end_windows, stop_input
+

@@ -1,0 +1,172 @@
+"""Drive the real client in a pseudo-terminal and read its screen with pyte."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+import time
+from typing import Callable
+
+import pexpect
+import pyte
+
+from tests.support import DEFAULT_TIMEOUT, ROOT
+
+APP_CURSOR_MODE = 1 << 5  # pyte's flag for DECCKM (ESC[?1h), set by curses' keypad mode
+
+KEYS = {
+    # name: (normal mode, application cursor mode)
+    "left": ("\x1b[D", "\x1bOD"), "right": ("\x1b[C", "\x1bOC"),
+    "up": ("\x1b[A", "\x1bOA"), "down": ("\x1b[B", "\x1bOB"),
+    "home": ("\x1b[H", "\x1bOH"), "end": ("\x1b[F", "\x1bOF"),
+    "pageup": ("\x1b[5~", "\x1b[5~"), "pagedown": ("\x1b[6~", "\x1b[6~"),
+    "delete": ("\x1b[3~", "\x1b[3~"), "backspace": ("\x7f", "\x7f"),
+    "enter": ("\r", "\r"), "tab": ("\t", "\t"),
+    "ctrl-a": ("\x01", "\x01"), "ctrl-c": ("\x03", "\x03"), "ctrl-d": ("\x04", "\x04"),
+    "ctrl-e": ("\x05", "\x05"), "ctrl-k": ("\x0b", "\x0b"), "ctrl-u": ("\x15", "\x15"),
+    "ctrl-w": ("\x17", "\x17"),
+}
+
+
+class TerminalClient:
+    """chat_client.py in a pty of a fixed size, rendered by a terminal emulator."""
+
+    def __init__(self, nick: str, port: int, ui: str, rows: int = 24, cols: int = 80,
+                 extra: tuple[str, ...] = (), then_stty: bool = False,
+                 host: str = "127.0.0.1") -> None:
+        client = [sys.executable, str(ROOT / "chat_client.py"), nick, host, str(port),
+                  "--ui", ui, *extra]
+        env = dict(os.environ, TERM="xterm", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+        env.pop("NO_COLOR", None)
+        if then_stty:  # after the client, report its status and the tty modes
+            script = shlex.join(client) + '; echo "EXIT=$?"; stty -a; sleep 30'
+            self.child = pexpect.spawn("bash", ["-c", script], dimensions=(rows, cols),
+                                       env=env, cwd=str(ROOT))
+        else:
+            self.child = pexpect.spawn(client[0], client[1:], dimensions=(rows, cols),
+                                       env=env, cwd=str(ROOT))
+        self.nick = nick
+        self.screen = pyte.Screen(cols, rows)
+        self.stream = pyte.ByteStream(self.screen)
+        self.raw = bytearray()
+        self.eof = False
+
+    # ---- reading the screen ----
+
+    def pump(self, timeout: float = 0.05) -> None:
+        try:
+            data = self.child.read_nonblocking(1 << 16, timeout=timeout)
+        except pexpect.TIMEOUT:
+            return
+        except pexpect.EOF:
+            self.eof = True
+            return
+        self.raw += data
+        self.stream.feed(data)
+
+    @property
+    def lines(self) -> list[str]:
+        return [line.rstrip() for line in self.screen.display]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def cursor(self) -> tuple[int, int]:
+        return self.screen.cursor.y, self.screen.cursor.x
+
+    def describe(self) -> str:
+        return (f"--- screen of {self.nick} (cursor at {self.cursor}) ---\n"
+                + "\n".join(f"{i:2}|{line}" for i, line in enumerate(self.lines)))
+
+    def wait_for(self, condition: Callable[["TerminalClient"], bool],
+                 timeout: float = DEFAULT_TIMEOUT, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while not condition(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what or condition}\n"
+                                     + self.describe())
+            if self.eof:
+                time.sleep(0.01)
+            self.pump()
+
+    def wait_for_text(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.wait_for(lambda t: text in t.text, timeout, repr(text))
+
+    def wait_for_line(self, pattern: str, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Wait until a whole screen row matches the regex; return its index."""
+        regex = re.compile(pattern)
+        found: list[int] = []
+
+        def matches(term: "TerminalClient") -> bool:
+            found[:] = [i for i, line in enumerate(term.lines) if regex.fullmatch(line)]
+            return bool(found)
+
+        self.wait_for(matches, timeout, f"a row matching {pattern!r}")
+        return found[0]
+
+    def wait_for_prompt(self, text: str = "", timeout: float = DEFAULT_TIMEOUT) -> None:
+        """The input row (the last row) shows the prompt and text, with the
+        cursor right after the text."""
+        wanted = f"{self.prompt}{text}"
+        self.wait_for(lambda t: t.lines[-1] == wanted.rstrip()
+                      and t.cursor[0] == t.screen.lines - 1,
+                      timeout, f"input row {wanted!r}")
+
+    prompt_room = ""
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.nick} [{self.prompt_room}]> " if self.prompt_room else f"{self.nick}> "
+
+    # ---- typing ----
+
+    def type(self, text: str) -> None:
+        self.child.send(text.encode("utf-8"))
+
+    def key(self, name: str, times: int = 1) -> None:
+        normal, application = KEYS[name]
+        self.pump(0.01)
+        sequence = application if APP_CURSOR_MODE in self.screen.mode else normal
+        self.child.send(sequence * times)
+
+    def say(self, line: str) -> None:
+        self.type(line)
+        self.key("enter")
+
+    def resize(self, rows: int, cols: int) -> None:
+        self.screen.resize(rows, cols)
+        self.child.setwinsize(rows, cols)
+
+    # ---- ending ----
+
+    def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        deadline = time.monotonic() + timeout
+        while not self.eof and time.monotonic() < deadline:
+            self.pump(0.1)
+        self.child.close()
+        assert self.eof, "client did not exit\n" + self.describe()
+        return self.child.exitstatus
+
+    def wait_exit_status_line(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str]:
+        """With then_stty: the client's exit status and `stty -a` afterwards."""
+        def reported(term: "TerminalClient") -> bool:
+            match = re.search(rb"EXIT=(\d+)", term.raw)
+            return bool(match) and b"extproc" in term.raw[match.end():]
+
+        self.wait_for(reported, timeout, "the exit status and stty -a")
+        match = re.search(rb"EXIT=(\d+)", self.raw)
+        return int(match.group(1)), self.raw[match.end():].decode("utf-8", "replace")
+
+    def close(self) -> None:
+        if self.child.isalive():
+            self.child.terminate(force=True)
+        self.child.close()
+
+
+def cooked_mode_with_echo(stty_output: str) -> bool:
+    flags = set(stty_output.split())
+    return {"icanon", "echo", "isig", "icrnl", "opost"} <= flags

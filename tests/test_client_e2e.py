@@ -1,0 +1,344 @@
+"""The real client in a real pty against the real server, under both UIs;
+the screen is read through the pyte terminal emulator."""
+
+import json
+import socket
+import threading
+
+import pytest
+
+import chat_protocol as proto
+from tests.support import DEFAULT_TIMEOUT, RawClient, chat_from, join, leave, wait_for
+from tests.terminal import TerminalClient, cooked_mode_with_echo
+
+
+class ScriptedServer:
+    """A one-connection fake server that records every byte the client sends."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received = bytearray()
+        self.conn = None
+        self.closed_by_client = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.listener.settimeout(DEFAULT_TIMEOUT)
+        self.conn, _ = self.listener.accept()
+        while True:
+            try:
+                data = self.conn.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self.closed_by_client.set()
+                return
+            self.received += data
+
+    def packets(self):
+        return [json.loads(p) for p in proto.PacketDecoder().feed(bytes(self.received))]
+
+    def send(self, obj):
+        wait_for(lambda: self.conn is not None)
+        self.conn.sendall(proto.encode_object(obj))
+
+    def close(self):
+        if self.conn:
+            self.conn.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def scripted():
+    server = ScriptedServer()
+    yield server
+    server.close()
+
+
+def test_hello_first_then_exact_chat_packet_and_quit_sends_nothing(terminal, scripted):
+    term = terminal("pat", port=scripted.port)
+    wait_for(lambda: scripted.packets(), describe=term.describe)
+    raw = bytes(scripted.received)
+    assert json.loads(raw[2:2 + int.from_bytes(raw[:2], "big")]) == {"type": "hello",
+                                                                      "nick": "pat"}
+    scripted.send({"type": "join", "nick": "pat"})
+    term.wait_for_text("*** pat has joined the chat")
+    term.say("hello, world")
+    wait_for(lambda: len(scripted.packets()) == 2, describe=term.describe)
+    assert scripted.packets()[1] == {"type": "chat", "message": "hello, world"}
+    before = bytes(scripted.received)
+    term.say("/q")
+    assert term.wait_exit() == 0
+    assert scripted.closed_by_client.wait(DEFAULT_TIMEOUT)
+    assert bytes(scripted.received) == before
+
+
+def test_others_messages_appear_above_the_prompt(terminal, connect):
+    term = terminal("pat")
+    term.wait_for_text("*** pat has joined the chat")
+    chris = connect("chris")
+    chris.chat("hi pat")
+    chris.close()
+    term.wait_for_text("*** chris has left the chat")
+    assert term.lines[:4] == ["*** pat has joined the chat", "*** chris has joined the chat",
+                              "chris: hi pat", "*** chris has left the chat"]
+    term.wait_for_prompt()
+
+
+def test_incoming_message_keeps_half_typed_line_and_cursor(terminal, connect):
+    term = terminal("pat")
+    term.wait_for_text("pat has joined")
+    chris = connect("chris")
+    term.type("half a li")
+    term.wait_for_prompt("half a li")
+    chris.chat("interrupting!")
+    term.wait_for_text("chris: interrupting!")
+    term.wait_for_prompt("half a li")
+    assert term.cursor == (23, len("pat> half a li"))
+    term.type("ne")
+    term.key("enter")
+    chris.expect(chat_from("pat", "half a line"))
+
+
+def test_quit_exits_zero_and_restores_the_terminal(terminal, connect):
+    watcher = connect("watcher")
+    term = terminal("pat", then_stty=True)
+    watcher.expect(join("pat"))
+    term.wait_for_prompt()
+    term.say("/q")
+    status, stty = term.wait_exit_status_line()
+    assert status == 0
+    assert cooked_mode_with_echo(stty), stty
+    watcher.expect(leave("pat"))
+    assert not any(m["type"] == "chat" for m in watcher.received)
+
+
+@pytest.mark.parametrize("key", ["ctrl-c", "ctrl-d"])
+def test_ctrl_c_and_ctrl_d_exit_cleanly(terminal, key):
+    term = terminal("pat", then_stty=True)
+    term.wait_for_prompt()
+    term.key(key)
+    status, stty = term.wait_exit_status_line()
+    assert status == 0
+    assert cooked_mode_with_echo(stty), stty
+
+
+def test_ctrl_d_with_text_deletes_instead_of_quitting(terminal, connect):
+    term = terminal("pat")
+    chris = connect("chris")
+    term.wait_for_prompt()
+    term.type("abc")
+    term.key("home")
+    term.key("ctrl-d")
+    term.key("enter")
+    chris.expect(chat_from("pat", "bc"))
+
+
+def test_server_going_away_ends_the_client(server, terminal):
+    term = terminal("pat", then_stty=True)
+    term.wait_for_prompt()
+    server.stop()
+    status, stty = term.wait_exit_status_line()
+    assert status == 1
+    assert "disconnected from server" in term.text
+    assert cooked_mode_with_echo(stty), stty
+
+
+def test_taken_nick_prints_the_error_and_exits_nonzero(terminal, connect):
+    connect("pat")
+    term = terminal("PAT", then_stty=True)
+    status, stty = term.wait_exit_status_line()
+    assert status != 0
+    assert "already taken" in term.text
+    assert cooked_mode_with_echo(stty), stty
+
+
+def test_escape_sequences_from_the_network_are_shown_escaped(terminal, connect):
+    term = terminal("pat")
+    term.wait_for_prompt()
+    evil = connect("evil")
+    evil.chat("\x1b[2J\x1b[H\x1b]0;pwned\x07boom\x9b31m")
+    term.wait_for_text("boom")
+    row = [line for line in term.lines if "boom" in line][0]
+    assert row == "evil: ^[[2J^[[H^[]0;pwned^Gboom<U+009B>31m"
+    assert "*** pat has joined the chat" in term.lines[0]
+    term.wait_for_prompt()
+
+
+def test_editing_keys_produce_the_expected_line(terminal, connect):
+    term = terminal("pat")
+    chris = connect("chris")
+    term.wait_for_prompt()
+    term.type("wrld")
+    term.key("left", 3)
+    term.type("o")               # word|rld -> w o rld
+    term.key("home")
+    term.type("hello ")
+    term.key("end")
+    term.type("!!")
+    term.key("backspace")
+    term.key("enter")
+    chris.expect(chat_from("pat", "hello world!"))
+    term.type("throw this away")
+    term.key("ctrl-u")
+    term.type("second")
+    term.key("enter")
+    chris.expect(chat_from("pat", "second"))
+    term.key("up", 2)            # history: back to "hello world!"
+    term.wait_for_prompt("hello world!")
+    term.key("ctrl-w")
+    term.type("there")
+    term.key("enter")
+    chris.expect(chat_from("pat", "hello there"))
+
+
+@pytest.mark.parametrize("text", ["café crème à la carte", "你好，世界", "party 🎉🎉 time"])
+def test_non_ascii_input_round_trips(terminal, connect, text):
+    term = terminal("pat")
+    chris = connect("chris")
+    term.wait_for_prompt()
+    term.type(text)
+    term.wait_for_prompt(text)
+    term.key("enter")
+    chris.expect(chat_from("pat", text))
+    term.wait_for_text(f"pat: {text}")
+
+
+def test_wide_characters_keep_the_cursor_in_the_right_column(terminal):
+    term = terminal("pat")
+    term.wait_for_prompt()
+    term.type("中文🎉x")
+    term.key("left")
+    term.wait_for(lambda t: t.cursor == (23, len("pat> ") + 6), what="cursor after 3 wide chars")
+
+
+def test_burst_scrolls_and_page_up_shows_earlier_lines(terminal, connect):
+    term = terminal("pat")
+    term.wait_for_prompt()
+    chris = connect("chris")
+    for i in range(300):
+        chris.chat(f"line {i:03}")
+    term.wait_for_text("chris: line 299")
+    assert term.lines[-2] == "chris: line 299"
+    assert "chris: line 277" in term.lines[0]
+    page = 22  # a page keeps one of the 23 output rows in view
+    term.key("pageup")
+    term.wait_for(lambda t: t.lines[-2] == f"chris: line {299 - page}", what="one page up")
+    term.key("pageup", 2)
+    term.wait_for(lambda t: t.lines[-2] == f"chris: line {299 - 3 * page}",
+                  what="three pages up")
+    term.key("pagedown", 3)
+    term.wait_for(lambda t: t.lines[-2] == "chris: line 299", what="back at the bottom")
+    term.wait_for_prompt()
+
+
+def test_long_lines_wrap(terminal, connect):
+    term = terminal("pat", cols=40)
+    term.wait_for_prompt()
+    chris = connect("chris")
+    chris.chat("word " * 20 + "END")
+    term.wait_for_text("END")
+    rows = [line for line in term.lines if "word" in line or "END" in line]
+    assert len(rows) >= 3 and all(len(row) <= 40 for row in rows)
+    assert " ".join(" ".join(rows).split()) == "chris: " + "word " * 20 + "END"
+
+
+def test_resize_keeps_the_prompt_on_the_last_row(terminal, connect):
+    term = terminal("pat")
+    term.wait_for_prompt()
+    chris = connect("chris")
+    chris.chat("before the resize")
+    term.wait_for_text("before the resize")
+    term.type("typing")
+    term.resize(15, 60)
+    term.wait_for(lambda t: t.lines[14] == "pat> typing" and t.cursor == (14, 11),
+                  what="prompt on the new last row")
+    term.wait_for_text("before the resize")
+    term.resize(30, 100)
+    term.wait_for(lambda t: t.lines[29] == "pat> typing", what="prompt after growing")
+
+
+def test_tab_completes_nicks_and_commands(terminal, connect):
+    term = terminal("pat")
+    term.wait_for_text("pat has joined")
+    chris = connect("chris")
+    term.wait_for_text("chris has joined")
+    term.type("chr")
+    term.key("tab")
+    term.wait_for_prompt("chris: ")
+    term.type("hi")
+    term.key("enter")
+    chris.expect(chat_from("pat", "chris: hi"))
+    term.type("/he")
+    term.key("tab")
+    term.wait_for_prompt("/help ")
+
+
+def test_line_too_long_is_refused_locally(terminal, connect):
+    term = terminal("pat")
+    chris = connect("chris")
+    term.wait_for_prompt()
+    term.type("\x1b[200~" + "x" * 70000 + "\x1b[201~")
+    term.key("enter")
+    term.wait_for_text("message too long")
+    term.say("short")
+    chris.expect(lambda m: m["type"] == "chat")["message"] == "short"
+    assert chris.received[-1] == chat_from("pat", "short")
+
+
+def test_bracketed_paste_is_not_sent_line_by_line(terminal, connect):
+    term = terminal("pat")
+    chris = connect("chris")
+    term.wait_for_prompt()
+    term.type("\x1b[200~first\rsecond\x1b[201~")
+    term.wait_for_prompt("first\u21b5second")
+    assert not any(m["type"] == "chat" for m in chris.drain(0.3))
+    term.key("enter")
+    chris.expect(chat_from("pat", "first"))
+    chris.expect(chat_from("pat", "second"))
+
+
+def test_three_clients_see_the_same_conversation(server, ui):
+    terms = []
+    try:
+        for nick in ("ann", "bob", "cat"):
+            terms.append(TerminalClient(nick, server.port, ui))
+            terms[-1].wait_for_prompt()
+        for term in terms:
+            term.wait_for_text("cat has joined")
+        for term in terms:
+            term.say(f"hello from {term.nick}")
+            for other in terms:
+                other.wait_for_text(f"{term.nick}: hello from {term.nick}")
+        conversations = []
+        for term in terms:
+            lines = [line for line in term.lines[:-1] if line]
+            conversations.append(lines[lines.index("*** cat has joined the chat"):])
+        assert conversations[0] == conversations[1] == conversations[2]
+        assert len(conversations[0]) == 4
+    finally:
+        for term in terms:
+            term.close()
+
+
+def test_no_color_flag_and_env(terminal, connect):
+    term = terminal("pat", extra=("--no-color", "--timestamps"))
+    term.wait_for_text("pat has joined")
+    connect("chris").chat("plain")
+    term.wait_for_line(r"\d\d:\d\d chris: plain")
+    row = term.screen.buffer[term.wait_for_line(r"\d\d:\d\d chris: plain")]
+    assert all(row[x].fg == "default" for x in range(6, 11))
+
+
+def test_nick_colors_are_stable(terminal, connect):
+    term = terminal("pat")
+    term.wait_for_text("pat has joined")
+    chris = connect("chris")
+    chris.chat("one")
+    chris.chat("two")
+    term.wait_for_text("chris: two")
+    rows = [term.screen.buffer[i] for i, line in enumerate(term.lines) if line.startswith("chris:")]
+    colors = {row[0].fg for row in rows}
+    assert len(colors) == 1 and colors != {"default"}
