@@ -97,12 +97,15 @@ def wrap_segments(segments: Sequence[Segment], width: int) -> list[Row]:
                 last_space = end
             used += cells[end][2]
             end += 1
-        if end < len(cells) and last_space > start:
-            end = last_space + 1
+        next_start = end
+        if end < len(cells) and cells[end][0] == " ":
+            next_start = end + 1  # the break falls on a space: drop it
+        elif end < len(cells) and last_space > start:
+            end = next_start = last_space + 1
         if end == start and end < len(cells):
-            end += 1  # a character wider than the row: show it anyway
+            end = next_start = end + 1  # a character wider than the row
         rows.append(_merge(cells[start:end]))
-        start = end
+        start = next_start
         if start >= len(cells):
             return rows
 
