@@ -1,0 +1,88 @@
+"""Client commands end to end under both UIs: what is sent and what shows."""
+
+from tests.support import chat_from
+
+
+def ready(terminal, connect, nick="pat"):
+    term = terminal(nick)
+    term.wait_for_text(f"{nick} has joined")
+    chris = connect("chris")
+    term.wait_for_text("chris has joined")
+    return term, chris
+
+
+def test_message_and_msg_send_a_dm(terminal, connect):
+    term, chris = ready(terminal, connect)
+    term.say("/message chris how's it going?")
+    chris.expect({"type": "dm", "from": "pat", "to": "chris", "message": "how's it going?"})
+    term.wait_for_line(r"pat -> chris: how's it going\?")
+    term.say("/msg CHRIS short form")
+    term.wait_for_line(r"pat -> chris: short form")
+    chris.send({"type": "dm", "to": "pat", "message": "fine"})
+    term.wait_for_line(r"chris -> pat: fine")
+
+
+def test_message_errors_show_locally_or_from_the_server(terminal, connect):
+    term, _ = ready(terminal, connect)
+    term.say("/message nobody hello")
+    term.wait_for_line(r"\*\*\* error: no such user: nobody")
+    term.say("/msg chris")
+    term.wait_for_line(r"\*\*\* usage: /msg NICK TEXT")
+
+
+def test_me_sends_an_emote(terminal, connect):
+    term, chris = ready(terminal, connect)
+    term.say("/me goes out to buy some snacky cakes")
+    chris.expect({"type": "emote", "nick": "pat", "message": "goes out to buy some snacky cakes"})
+    term.wait_for_line(r"\[pat goes out to buy some snacky cakes\]")
+
+
+def test_who_and_rooms(terminal, connect):
+    term, chris = ready(terminal, connect)
+    term.say("/who")
+    term.wait_for_line(r"\*\*\* in lobby: chris, pat")
+    chris.send({"type": "enter", "room": "games"})
+    term.wait_for_line(r"\*\*\* chris left room lobby")
+    term.say("/rooms")
+    term.wait_for_line(r"\*\*\* rooms: lobby \(1\), games \(1\)")
+
+
+def test_join_shows_the_room_in_the_prompt_and_leave_goes_back(terminal, connect):
+    term, chris = ready(terminal, connect)
+    term.say("/join games")
+    term.wait_for_line(r"\*\*\* pat entered room games")
+    term.prompt_room = "games"
+    term.wait_for_prompt()
+    term.say("only for games")
+    term.wait_for_line("pat: only for games")
+    chris.chat("lobby talk")
+    term.say("/leave")
+    term.wait_for_line(r"\*\*\* pat entered room lobby")
+    term.prompt_room = ""
+    term.wait_for_prompt()
+    assert "lobby talk" not in term.text
+    assert not any(m.get("message") == "only for games" for m in chris.received)
+
+
+def test_bad_room_name_is_refused_locally(terminal, connect):
+    term, _ = ready(terminal, connect)
+    term.say("/join")
+    term.wait_for_text("usage: /join ROOM")
+
+
+def test_help_lists_every_command(terminal, connect):
+    term, _ = ready(terminal, connect)
+    term.say("/help")
+    term.wait_for_text("/rooms")
+    for command in ("/q", "/message NICK TEXT", "/msg", "/me TEXT", "/who",
+                    "/join ROOM", "/leave", "/rooms", "/help"):
+        assert command in term.text
+
+
+def test_unknown_command_is_answered_locally(terminal, connect):
+    term, chris = ready(terminal, connect)
+    term.say("/dance wildly")
+    term.wait_for_line(r"\*\*\* unknown command: /dance \(try /help\)")
+    term.say("//dance is a chat")
+    chris.expect(chat_from("pat", "/dance is a chat"))
+    assert not any(m.get("message", "").startswith("dance") for m in chris.received)
