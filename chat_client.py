@@ -310,6 +310,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def connect(host: str, port: int) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=10)
     sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # typed lines go at once
     return sock
 
 

@@ -1,0 +1,196 @@
+"""A load generator for the chat server: many protocol clients in one
+selectors loop, plus the server process it measures.
+
+Receivers count bytes rather than parse packets where the size of every
+expected packet is known, so the generator stays cheap next to the server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import selectors
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import chat_protocol as proto  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def raise_open_file_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+class Server:
+    """chat_server.py as a subprocess on a free loopback port."""
+
+    def __init__(self, *extra: str, count: int = 1) -> None:
+        self.log_path = Path(f"/tmp/chat_bench_server_{os.getpid()}.log")
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "chat_server.py"), "0", "--host", "127.0.0.1",
+             "--log-level", "WARNING", *extra],
+            stdout=subprocess.DEVNULL, stderr=self.log, cwd=ROOT)
+        deadline = time.monotonic() + 10
+        while True:
+            text = self.log_path.read_text(errors="replace")
+            match = re.search(r"listening on \S+:(\d+)", text)
+            if match:
+                self.port = int(match.group(1))
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{text}")
+            time.sleep(0.02)
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Client:
+    """One connection: bytes to send, bytes received, optional parsing."""
+
+    __slots__ = ("sock", "nick", "outgoing", "received_bytes", "decoder", "on_payloads",
+                 "reading", "closed")
+
+    def __init__(self, sock: socket.socket, nick: str) -> None:
+        self.sock = sock
+        self.nick = nick
+        self.outgoing = bytearray()
+        self.received_bytes = 0
+        self.decoder: proto.PacketDecoder | None = None
+        self.on_payloads: Callable[[Client, list[bytes], int], None] | None = None
+        self.reading = True
+        self.closed = False
+
+
+class Swarm:
+    """Many clients driven by one selectors loop."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.selector = selectors.DefaultSelector()
+        self.clients: list[Client] = []
+        self.total_received = 0
+        self.last_receive_ns = 0
+
+    def connect(self, nick: str, reading: bool = True, rcvbuf: int = 0) -> Client:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.connect(("127.0.0.1", self.port))
+        sock.sendall(proto.encode(proto.Hello(nick)))
+        sock.setblocking(False)
+        client = Client(sock, nick)
+        client.reading = reading
+        self.clients.append(client)
+        if reading:  # a client that never reads is left out of the loop
+            self.selector.register(sock, selectors.EVENT_READ, client)
+        return client
+
+    def send(self, client: Client, data: bytes) -> None:
+        client.outgoing += data
+        self._flush(client)
+
+    def _flush(self, client: Client) -> None:
+        if client.outgoing:
+            try:
+                sent = client.sock.send(client.outgoing)
+            except BlockingIOError:
+                sent = 0
+            del client.outgoing[:sent]
+        events = selectors.EVENT_READ if client.reading else 0
+        if client.outgoing:
+            events |= selectors.EVENT_WRITE
+        if events:
+            self.selector.modify(client.sock, events, client)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        for key, mask in self.selector.select(timeout):
+            client: Client = key.data
+            if mask & selectors.EVENT_WRITE:
+                self._flush(client)
+            if mask & selectors.EVENT_READ:
+                self._read(client)
+
+    def _read(self, client: Client) -> None:
+        try:
+            data = client.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            client.closed = True
+            self.selector.unregister(client.sock)
+            return
+        now = time.perf_counter_ns()
+        self.last_receive_ns = now
+        self.total_received += len(data)
+        client.received_bytes += len(data)
+        if client.decoder is not None and client.on_payloads is not None:
+            client.on_payloads(client, client.decoder.feed(data), now)
+
+    def run_until(self, done: Callable[[], bool], timeout: float,
+                  tick: Callable[[], float | None] | None = None) -> bool:
+        """Poll until done(); tick() may send and returns the next poll wait."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            wait = tick() if tick else 0.05
+            self.poll(0.05 if wait is None else wait)
+        return True
+
+    def close(self) -> None:
+        for client in self.clients:
+            try:
+                self.selector.unregister(client.sock)
+            except (KeyError, ValueError):
+                pass
+            client.sock.close()
+        self.clients = []
+        self.selector.close()
+
+
+def join_size(nick: str) -> int:
+    return len(proto.encode(proto.Joined(nick)))
+
+
+def chat_size(nick: str, text: str) -> int:
+    return len(proto.encode(proto.ChatFrom(nick, text)))

@@ -1,0 +1,365 @@
+"""Load benchmark for chat_server.py (and the client's burst rendering).
+
+    python bench/run.py                      # every scenario, default sizes
+    python bench/run.py connect --sizes 1000 5000 10000
+    python bench/run.py fanout latency --json results.json
+
+Each scenario starts its own server on a free loopback port, is bounded in
+count and time, and prints one line of figures per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import (ROOT, Server, Swarm, chat_size, join_size,  # noqa: E402
+                     own_cpu_seconds, proto, raise_open_file_limit)
+
+SCENARIOS = ("connect", "fanout", "latency", "slow-reader", "client")
+DEFAULT_SIZES = {"connect": [1000, 5000, 10000], "fanout": [10, 100, 1000]}
+FDS_PER_CLIENT = 1  # each process (generator, server) holds one socket per client
+
+
+class Measure:
+    """Wall time plus the CPU used by the generator and the server."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.wall = time.perf_counter()
+        self.own = own_cpu_seconds()
+        self.server_cpu = server.cpu_seconds()
+
+    def shares(self, end: float | None = None) -> dict:
+        wall = (end or time.perf_counter()) - self.wall
+        return {
+            "seconds": round(wall, 3),
+            "generator_cpu_share": round((own_cpu_seconds() - self.own) / wall, 2),
+            "server_cpu_share": round((self.server.cpu_seconds() - self.server_cpu) / wall, 2),
+        }
+
+
+def join_everyone(swarm: Swarm, nicks: list[str], reading: list[bool] | None = None,
+                  timeout: float = 120) -> bool:
+    """Connect the nicks in order (all the same length) and wait until every
+    reading client has every join from its own on."""
+    reading = reading or [True] * len(nicks)
+    size = join_size(nicks[0])
+    count = len(nicks)
+    expected = swarm.total_received + size * sum(
+        count - i for i in range(count) if reading[i])
+    for index, nick in enumerate(nicks):
+        swarm.connect(nick, reading=reading[index])
+        if index % 32 == 31:
+            swarm.poll(0)
+    return swarm.run_until(lambda: swarm.total_received >= expected, timeout)
+
+
+# --------------------------------------------------------------------------
+
+
+def scenario_connect(size: int) -> dict:
+    hard = raise_open_file_limit()
+    if size * FDS_PER_CLIENT + 200 > hard:
+        return {"skipped": f"open-file hard limit {hard} is below {size * FDS_PER_CLIENT}"}
+    server = Server()
+    swarm = Swarm(server.port)
+    try:
+        base_rss = server.rss_kib()
+        measure = Measure(server)
+        nicks = [f"u{i:06d}" for i in range(size)]
+        ok = join_everyone(swarm, nicks, timeout=180)
+        figures = measure.shares()
+        time.sleep(0.5)  # let the server go idle before reading its memory
+        rss = server.rss_kib()
+        figures.update({
+            "clients": size, "all_joins_delivered": ok,
+            "join_deliveries": size * (size + 1) // 2,
+            "server_rss_mib": round(rss / 1024, 1),
+            "rss_per_connection_kib": round((rss - base_rss) / size, 2),
+        })
+        return figures
+    finally:
+        swarm.close()
+        server.stop()
+
+
+def scenario_fanout(size: int, senders: int = 10, burst: int = 1000) -> dict:
+    raise_open_file_limit()
+    server = Server()
+    swarm = Swarm(server.port)
+    try:
+        nicks = [f"f{i:05d}" for i in range(size)]
+        if not join_everyone(swarm, nicks):
+            return {"error": "joins did not all arrive"}
+        senders = min(senders, size)
+        text = "fan-out benchmark message " + "x" * 30
+        packet_size = chat_size(nicks[0], text)
+        for client in swarm.clients:
+            client.received_bytes = 0
+        deliveries = senders * burst * size
+        expected = swarm.total_received + deliveries * packet_size
+        data = proto.encode(proto.Chat(text)) * burst
+        measure = Measure(server)
+        start_ns = time.perf_counter_ns()
+        for sender in swarm.clients[:senders]:
+            swarm.send(sender, data)
+        ok = swarm.run_until(lambda: swarm.total_received >= expected, 120)
+        seconds = (swarm.last_receive_ns - start_ns) / 1e9
+        figures = measure.shares(measure.wall + seconds)
+        complete = all(c.received_bytes == senders * burst * packet_size and not c.closed
+                       for c in swarm.clients)
+        figures.update({
+            "clients": size, "senders": senders, "burst": burst,
+            "deliveries": deliveries, "no_loss": ok and complete,
+            "deliveries_per_second": round(deliveries / seconds),
+            "mib_per_second": round(deliveries * packet_size / seconds / 2**20, 1),
+        })
+        return figures
+    finally:
+        swarm.close()
+        server.stop()
+
+
+MESSAGE = re.compile(rb'"message":"(\d{3}) (\d{7}) (\d{19})')
+PAD = "p" * 600  # ~700-byte packets: the stuck reader passes 1 MiB within seconds
+
+
+class Tracker:
+    """What one receiving client saw of the paced messages.  Packets are only
+    counted while the scenario runs; they are parsed after it."""
+
+    __slots__ = ("batches", "chats", "chat_length")
+
+    def __init__(self, chat_length: int) -> None:
+        self.batches: list[tuple[int, list[bytes]]] = []
+        self.chats = 0
+        self.chat_length = chat_length  # every paced chat payload has this length
+
+    def record(self, client, payloads: list[bytes], now_ns: int) -> None:
+        self.batches.append((now_ns, payloads))
+        self.chats += list(map(len, payloads)).count(self.chat_length)
+
+    def results(self) -> tuple[list[tuple[int, int]], list[int], list[bytes]]:
+        """(order of (sender, seq), latencies in ns, other packets)."""
+        order, latencies, others = [], [], []
+        for now_ns, payloads in self.batches:
+            for payload in payloads:
+                match = MESSAGE.search(payload)
+                if match:
+                    order.append((int(match.group(1)), int(match.group(2))))
+                    latencies.append(now_ns - int(match.group(3)))
+                else:
+                    others.append(payload)
+        return order, latencies, others
+
+
+def scenario_latency(clients: int = 100, rate: int = 1000, seconds: float = 5.0,
+                     senders: int = 10, stuck: bool = False) -> dict:
+    raise_open_file_limit()
+    server = Server()
+    swarm = Swarm(server.port)
+    try:
+        nicks = [f"l{i:04d}" for i in range(clients + (1 if stuck else 0))]
+        reading = [True] * clients + ([False] if stuck else [])
+        if not join_everyone(swarm, nicks, reading):
+            return {"error": "joins did not all arrive"}
+        chat_length = chat_size(nicks[0], paced_text(0, 0, 0)) - proto.HEADER_SIZE
+        trackers = []
+        for client in swarm.clients[:clients]:
+            trackers.append(Tracker(chat_length))
+            client.decoder = proto.PacketDecoder()
+            client.on_payloads = trackers[-1].record
+        total = int(rate * seconds)
+        sent = [0]
+        rss_samples: list[tuple[float, int]] = []
+        start = time.perf_counter()
+        next_sample = [start]
+
+        def tick() -> float:
+            now = time.perf_counter()
+            due = min(total, int((now - start) * rate) + 1)
+            while sent[0] < due:
+                number = sent[0]
+                sender = swarm.clients[number % senders]
+                text = paced_text(number % senders, number // senders, time.perf_counter_ns())
+                swarm.send(sender, proto.encode(proto.Chat(text)))
+                sent[0] += 1
+            if now >= next_sample[0]:
+                rss_samples.append((round(now - start, 2), server.rss_kib()))
+                next_sample[0] = now + 0.25
+            return max(0.0, min(0.002, start + (sent[0] + 0.5) / rate - now))
+
+        measure = Measure(server)
+        gc.disable()  # keep the generator's own pauses out of the latencies
+        try:
+            swarm.run_until(lambda: sent[0] >= total and all(
+                t.chats >= total for t in trackers), seconds + 30, tick)
+        finally:
+            gc.enable()
+        figures = measure.shares()
+        seen = [t.results() for t in trackers]
+        latencies = sorted(v for _, lat, _ in seen for v in lat)
+        first = seen[0][0]
+        exact = all(order == first for order, _, _ in seen) and len(first) == total \
+            and len(set(first)) == total and in_sender_order(first, senders)
+        figures.update({
+            "clients": clients, "offered_messages_per_second": rate,
+            "offered_deliveries_per_second": rate * clients, "messages": total,
+            "p50_ms": percentile(latencies, 0.50), "p99_ms": percentile(latencies, 0.99),
+            "max_ms": round(latencies[-1] / 1e6, 2) if latencies else None,
+            "exactly_once_in_order": exact,
+        })
+        if stuck:
+            stuck_nick = nicks[-1].encode()
+            figures.update({
+                "stuck_client_dropped": all(
+                    any(b'"leave"' in p and stuck_nick in p for p in others)
+                    for _, _, others in seen),
+                "server_rss_mib_max": round(max(r for _, r in rss_samples) / 1024, 1),
+                "server_rss_mib_over_time": [(t, round(r / 1024, 1)) for t, r in rss_samples],
+            })
+        return figures
+    finally:
+        swarm.close()
+        server.stop()
+
+
+def paced_text(sender: int, seq: int, sent_ns: int) -> str:
+    return f"{sender:03d} {seq:07d} {sent_ns:019d} {PAD}"
+
+
+def in_sender_order(order: list[tuple[int, int]], senders: int) -> bool:
+    last = [-1] * senders
+    for sender, seq in order:
+        if seq != last[sender] + 1:
+            return False
+        last[sender] = seq
+    return True
+
+
+def percentile(values: list[int], fraction: float) -> float | None:
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, int(len(values) * fraction))] / 1e6, 2)
+
+
+def scenario_client(ui: str, messages: int = 10000) -> dict:
+    """A burst of messages to the real client in a pty: when is the last one
+    on screen, and when does the prompt echo a key typed right after?"""
+    try:
+        import pexpect
+        import pyte
+    except ImportError:
+        return {"skipped": "needs pexpect and pyte (pip install -e '.[test]')"}
+    server = Server()
+    child = None
+    try:
+        env = dict(os.environ, TERM="xterm", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+        child = pexpect.spawn(sys.executable, [str(ROOT / "chat_client.py"), "viewer",
+                                               "127.0.0.1", str(server.port), "--ui", ui],
+                              dimensions=(24, 80), env=env, cwd=str(ROOT))
+        screen = pyte.Screen(80, 24)
+        stream = pyte.ByteStream(screen)
+
+        def pump_until(condition, timeout: float) -> float | None:
+            deadline = time.perf_counter() + timeout
+            while time.perf_counter() < deadline:
+                if condition():
+                    return time.perf_counter()
+                try:
+                    stream.feed(child.read_nonblocking(1 << 16, timeout=0.01))
+                except pexpect.TIMEOUT:
+                    pass
+            return None
+
+        if pump_until(lambda: "viewer> " in screen.display[-1], 10) is None:
+            return {"error": "client did not start"}
+        swarm = Swarm(server.port)
+        sender = swarm.connect("sender")
+        last = f"burst {messages - 1:05d}"
+        data = b"".join(proto.encode(proto.Chat(f"burst {i:05d}")) for i in range(messages))
+        sender.sock.setblocking(True)
+        sender.sock.sendall(data)
+        sent_at = time.perf_counter()
+        child.send(b"k")
+        shown = pump_until(lambda: any(last in line for line in screen.display), 30)
+        echoed = pump_until(lambda: screen.display[-1].rstrip() == "viewer> k", 30)
+        swarm.close()
+        return {
+            "ui": ui, "messages": messages,
+            "last_message_on_screen_s": round(shown - sent_at, 3) if shown else None,
+            "key_echoed_s": round(echoed - sent_at, 3) if echoed else None,
+        }
+    finally:
+        if child is not None:
+            child.terminate(force=True)
+        server.stop()
+
+
+# --------------------------------------------------------------------------
+
+
+def report(name: str, figures: dict) -> None:
+    shown = {k: v for k, v in figures.items() if k != "server_rss_mib_over_time"}
+    print(f"{name:12} " + "  ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"any of {', '.join(SCENARIOS)} (default all)")
+    parser.add_argument("--sizes", type=int, nargs="+",
+                        help="client counts for connect/fanout (default per scenario)")
+    parser.add_argument("--seconds", type=float, default=5.0,
+                        help="duration of the latency scenarios (default 5)")
+    parser.add_argument("--rate", type=int, default=1000,
+                        help="messages per second offered in the latency scenarios")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
+    chosen = args.scenarios or list(SCENARIOS)
+    results: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                                 "platform": platform.platform()}}
+    print(f"# {os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
+    for scenario in chosen:
+        if scenario in DEFAULT_SIZES:
+            function = scenario_connect if scenario == "connect" else scenario_fanout
+            for size in args.sizes or DEFAULT_SIZES[scenario]:
+                figures = function(size)
+                results.setdefault(scenario, []).append(figures)
+                report(scenario, figures)
+        elif scenario in ("latency", "slow-reader"):
+            figures = scenario_latency(rate=args.rate, seconds=args.seconds,
+                                       stuck=scenario == "slow-reader")
+            results[scenario] = figures
+            report(scenario, figures)
+        else:
+            for ui in ("curses", "ansi"):
+                figures = scenario_client(ui)
+                results.setdefault(scenario, []).append(figures)
+                report(scenario, figures)
+    if "latency" in results and "slow-reader" in results:
+        base, slow = results["latency"]["p99_ms"], results["slow-reader"]["p99_ms"]
+        if base and slow:
+            print(f"slow-reader p99 / latency p99 = {slow / base:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
