@@ -1,0 +1,77 @@
+"""Draw the figures of `bench/run.py --json FILE` into a PNG.
+
+    python bench/plot.py results.json bench/results.png
+
+Needs matplotlib (pip install -e '.[bench]').
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 2:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = json.loads(Path(args[0]).read_text())
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    cores = results.get("machine", {}).get("cores", "?")
+    fig.suptitle(f"chat_server.py on {cores} cores (one server process)")
+
+    connect = [r for r in results.get("connect", []) if "clients" in r]
+    ax = axes[0][0]
+    if connect:
+        sizes = [r["clients"] for r in connect]
+        ax.bar([str(s) for s in sizes], [r["seconds"] for r in connect], color="tab:blue")
+        ax.set_ylabel("seconds until every join is delivered")
+        twin = ax.twinx()
+        twin.plot([str(s) for s in sizes], [r["rss_per_connection_kib"] for r in connect],
+                  "o-", color="tab:red")
+        twin.set_ylabel("server RSS per connection (KiB)", color="tab:red")
+        twin.set_ylim(0, max(10, max(r["rss_per_connection_kib"] for r in connect) * 1.2))
+    ax.set_title("connect: N clients join one after another")
+    ax.set_xlabel("clients")
+
+    fanout = [r for r in results.get("fanout", []) if "clients" in r]
+    ax = axes[0][1]
+    if fanout:
+        ax.bar([str(r["clients"]) for r in fanout],
+               [r["deliveries_per_second"] / 1e6 for r in fanout], color="tab:green")
+    ax.set_title("fanout: 10 senders x 1,000 chats")
+    ax.set_xlabel("clients in the room")
+    ax.set_ylabel("million deliveries per second")
+
+    ax = axes[1][0]
+    names = [n for n in ("latency", "slow-reader") if n in results and "p50_ms" in results[n]]
+    for offset, key in enumerate(("p50_ms", "p99_ms", "max_ms")):
+        ax.bar([i + offset * 0.27 for i in range(len(names))],
+               [results[n][key] for n in names], width=0.27, label=key[:-3])
+    ax.set_xticks([i + 0.27 for i in range(len(names))], names)
+    ax.set_ylabel("delivery latency (ms)")
+    ax.set_title("100 clients, 1,000 msg/s in, 100,000 deliveries/s out")
+    ax.legend()
+
+    ax = axes[1][1]
+    samples = results.get("slow-reader", {}).get("server_rss_mib_over_time", [])
+    if samples:
+        ax.plot([t for t, _ in samples], [r for _, r in samples], "-", color="tab:purple")
+        ax.set_ylim(0, max(r for _, r in samples) * 1.25)
+    ax.set_title("slow-reader: server RSS while one client never reads")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("RSS (MiB)")
+
+    fig.tight_layout()
+    fig.savefig(args[1], dpi=80)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
