@@ -49,6 +49,8 @@ def format_message(message: proto.Message) -> list[Segment] | None:
         return info(f"{message.nick} has left the chat")
     if isinstance(message, proto.Error):
         return [("*** error: " + message.message, "error")]
+    if isinstance(message, proto.Info):
+        return info(message.message)
     if isinstance(message, proto.DirectFrom):
         return [nick_segment(message.sender), (" -> ", None), nick_segment(message.to),
                 (": " + message.message, None)]

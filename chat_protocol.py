@@ -309,6 +309,13 @@ class Error(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Info(Message):
+    TYPE = "info"
+    CHECKS = {"message": _check_text}
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class DirectFrom(Message):
     TYPE = "dm"
     CHECKS = {"sender": _check_text, "to": _check_text, "message": _check_text}
@@ -362,7 +369,7 @@ CLIENT_MESSAGES: dict[str, type[Message]] = {
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (ChatFrom, Joined, Left, Error, DirectFrom, EmoteFrom, WhoList,
+    for cls in (ChatFrom, Joined, Left, Error, Info, DirectFrom, EmoteFrom, WhoList,
                 EnteredRoom, ExitedRoom, RoomList)
 }
 

@@ -59,7 +59,7 @@ class Connection:
 
     __slots__ = ("sock", "peer", "decoder", "nick", "room", "out", "queued",
                  "log_turn", "log_pos", "want_write", "closing", "deadline",
-                 "gone")
+                 "gone", "claiming", "held")
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
         self.sock = sock
@@ -75,16 +75,28 @@ class Connection:
         self.closing = False    # an error was queued; close once it is sent
         self.deadline = 0.0
         self.gone = False
+        self.claiming = False   # waiting for the cluster to grant the nick
+        self.held: list[bytes] = []  # packets that arrived meanwhile
 
     def __repr__(self) -> str:
         return f"<{self.nick or '?'} {self.peer}>"
+
+
+class RemoteUser:
+    """A user on another node of the cluster."""
+
+    __slots__ = ("nick", "node", "room")
+
+    def __init__(self, nick: str, node: str, room: str) -> None:
+        self.nick, self.node, self.room = nick, node, room
 
 
 class ChatServer:
     """The chat itself: connections, nicks, rooms and the event loop."""
 
     def __init__(self, listeners: Sequence[socket.socket],
-                 max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+                 max_queue: int = DEFAULT_MAX_QUEUE, redis_url: str | None = None,
+                 heartbeat: float = 1.0) -> None:
         self.listeners = list(listeners)
         self.max_queue = max_queue
         self.selector = selectors.DefaultSelector()
@@ -100,6 +112,12 @@ class ChatServer:
         self.running = False
         self._reserve_fd: int | None = os.open(os.devnull, os.O_RDONLY)
         self._wake_reader, self._wake_writer = socket.socketpair()
+        self.remote: dict[str, RemoteUser] = {}      # name_key -> user elsewhere
+        self.claims: dict[str, Connection] = {}      # name_key -> hello in progress
+        self.cluster = None
+        if redis_url:
+            from chat_cluster import ClusterLink
+            self.cluster = ClusterLink(redis_url, self.wake, heartbeat)
         self.handlers: dict[type, Callable[[Connection, Any], None]] = {
             proto.Hello: self.on_hello,
             proto.Chat: self.on_chat,
@@ -122,6 +140,8 @@ class ChatServer:
             sock.setblocking(False)
         self.selector.register(self._wake_reader, selectors.EVENT_READ, "wake")
         self.running = True
+        if self.cluster:
+            self.cluster.start()
         try:
             while self.running:
                 for key, mask in self.selector.select(self.next_timeout()):
@@ -129,6 +149,8 @@ class ChatServer:
                 self.expire_lingering()
                 self.flush()
         finally:
+            if self.cluster:
+                self.cluster.stop()
             self.close_all()
 
     def dispatch(self, key: selectors.SelectorKey, mask: int) -> None:
@@ -137,6 +159,8 @@ class ChatServer:
             self.accept(key.fileobj)  # type: ignore[arg-type]
         elif conn == "wake":
             self.drain_wakeups()
+            if self.cluster:
+                self.apply_cluster_events()
         else:
             if mask & selectors.EVENT_READ and not conn.gone:
                 self.on_readable(conn)
@@ -154,9 +178,13 @@ class ChatServer:
     def stop(self) -> None:
         """Ask the loop to end; safe from a signal handler or another thread."""
         self.running = False
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the loop's select return; safe from any thread."""
         try:
             self._wake_writer.send(b"\0")
-        except OSError:
+        except OSError:  # the buffer is full: a wake-up is pending anyway
             pass
 
     def drain_wakeups(self) -> None:
@@ -231,7 +259,13 @@ class ChatServer:
             return
         if conn.closing:
             return  # lingering after an error: read and discard
-        for payload in conn.decoder.feed(data):
+        self.handle_payloads(conn, conn.decoder.feed(data))
+
+    def handle_payloads(self, conn: Connection, payloads: list[bytes]) -> None:
+        for index, payload in enumerate(payloads):
+            if conn.claiming:
+                conn.held.extend(payloads[index:])
+                return
             self.handle_payload(conn, payload)
             if conn.closing or conn.gone:
                 return
@@ -395,9 +429,12 @@ class ChatServer:
     def leave_chat(self, conn: Connection) -> None:
         if conn.nick is None:
             return
-        del self.by_nick[proto.name_key(conn.nick)]
+        key = proto.name_key(conn.nick)
+        del self.by_nick[key]
         self.remove_from_room(conn)
         self.broadcast(proto.encode(proto.Left(conn.nick)))
+        if self.cluster:
+            self.cluster.left(conn.nick, key)
         conn.nick = None
 
     # ------------------------------------------------------------------
@@ -422,53 +459,83 @@ class ChatServer:
         self.handlers[type(message)](conn, message)
 
     def on_hello(self, conn: Connection, hello: proto.Hello) -> None:
-        if conn.nick is not None:
+        if conn.nick is not None or conn.claiming:
             self.send_to(conn, proto.Error("already said hello"))
             return
         key = proto.name_key(hello.nick)
-        if key in self.by_nick:
+        if key in self.by_nick or key in self.remote or key in self.claims:
             self.reject(conn, f"nick {hello.nick} is already taken")
-            return
-        conn.nick = hello.nick
+        elif self.cluster:
+            conn.claiming = True
+            self.claims[key] = conn
+            self.cluster.claim(conn, hello.nick, key)
+        else:
+            self.complete_hello(conn, hello.nick)
+
+    def complete_hello(self, conn: Connection, nick: str) -> None:
+        key = proto.name_key(nick)
+        conn.nick = nick
         self.by_nick[key] = conn
         conn.log_turn = self.turn
         conn.log_pos = len(self.broadcast_log)
         self.add_to_room(conn, self.lobby)
-        self.broadcast(proto.encode(proto.Joined(hello.nick)))
-        log.info("hello %s %s", hello.nick, conn.peer)
+        self.broadcast(proto.encode(proto.Joined(nick)))
+        if self.cluster:
+            self.cluster.joined(nick, key, self.lobby.name)
+        log.info("hello %s %s", nick, conn.peer)
 
     def on_chat(self, conn: Connection, chat: proto.Chat) -> None:
         packet = self.encode_for(conn, proto.ChatFrom(conn.nick, chat.message))
         if packet:
             self.broadcast(packet, conn.room)
+            self.tell_cluster("chat", nick=conn.nick, room=conn.room.name,
+                              message=chat.message)
 
     def on_emote(self, conn: Connection, emote: proto.Emote) -> None:
         packet = self.encode_for(conn, proto.EmoteFrom(conn.nick, emote.message))
         if packet:
             self.broadcast(packet, conn.room)
+            self.tell_cluster("emote", nick=conn.nick, room=conn.room.name,
+                              message=emote.message)
 
     def on_direct(self, conn: Connection, dm: proto.SendDirect) -> None:
-        target = self.by_nick.get(proto.name_key(dm.to))
-        if target is None:
+        key = proto.name_key(dm.to)
+        target = self.by_nick.get(key)
+        remote = self.remote.get(key)
+        if target is None and remote is None:
             self.send_to(conn, proto.Error(f"no such user: {dm.to}"))
             return
-        packet = self.encode_for(conn, proto.DirectFrom(conn.nick, target.nick, dm.message))
-        if packet:
+        to = target.nick if target else remote.nick
+        packet = self.encode_for(conn, proto.DirectFrom(conn.nick, to, dm.message))
+        if not packet:
+            return
+        if target is not None:
             self.send_to(target, packet)
-            if target is not conn:
-                self.send_to(conn, packet)
+        else:
+            self.tell_cluster("dm", sender=conn.nick, to=to, message=dm.message)
+        if target is not conn:
+            self.send_to(conn, packet)
 
     def on_who(self, conn: Connection, _: proto.WhoRequest) -> None:
         room = conn.room
-        nicks = sorted((c.nick for c in room.members), key=lambda n: (proto.name_key(n), n))
+        key = proto.name_key(room.name)
+        nicks = [c.nick for c in room.members]
+        nicks += [u.nick for u in self.remote.values() if proto.name_key(u.room) == key]
+        nicks.sort(key=lambda n: (proto.name_key(n), n))
         for part in split_for_packets(nicks, len):
             self.send_to(conn, proto.WhoList(room.name, tuple(part)))
 
     def on_rooms(self, conn: Connection, _: proto.RoomsRequest) -> None:
-        others = sorted((r for r in self.rooms.values() if r is not self.lobby),
-                        key=lambda r: proto.name_key(r.name))
-        counts = [proto.RoomCount(r.name, len(r.members)) for r in [self.lobby] + others]
-        for part in split_for_packets(counts, lambda rc: len(rc.name) + 30):
+        names = {key: room.name for key, room in self.rooms.items()}
+        counts = {key: len(room.members) for key, room in self.rooms.items()}
+        for user in self.remote.values():
+            key = proto.name_key(user.room)
+            names.setdefault(key, user.room)
+            counts[key] = counts.get(key, 0) + 1
+        lobby = proto.name_key(proto.LOBBY)
+        order = [lobby] + sorted(key for key in counts if key != lobby and counts[key])
+        rooms = [proto.RoomCount(names[key], counts[key]) for key in order]
+        for part in split_for_packets(rooms, lambda rc: len(rc.name) + 30):
             self.send_to(conn, proto.RoomList(tuple(part)))
 
     def on_enter(self, conn: Connection, enter: proto.EnterRoom) -> None:
@@ -485,6 +552,8 @@ class ChatServer:
             room = self.rooms[key] = Room(enter.room)
         self.add_to_room(conn, room)
         self.broadcast(proto.encode(proto.EnteredRoom(conn.nick, room.name)), room)
+        if self.cluster:
+            self.cluster.moved(conn.nick, old.name, room.name)
 
     def encode_for(self, conn: Connection, message: proto.Message) -> bytes | None:
         """Encode a rebroadcast, or tell the sender it would not fit."""
@@ -506,6 +575,123 @@ class ChatServer:
         conn.room = None
         if not room.members and room is not self.lobby:
             del self.rooms[proto.name_key(room.name)]
+
+
+    # ------------------------------------------------------------------
+    # Cluster: what other nodes say, applied to this node's clients
+
+    def tell_cluster(self, kind: str, **fields: str) -> None:
+        if self.cluster:
+            if "sender" in fields:
+                fields["from"] = fields.pop("sender")
+            self.cluster.publish(dict(fields, kind=kind))
+
+    def apply_cluster_events(self) -> None:
+        for event in self.cluster.take_events():
+            kind, args = event[0], event[1:]
+            log.debug("cluster event %s %s", kind, args)
+            try:
+                getattr(self, "cluster_" + kind)(*args)
+            except (KeyError, TypeError, AttributeError) as exc:
+                log.warning("cluster: ignoring a malformed %s event: %s", kind, exc)
+
+    def cluster_claimed(self, conn: Connection, nick: str, granted: bool) -> None:
+        key = proto.name_key(nick)
+        if self.claims.get(key) is conn:
+            del self.claims[key]
+        if conn.gone or conn.closing:
+            if granted:
+                self.cluster.left(nick, key)  # nobody will use it after all
+            return
+        conn.claiming = False
+        if not granted:
+            self.reject(conn, f"nick {nick} is already taken")
+            return
+        self.complete_hello(conn, nick)
+        held, conn.held = conn.held, []
+        self.handle_payloads(conn, held)
+
+    def cluster_remote(self, event: dict) -> None:
+        kind, node = event["kind"], event["node"]
+        if kind == "join":
+            self.remote_join(node, event["nick"], event["room"])
+        elif kind == "leave":
+            self.remote_leave(event["nick"])
+        elif kind == "move":
+            self.remote_move(event["nick"], event["old"], event["new"])
+        elif kind in ("chat", "emote"):
+            room = self.rooms.get(proto.name_key(event["room"]))
+            cls = proto.ChatFrom if kind == "chat" else proto.EmoteFrom
+            if room is not None:
+                self.broadcast(proto.encode(cls(event["nick"], event["message"])), room)
+        elif kind == "dm":
+            target = self.by_nick.get(proto.name_key(event["to"]))
+            if target is not None:
+                self.send_to(target, proto.DirectFrom(event["from"], target.nick,
+                                                      event["message"]))
+        elif kind == "presence":
+            self.sync_node(node, event["users"])
+
+    def cluster_snapshot(self, snapshot: dict[str, dict[str, str]]) -> None:
+        for node in {user.node for user in self.remote.values()} - set(snapshot):
+            self.sync_node(node, {})
+        for node, users in snapshot.items():
+            self.sync_node(node, users)
+
+    def cluster_node_dead(self, node: str) -> None:
+        log.warning("cluster: node %s stopped answering; its users have left", node)
+        self.sync_node(node, {})
+
+    def cluster_lost(self, reason: str) -> None:
+        self.broadcast(proto.encode(proto.Info(
+            "lost contact with the other chat servers; until it is back you are "
+            "chatting with the users of this server only")))
+
+    def cluster_restored(self) -> None:
+        self.broadcast(proto.encode(proto.Info("back in contact with the other chat servers")))
+
+    def cluster_conflict(self, nick: str) -> None:
+        conn = self.by_nick.get(proto.name_key(nick))
+        if conn is not None:
+            self.reject(conn, f"nick {nick} was taken on another server while this one "
+                              "was cut off")
+
+    def sync_node(self, node: str, users: dict[str, str]) -> None:
+        """Make our view of a node's users match ``users`` (nick -> room)."""
+        present = {proto.name_key(nick) for nick in users}
+        for key, user in list(self.remote.items()):
+            if user.node == node and key not in present:
+                self.remote_leave(user.nick)
+        for nick, room in users.items():
+            self.remote_join(node, nick, room)
+
+    def remote_join(self, node: str, nick: str, room: str) -> None:
+        key = proto.name_key(nick)
+        user = self.remote.get(key)
+        if user is not None:
+            user.node, user.room = node, room
+            return
+        if key in self.by_nick:
+            return  # ours: a stale claim elsewhere, settled by the nick lease
+        self.remote[key] = RemoteUser(nick, node, room)
+        self.broadcast(proto.encode(proto.Joined(nick)))
+
+    def remote_leave(self, nick: str) -> None:
+        user = self.remote.pop(proto.name_key(nick), None)
+        if user is not None:
+            self.broadcast(proto.encode(proto.Left(user.nick)))
+
+    def remote_move(self, nick: str, old: str, new: str) -> None:
+        user = self.remote.get(proto.name_key(nick))
+        if user is None:
+            return
+        user.room = new
+        old_room = self.rooms.get(proto.name_key(old))
+        if old_room is not None:
+            self.broadcast(proto.encode(proto.ExitedRoom(user.nick, old)), old_room)
+        new_room = self.rooms.get(proto.name_key(new))
+        if new_room is not None:
+            self.broadcast(proto.encode(proto.EnteredRoom(user.nick, new)), new_room)
 
 
 def take_batch(queue: list) -> tuple[list, list]:
@@ -573,27 +759,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-queue", type=positive_int, default=DEFAULT_MAX_QUEUE,
                         metavar="BYTES",
                         help="drop a client whose unsent output passes this (default 1 MiB)")
+    parser.add_argument("--redis", metavar="URL",
+                        help="join a cluster through Redis, e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="let several server processes share the port (SO_REUSEPORT)")
+    parser.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
+                        help="cluster heartbeat; a node silent for 3 beats is dead (default 1)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         type=str.upper, help="logging level (default INFO)")
     return parser.parse_args(argv)
 
 
-def open_listeners(host: str | None, port: int) -> list[socket.socket]:
+def open_listeners(host: str | None, port: int,
+                   reuse_port: bool = False) -> list[socket.socket]:
     """Listening sockets: one dual-stack socket when no host is given."""
+    options = {"backlog": BACKLOG, "reuse_port": reuse_port}
     if host is None:
         if socket.has_dualstack_ipv6():
             try:
                 return [socket.create_server(("::", port), family=socket.AF_INET6,
-                                             dualstack_ipv6=True, backlog=BACKLOG)]
+                                             dualstack_ipv6=True, **options)]
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     raise
-        return [socket.create_server(("0.0.0.0", port), backlog=BACKLOG)]
+        return [socket.create_server(("0.0.0.0", port), **options)]
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
-    return [socket.create_server(address[:2], family=family, backlog=BACKLOG)]
+    return [socket.create_server(address[:2], family=family, **options)]
 
 
 def raise_open_file_limit() -> None:
@@ -615,14 +809,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s")
     raise_open_file_limit()
     try:
-        listeners = open_listeners(args.host, args.port)
+        listeners = open_listeners(args.host, args.port, args.reuse_port)
     except (OSError, UnicodeError) as exc:
         where = f"{args.host or '*'}:{args.port}"
         reason = "address already in use" if getattr(exc, "errno", None) == errno.EADDRINUSE \
             else getattr(exc, "strerror", None) or str(exc)
         print(f"chat_server.py: cannot listen on {where}: {reason}", file=sys.stderr)
         return 1
-    server = ChatServer(listeners, max_queue=args.max_queue)
+    if args.redis:
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            print("chat_server.py: --redis needs the redis package: "
+                  "pip install -e '.[cluster]'", file=sys.stderr)
+            return 1
+    server = ChatServer(listeners, max_queue=args.max_queue, redis_url=args.redis,
+                        heartbeat=args.heartbeat)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop())
     for listener in listeners:

@@ -126,6 +126,16 @@ class RawClient:
                     + describe_messages(self.received))
             self._pump(min(remaining, 0.5))
 
+    def wait_until(self, condition: Callable[[list[dict]], bool],
+                   timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Read until condition(all messages received so far) holds."""
+        deadline = time.monotonic() + timeout
+        while not condition(self.received):
+            if time.monotonic() > deadline or self.closed:
+                raise AssertionError(f"{self.nick}: condition not met (closed={self.closed}); "
+                                     "got:\n" + describe_messages(self.received))
+            self._pump(0.1)
+
     def expect_next(self, wanted: dict, timeout: float = DEFAULT_TIMEOUT) -> dict:
         """The very next unread message must equal wanted."""
         got = self.expect(lambda message: True, timeout)
