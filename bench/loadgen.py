@@ -11,6 +11,7 @@ import os
 import re
 import resource
 import selectors
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,22 +35,24 @@ def raise_open_file_limit() -> int:
 
 
 class Server:
-    """chat_server.py as a subprocess on a free loopback port."""
+    """chat_server.py as a subprocess on a loopback port (0: a free one)."""
 
-    def __init__(self, *extra: str, count: int = 1) -> None:
-        self.log_path = Path(f"/tmp/chat_bench_server_{os.getpid()}.log")
+    def __init__(self, *extra: str, port: int = 0) -> None:
+        self.log_path = Path(f"/tmp/chat_bench_server_{os.getpid()}_{id(self)}.log")
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "chat_server.py"), "0", "--host", "127.0.0.1",
+            [sys.executable, str(ROOT / "chat_server.py"), str(port), "--host", "127.0.0.1",
              "--log-level", "WARNING", *extra],
             stdout=subprocess.DEVNULL, stderr=self.log, cwd=ROOT)
+        self.port = int(self._wait_for(r"listening on \S+:(\d+)"))
+
+    def _wait_for(self, pattern: str) -> str:
         deadline = time.monotonic() + 10
         while True:
             text = self.log_path.read_text(errors="replace")
-            match = re.search(r"listening on \S+:(\d+)", text)
+            match = re.search(pattern, text)
             if match:
-                self.port = int(match.group(1))
-                break
+                return match.group(1)
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start:\n{text}")
             time.sleep(0.02)
@@ -74,6 +77,55 @@ class Server:
                 self.proc.wait()
         self.log.close()
         self.log_path.unlink(missing_ok=True)
+
+
+class Cluster:
+    """A private redis-server and several chat servers sharing one port
+    (SO_REUSEPORT), measured as one: RSS and CPU are sums."""
+
+    def __init__(self, nodes: int) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("cluster mode needs redis-server (apt-get install redis-server)")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            redis_port = probe.getsockname()[1]
+        self.redis = subprocess.Popen(
+            [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_for_redis(redis_port, b"PING", b"+PONG")
+        options = ("--redis", f"redis://127.0.0.1:{redis_port}/0", "--reuse-port")
+        self.servers = [Server(*options)]
+        self.port = self.servers[0].port
+        self.servers += [Server(*options, port=self.port) for _ in range(nodes - 1)]
+        self._wait_for_redis(redis_port, b"SCARD chat:nodes", f":{nodes}".encode())
+
+    @staticmethod
+    def _wait_for_redis(port: int, command: bytes, answer: bytes) -> None:
+        """Until Redis answers the command as given (e.g. all nodes joined)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(command + b"\r\n")
+                    if sock.recv(64).startswith(answer):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server never answered {command!r} with {answer!r}")
+
+    def rss_kib(self) -> int:
+        return sum(server.rss_kib() for server in self.servers)
+
+    def cpu_seconds(self) -> float:
+        return sum(server.cpu_seconds() for server in self.servers)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.redis.terminate()
+        self.redis.wait(10)
 
 
 def own_cpu_seconds() -> float:

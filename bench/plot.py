@@ -12,6 +12,26 @@ import sys
 from pathlib import Path
 
 
+def paired(results: dict, name: str) -> list[tuple[str, list[dict]]]:
+    """The single-process runs and, when present, the cluster runs."""
+    series = [("1 process", results.get(name, []))]
+    cluster = results.get(name + "-cluster", [])
+    if cluster:
+        series.append((f"{cluster[0]['nodes']} processes + Redis", cluster))
+    return [(label, [r for r in runs if "clients" in r]) for label, runs in series]
+
+
+def bars(ax, series, key: str, scale: float) -> None:
+    width = 0.8 / max(1, len(series))
+    for index, (label, runs) in enumerate(series):
+        ax.bar([i + index * width for i in range(len(runs))],
+               [r[key] / scale for r in runs], width=width, label=label)
+    if series and series[0][1]:
+        ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(series[0][1]))],
+                      [str(r["clients"]) for r in series[0][1]])
+    ax.legend(loc="upper left")
+
+
 def main(argv=None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 2:
@@ -24,27 +44,24 @@ def main(argv=None) -> int:
     results = json.loads(Path(args[0]).read_text())
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     cores = results.get("machine", {}).get("cores", "?")
-    fig.suptitle(f"chat_server.py on {cores} cores (one server process)")
+    fig.suptitle(f"chat_server.py on {cores} cores")
 
-    connect = [r for r in results.get("connect", []) if "clients" in r]
     ax = axes[0][0]
+    series = paired(results, "connect")
+    bars(ax, series, "seconds", 1)
+    ax.set_ylabel("seconds until the joins are delivered")
+    connect = [r for r in results.get("connect", []) if "clients" in r]
     if connect:
-        sizes = [r["clients"] for r in connect]
-        ax.bar([str(s) for s in sizes], [r["seconds"] for r in connect], color="tab:blue")
-        ax.set_ylabel("seconds until every join is delivered")
         twin = ax.twinx()
-        twin.plot([str(s) for s in sizes], [r["rss_per_connection_kib"] for r in connect],
-                  "o-", color="tab:red")
-        twin.set_ylabel("server RSS per connection (KiB)", color="tab:red")
+        twin.plot([str(r["clients"]) for r in connect],
+                  [r["rss_per_connection_kib"] for r in connect], "o-", color="tab:red")
+        twin.set_ylabel("1 process: server RSS per connection (KiB)", color="tab:red")
         twin.set_ylim(0, max(10, max(r["rss_per_connection_kib"] for r in connect) * 1.2))
     ax.set_title("connect: N clients join one after another")
     ax.set_xlabel("clients")
 
-    fanout = [r for r in results.get("fanout", []) if "clients" in r]
     ax = axes[0][1]
-    if fanout:
-        ax.bar([str(r["clients"]) for r in fanout],
-               [r["deliveries_per_second"] / 1e6 for r in fanout], color="tab:green")
+    bars(ax, paired(results, "fanout"), "deliveries_per_second", 1e6)
     ax.set_title("fanout: 10 senders x 1,000 chats")
     ax.set_xlabel("clients in the room")
     ax.set_ylabel("million deliveries per second")

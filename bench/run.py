@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import (ROOT, Server, Swarm, chat_size, join_size,  # noqa: E402
+from loadgen import (ROOT, Cluster, Server, Swarm, chat_size, join_size,  # noqa: E402
                      own_cpu_seconds, proto, raise_open_file_limit)
 
 SCENARIOS = ("connect", "fanout", "latency", "slow-reader", "client")
@@ -49,42 +49,62 @@ class Measure:
         }
 
 
+def start_servers(nodes: int):
+    return Server() if nodes == 1 else Cluster(nodes)
+
+
 def join_everyone(swarm: Swarm, nicks: list[str], reading: list[bool] | None = None,
-                  timeout: float = 120) -> bool:
-    """Connect the nicks in order (all the same length) and wait until every
-    reading client has every join from its own on."""
+                  timeout: float = 120, exact: bool = True) -> bool:
+    """Connect the nicks in order (all the same length) and wait for the joins.
+
+    One server (exact): every reading client must get every join from its
+    own on.  A cluster orders joins from different nodes by when each node
+    hears of them, so there: every client has its own join and the join
+    traffic has settled."""
     reading = reading or [True] * len(nicks)
     size = join_size(nicks[0])
     count = len(nicks)
     expected = swarm.total_received + size * sum(
         count - i for i in range(count) if reading[i])
+    first = len(swarm.clients)
     for index, nick in enumerate(nicks):
         swarm.connect(nick, reading=reading[index])
         if index % 32 == 31:
             swarm.poll(0)
-    return swarm.run_until(lambda: swarm.total_received >= expected, timeout)
+    if exact:
+        return swarm.run_until(lambda: swarm.total_received >= expected, timeout)
+    mine = [c for c in swarm.clients[first:] if c.reading]
+    if not swarm.run_until(lambda: all(c.received_bytes >= size for c in mine), timeout):
+        return False
+    return settle(swarm)
+
+
+def settle(swarm: Swarm, quiet: float = 0.5, timeout: float = 60) -> bool:
+    """Wait until nothing has arrived for `quiet` seconds."""
+    return swarm.run_until(
+        lambda: time.perf_counter_ns() - swarm.last_receive_ns > quiet * 1e9, timeout)
 
 
 # --------------------------------------------------------------------------
 
 
-def scenario_connect(size: int) -> dict:
+def scenario_connect(size: int, nodes: int = 1) -> dict:
     hard = raise_open_file_limit()
     if size * FDS_PER_CLIENT + 200 > hard:
         return {"skipped": f"open-file hard limit {hard} is below {size * FDS_PER_CLIENT}"}
-    server = Server()
+    server = start_servers(nodes)
     swarm = Swarm(server.port)
     try:
         base_rss = server.rss_kib()
         measure = Measure(server)
         nicks = [f"u{i:06d}" for i in range(size)]
-        ok = join_everyone(swarm, nicks, timeout=180)
-        figures = measure.shares()
+        ok = join_everyone(swarm, nicks, timeout=180, exact=nodes == 1)
+        figures = measure.shares(swarm.last_receive_ns / 1e9)  # same clock as perf_counter
         time.sleep(0.5)  # let the server go idle before reading its memory
         rss = server.rss_kib()
         figures.update({
-            "clients": size, "all_joins_delivered": ok,
-            "join_deliveries": size * (size + 1) // 2,
+            "nodes": nodes, "clients": size, "all_joins_delivered": ok,
+            "join_deliveries": swarm.total_received // join_size(nicks[0]),
             "server_rss_mib": round(rss / 1024, 1),
             "rss_per_connection_kib": round((rss - base_rss) / size, 2),
         })
@@ -94,13 +114,13 @@ def scenario_connect(size: int) -> dict:
         server.stop()
 
 
-def scenario_fanout(size: int, senders: int = 10, burst: int = 1000) -> dict:
+def scenario_fanout(size: int, nodes: int = 1, senders: int = 10, burst: int = 1000) -> dict:
     raise_open_file_limit()
-    server = Server()
+    server = start_servers(nodes)
     swarm = Swarm(server.port)
     try:
         nicks = [f"f{i:05d}" for i in range(size)]
-        if not join_everyone(swarm, nicks):
+        if not join_everyone(swarm, nicks, exact=nodes == 1):
             return {"error": "joins did not all arrive"}
         senders = min(senders, size)
         text = "fan-out benchmark message " + "x" * 30
@@ -120,7 +140,7 @@ def scenario_fanout(size: int, senders: int = 10, burst: int = 1000) -> dict:
         complete = all(c.received_bytes == senders * burst * packet_size and not c.closed
                        for c in swarm.clients)
         figures.update({
-            "clients": size, "senders": senders, "burst": burst,
+            "nodes": nodes, "clients": size, "senders": senders, "burst": burst,
             "deliveries": deliveries, "no_loss": ok and complete,
             "deliveries_per_second": round(deliveries / seconds),
             "mib_per_second": round(deliveries * packet_size / seconds / 2**20, 1),
@@ -326,6 +346,9 @@ def main(argv=None) -> int:
                         help="duration of the latency scenarios (default 5)")
     parser.add_argument("--rate", type=int, default=1000,
                         help="messages per second offered in the latency scenarios")
+    parser.add_argument("--cluster", type=int, default=0, metavar="NODES",
+                        help="also run connect and fanout against NODES servers sharing "
+                             "one port through Redis (needs redis-server)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
@@ -339,9 +362,11 @@ def main(argv=None) -> int:
         if scenario in DEFAULT_SIZES:
             function = scenario_connect if scenario == "connect" else scenario_fanout
             for size in args.sizes or DEFAULT_SIZES[scenario]:
-                figures = function(size)
-                results.setdefault(scenario, []).append(figures)
-                report(scenario, figures)
+                for nodes in [1] + ([args.cluster] if args.cluster > 1 else []):
+                    figures = function(size, nodes)
+                    name = scenario if nodes == 1 else f"{scenario}-cluster"
+                    results.setdefault(name, []).append(figures)
+                    report(name, figures)
         elif scenario in ("latency", "slow-reader"):
             figures = scenario_latency(rate=args.rate, seconds=args.seconds,
                                        stuck=scenario == "slow-reader")
