@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import chat_protocol as proto
+from chat_args import int_in_range
 import ui_backend
 
 Segment = tuple[str, "str | None"]
@@ -285,22 +286,13 @@ def nick_argument(text: str) -> str:
     return text
 
 
-def port_argument(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {port}")
-    return port
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="chat_client.py",
                                      description="Terminal chat client.")
     parser.add_argument("nick", type=nick_argument, metavar="NICK", help="your nickname")
     parser.add_argument("host", metavar="HOST", help="server host name or address")
-    parser.add_argument("port", type=port_argument, metavar="PORT", help="server port")
+    parser.add_argument("port", type=int_in_range("port", 1, 65535), metavar="PORT",
+                        help="server port")
     parser.add_argument("--ui", choices=sorted(ui_backend.BACKENDS), default=ui_backend.DEFAULT,
                         help=f"terminal backend (default {ui_backend.DEFAULT})")
     parser.add_argument("--no-color", action="store_true",

@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 import chat_protocol as proto
+from chat_args import int_in_range
 
 log = logging.getLogger("chat_server")
 
@@ -485,18 +486,16 @@ class ChatServer:
         log.info("hello %s %s", nick, conn.peer)
 
     def on_chat(self, conn: Connection, chat: proto.Chat) -> None:
-        packet = self.encode_for(conn, proto.ChatFrom(conn.nick, chat.message))
-        if packet:
-            self.broadcast(packet, conn.room)
-            self.tell_cluster("chat", nick=conn.nick, room=conn.room.name,
-                              message=chat.message)
+        self.say_in_room(conn, proto.ChatFrom, "chat", chat.message)
 
     def on_emote(self, conn: Connection, emote: proto.Emote) -> None:
-        packet = self.encode_for(conn, proto.EmoteFrom(conn.nick, emote.message))
+        self.say_in_room(conn, proto.EmoteFrom, "emote", emote.message)
+
+    def say_in_room(self, conn: Connection, cls: type, kind: str, text: str) -> None:
+        packet = self.encode_for(conn, cls(conn.nick, text))
         if packet:
             self.broadcast(packet, conn.room)
-            self.tell_cluster("emote", nick=conn.nick, room=conn.room.name,
-                              message=emote.message)
+            self.tell_cluster(kind, nick=conn.nick, room=conn.room.name, message=text)
 
     def on_direct(self, conn: Connection, dm: proto.SendDirect) -> None:
         key = proto.name_key(dm.to)
@@ -729,34 +728,14 @@ def format_address(address: tuple) -> str:
 # Start-up
 
 
-def port_number(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {port}")
-    return port
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="chat_server.py", description="Multi-user chat server.")
-    parser.add_argument("port", type=port_number, metavar="PORT",
+    parser.add_argument("port", type=int_in_range("port", 0, 65535), metavar="PORT",
                         help="TCP port to listen on (0 picks a free one)")
     parser.add_argument("--host", metavar="ADDR",
                         help="address to listen on (default: all, IPv4 and IPv6)")
-    parser.add_argument("--max-queue", type=positive_int, default=DEFAULT_MAX_QUEUE,
+    parser.add_argument("--max-queue", type=int_in_range("size", 1), default=DEFAULT_MAX_QUEUE,
                         metavar="BYTES",
                         help="drop a client whose unsent output passes this (default 1 MiB)")
     parser.add_argument("--redis", metavar="URL",
@@ -790,17 +769,20 @@ def open_listeners(host: str | None, port: int,
     return [socket.create_server(address[:2], family=family, **options)]
 
 
-def raise_open_file_limit() -> None:
+def raise_open_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one; return the limit."""
     try:
         import resource
     except ImportError:  # not on POSIX
-        return
+        return 0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open-file limit: %s", exc)
+    return soft
 
 
 def main(argv: Sequence[str] | None = None) -> int:

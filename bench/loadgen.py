@@ -23,15 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import chat_protocol as proto  # noqa: E402
+from chat_server import raise_open_file_limit  # noqa: E402,F401
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def raise_open_file_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 class Server:

@@ -16,12 +16,13 @@ def server():
 
 
 @pytest.fixture
-def connect(server):
-    """connect(nick) -> RawClient; every client is closed at teardown."""
+def raw_client():
+    """raw_client(port, nick) -> RawClient that has seen its own join (no
+    hello when nick is None); every client is closed at teardown."""
     clients = []
 
-    def make(nick=None):
-        client = RawClient(server.port, nick)
+    def make(port, nick=None):
+        client = RawClient(port, nick)
         clients.append(client)
         if nick is not None:
             client.expect({"type": "join", "nick": nick})
@@ -30,6 +31,12 @@ def connect(server):
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def connect(server, raw_client):
+    """connect(nick) -> RawClient on the test's server."""
+    return lambda nick=None: raw_client(server.port, nick)
 
 
 @pytest.fixture(params=["curses", "ansi"])

@@ -68,7 +68,8 @@ class ServerProcess:
 
     def cleanup(self) -> None:
         self.stop()
-        os.unlink(self.log_file.name)
+        if os.path.exists(self.log_file.name):
+            os.unlink(self.log_file.name)
 
 
 class RawClient:

@@ -75,6 +75,19 @@ def test_hello_first_then_exact_chat_packet_and_quit_sends_nothing(terminal, scr
     assert bytes(scripted.received) == before
 
 
+def test_unknown_packet_types_are_ignored_and_info_is_shown(terminal, scripted):
+    term = terminal("pat", port=scripted.port)
+    wait_for(lambda: scripted.packets(), describe=term.describe)
+    scripted.send({"type": "join", "nick": "pat"})
+    scripted.send({"type": "poke", "nick": "chris"})
+    scripted.send({"type": "chat", "nick": 5, "message": "malformed"})
+    scripted.send({"type": "info", "message": "the server says hi"})
+    scripted.send({"type": "chat", "nick": "chris", "message": "still here", "extra": 1})
+    term.wait_for_text("chris: still here")
+    assert term.lines[:3] == ["*** pat has joined the chat", "*** the server says hi",
+                              "chris: still here"]
+
+
 def test_others_messages_appear_above_the_prompt(terminal, connect):
     term = terminal("pat")
     term.wait_for_text("*** pat has joined the chat")

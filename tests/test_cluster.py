@@ -82,18 +82,9 @@ def nodes(redis_server):
 
 
 @pytest.fixture
-def client():
-    made = []
-
-    def make(node, nick):
-        raw = RawClient(node.port, nick)
-        made.append(raw)
-        raw.expect(join(nick))
-        return raw
-
-    yield make
-    for raw in made:
-        raw.close()
+def client(raw_client):
+    """client(node, nick) -> RawClient on that node, past its own join."""
+    return lambda node, nick: raw_client(node.port, nick)
 
 
 def test_joins_chats_and_leaves_cross_nodes_in_order(nodes, client):

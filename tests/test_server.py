@@ -4,13 +4,16 @@ import json
 import random
 import resource
 import selectors
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
 import chat_protocol as proto
-from tests.support import RawClient, ServerProcess, chat_from, join, leave, wait_for
+from tests.support import ROOT, RawClient, ServerProcess, chat_from, join, leave
 
 
 def test_two_clients_see_joins_chats_and_leaves_in_order(connect):
@@ -213,16 +216,30 @@ def test_stuck_reader_does_not_stall_others_and_is_dropped(server):
 
 def test_sigterm_shuts_down_cleanly():
     process = ServerProcess()
-    client = RawClient(process.port, "pat")
-    client.expect(join("pat"))
-    assert process.stop(signal_number()) == 0
-    client.expect_closed()
-    assert "server stopped" in process.log_text()
+    try:
+        client = RawClient(process.port, "pat")
+        client.expect(join("pat"))
+        assert process.stop(signal.SIGTERM) == 0
+        client.expect_closed()
+        assert "server stopped, closed 1 connection(s)" in process.log_text()
+    finally:
+        process.cleanup()
 
 
-def signal_number():
-    import signal
-    return signal.SIGTERM
+def test_port_in_use_is_a_clear_error(server):
+    result = subprocess.run(
+        [sys.executable, "chat_server.py", str(server.port), "--host", "127.0.0.1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["abc"], ["70000"], ["-1"]])
+def test_bad_port_prints_usage_and_exits_2(args):
+    result = subprocess.run([sys.executable, "chat_server.py", *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage:") and "Traceback" not in result.stderr
 
 
 def test_many_connections_past_the_select_limit(server):

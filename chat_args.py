@@ -1,0 +1,22 @@
+"""Command-line argument types shared by the server and the client."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+
+def int_in_range(what: str, low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from low to high (no upper bound if None)."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {what} number: {text!r}") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {low}: {value}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} out of range {low}-{high}: {value}")
+        return value
+
+    return convert
