@@ -15,6 +15,7 @@ into styled segments.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import select
 import signal
@@ -373,7 +374,12 @@ class ChatScreen:
     def start(self) -> None:
         if self._started:
             return
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            with contextlib.suppress(Exception):  # undo what part of it did
+                self._restore()
+            raise
         self._started = True
         self._full_redraw = True
         try:

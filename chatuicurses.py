@@ -110,10 +110,11 @@ class CursesScreen(core.ChatScreen):
     def _restore(self) -> None:
         uc = _uc
         try:
-            sys.stdout.write("\x1b[?2004l")
-            sys.stdout.flush()
-            uc.curs_set(1)
-            uc.endwin()
+            if self._saved_modes is not None:  # initscr() ran
+                sys.stdout.write("\x1b[?2004l")
+                sys.stdout.flush()
+                uc.curs_set(1)
+                uc.endwin()
         finally:
             if self._saved_modes is not None:
                 termios.tcsetattr(self.input_fd, termios.TCSAFLUSH, self._saved_modes)

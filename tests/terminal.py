@@ -35,9 +35,9 @@ class TerminalClient:
 
     def __init__(self, nick: str, port: int, ui: str, rows: int = 24, cols: int = 80,
                  extra: tuple[str, ...] = (), then_stty: bool = False,
-                 host: str = "127.0.0.1") -> None:
-        client = [sys.executable, str(ROOT / "chat_client.py"), nick, host, str(port),
-                  "--ui", ui, *extra]
+                 host: str = "127.0.0.1", program: tuple[str, ...] = ()) -> None:
+        program = program or (sys.executable, str(ROOT / "chat_client.py"))
+        client = [*program, nick, host, str(port), "--ui", ui, *extra]
         env = dict(os.environ, TERM="xterm", LANG="C.UTF-8", LC_ALL="C.UTF-8")
         env.pop("NO_COLOR", None)
         if then_stty:  # after the client, report its status and the tty modes

@@ -3,6 +3,7 @@ the screen is read through the pyte terminal emulator."""
 
 import json
 import socket
+import sys
 import threading
 
 import pytest
@@ -157,6 +158,28 @@ def test_server_going_away_ends_the_client(server, terminal):
     assert status == 1
     assert "disconnected from server" in term.text
     assert cooked_mode_with_echo(stty), stty
+
+
+CRASH_ON_INPUT = """
+import sys
+import chat_client
+def crash(self, line):
+    raise RuntimeError("boom from a test")
+chat_client.ChatClient.handle_line = crash
+sys.exit(chat_client.main(sys.argv[1:]))
+"""
+
+
+def test_unexpected_exception_restores_the_terminal_then_shows_the_traceback(terminal):
+    term = terminal("pat", then_stty=True, program=(sys.executable, "-c", CRASH_ON_INPUT))
+    term.wait_for_prompt()
+    term.say("anything")
+    status, stty = term.wait_exit_status_line()
+    assert status == 1
+    assert cooked_mode_with_echo(stty), stty
+    output = term.raw.decode("utf-8", "replace")
+    restored = max(output.rfind("\x1b[?1049l"), output.rfind("\x1b[?2004l"))
+    assert 0 <= restored < output.index("Traceback") < output.index("RuntimeError: boom")
 
 
 def test_taken_nick_prints_the_error_and_exits_nonzero(terminal, connect):
