@@ -8,7 +8,9 @@ for the turn; at the end of the turn each recipient gets the bytes of every
 broadcast meant for it joined into one chunk.  A client whose queue passes
 the bound is dropped, so no client can stall the others.
 
-Usage: ``python chat_server.py PORT [--host ADDR] [--max-queue BYTES]``.
+Usage: ``python chat_server.py PORT [--host ADDR] [--max-queue BYTES]
+[--redis URL [--reuse-port] [--heartbeat SECONDS]] [--log-level LEVEL]``.
+With ``--redis`` the server is one node of a cluster (see chat_cluster.py).
 """
 
 from __future__ import annotations
@@ -163,10 +165,14 @@ class ChatServer:
             if self.cluster:
                 self.apply_cluster_events()
         else:
-            if mask & selectors.EVENT_READ and not conn.gone:
-                self.on_readable(conn)
-            if mask & selectors.EVENT_WRITE and not conn.gone:
-                self.write(conn)
+            try:
+                if mask & selectors.EVENT_READ and not conn.gone:
+                    self.on_readable(conn)
+                if mask & selectors.EVENT_WRITE and not conn.gone:
+                    self.write(conn)
+            except Exception:  # a bug must cost one client, never the server
+                log.exception("internal error serving %r; dropping it", conn)
+                self.drop(conn, "internal error")
 
     def next_timeout(self) -> float | None:
         if self.broadcast_log or self.dirty:
