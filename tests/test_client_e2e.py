@@ -2,14 +2,17 @@
 the screen is read through the pyte terminal emulator."""
 
 import json
+import os
 import socket
 import sys
 import threading
 
+import pexpect
+
 import pytest
 
 import chat_protocol as proto
-from tests.support import DEFAULT_TIMEOUT, RawClient, chat_from, join, leave, wait_for
+from tests.support import DEFAULT_TIMEOUT, ROOT, RawClient, chat_from, join, leave, wait_for
 from tests.terminal import TerminalClient, cooked_mode_with_echo
 
 
@@ -180,6 +183,18 @@ def test_unexpected_exception_restores_the_terminal_then_shows_the_traceback(ter
     output = term.raw.decode("utf-8", "replace")
     restored = max(output.rfind("\x1b[?1049l"), output.rfind("\x1b[?2004l"))
     assert 0 <= restored < output.index("Traceback") < output.index("RuntimeError: boom")
+
+
+def test_curses_failing_to_start_suggests_the_ansi_ui(server):
+    env = dict(os.environ, TERM="no-such-terminal")
+    child = pexpect.spawn(sys.executable, ["chat_client.py", "pat", "127.0.0.1",
+                                           str(server.port), "--ui", "curses"],
+                          env=env, cwd=str(ROOT), dimensions=(24, 80))
+    output = child.read().decode()
+    child.close()
+    assert child.exitstatus == 1
+    assert "no-such-terminal" in output and "try --ui ansi" in output
+    assert "Traceback" not in output and output.strip().count("\n") <= 1
 
 
 def test_taken_nick_prints_the_error_and_exits_nonzero(terminal, connect):

@@ -66,12 +66,18 @@ def redis_server():
 
 @pytest.fixture
 def nodes(redis_server):
-    """nodes(n) -> n chat servers in one cluster."""
+    """nodes(n) -> n chat servers in one cluster; with shared_port=True they
+    all listen on one port (SO_REUSEPORT)."""
     started = []
 
-    def make(count):
+    def make(count, shared_port=False):
+        options = ("--redis", redis_server.url, "--heartbeat", HEARTBEAT)
+        if shared_port:
+            options += ("--reuse-port",)
+        port = 0
         for _ in range(count):
-            started.append(ServerProcess("--redis", redis_server.url, "--heartbeat", HEARTBEAT))
+            started.append(ServerProcess(*options, port=port))
+            port = started[-1].port if shared_port else 0
         for node in started:
             wait_for(lambda: "registered" in node.log_text(), describe=node.log_text)
         return started[-count:]
@@ -213,3 +219,16 @@ def test_redis_restart_is_survived(nodes, client, redis_server):
 
     wait_for(presence_reread, timeout=10, interval=0.2,
              describe=lambda: str(a.received[-5:]) + cluster_logs(a_node, b_node))
+
+
+def test_servers_sharing_one_port_act_as_one(nodes, client):
+    first, second = nodes(2, shared_port=True)
+    assert first.port == second.port
+    clients = [client(first, f"user{i}") for i in range(20)]  # all on one: p = 2**-19
+    for sender in clients:
+        sender.chat(f"from {sender.nick}")
+    for receiver in clients:
+        receiver.wait_until(lambda got: sum(m["type"] == "chat" for m in got) == 20)
+    served = [node.log_text().count("hello user") for node in (first, second)]
+    assert sum(served) == 20
+    assert all(served), f"the kernel gave every connection to one process: {served}"
