@@ -133,26 +133,39 @@ class Scrollback:
     """The output lines kept for redraws and PageUp/PageDown.
 
     ``offset`` is how many wrapped rows the view is scrolled up from the
-    newest row; 0 means following new output.
+    newest row; 0 means following new output.  Each line keeps its wrapped
+    rows for the last width it was drawn at, so a redraw re-wraps nothing.
     """
 
     def __init__(self, limit: int = SCROLLBACK_LINES) -> None:
-        self.lines: collections.deque[list[Segment]] = collections.deque(maxlen=limit)
+        # each entry: [segments, width wrapped at, rows at that width]
+        self.lines: collections.deque[list] = collections.deque(maxlen=limit)
         self.offset = 0
 
     def add(self, segments: list[Segment], width: int) -> None:
-        self.lines.append(segments)
+        entry = [segments, 0, []]
+        self.lines.append(entry)
         if self.offset:
-            self.offset += len(wrap_segments(segments, width))
+            self.offset += len(self._rows(entry, width))
+
+    @staticmethod
+    def _rows(entry: list, width: int) -> list[Row]:
+        if entry[1] != width:
+            entry[1], entry[2] = width, wrap_segments(entry[0], width)
+        return entry[2]
 
     def view(self, width: int, height: int) -> list[Row]:
         """The rows to show, top to bottom (at most ``height``)."""
         wanted = height + self.offset
-        rows: list[Row] = []
-        for segments in reversed(self.lines):
-            rows[:0] = wrap_segments(segments, width)
-            if len(rows) >= wanted:
+        chunks: list[list[Row]] = []
+        count = 0
+        for entry in reversed(self.lines):
+            rows = self._rows(entry, width)
+            chunks.append(rows)
+            count += len(rows)
+            if count >= wanted:
                 break
+        rows = [row for chunk in reversed(chunks) for row in chunk]
         self.offset = max(0, min(self.offset, len(rows) - height))
         end = len(rows) - self.offset
         return rows[max(0, end - height):end]
