@@ -111,15 +111,15 @@ class ClusterLink:
 
     def stop(self) -> None:
         """Leave the cluster cleanly (best effort) and end the threads."""
-        self._outbox.put(("stop",))
-        self._running = False
-        for thread in self._threads:
-            thread.join(timeout=3)
+        self._outbox.put(("stop",))  # the writer deregisters, then ends
+        if self._threads:
+            self._threads[0].join(timeout=3)
+        self._running = False  # the reader (a daemon) ends at its next poll
 
     def claim(self, token: Any, nick: str, key: str) -> None:
         self._outbox.put(("claim", token, nick, key))
 
-    def joined(self, nick: str, key: str, room: str) -> None:
+    def joined(self, nick: str, room: str) -> None:
         self._outbox.put(("presence", nick, room))
         self.publish({"kind": "join", "nick": nick, "room": room})
 
@@ -153,6 +153,8 @@ class ClusterLink:
         client = self._redis_module.Redis.from_url(
             self.url, socket_connect_timeout=2, socket_timeout=5)
         client.ping()
+        client.claim_nick = client.register_script(CLAIM_SCRIPT)
+        client.release_nick = client.register_script(RELEASE_SCRIPT)
         return client
 
     # ---- the writer thread ----
@@ -199,8 +201,7 @@ class ClusterLink:
         """Run a batch of commands in one pipeline; True after 'stop'."""
         if not commands:
             return False
-        claim = client.register_script(CLAIM_SCRIPT)
-        release = client.register_script(RELEASE_SCRIPT)
+        claim, release = client.claim_nick, client.release_nick
         pipe = client.pipeline(transaction=False)
         claims = []
         stopping = False
@@ -255,9 +256,8 @@ class ClusterLink:
         client.delete(users_key)
         if self._users:
             client.hset(users_key, mapping=dict(self._users))
-        claim = client.register_script(CLAIM_SCRIPT)
         for nick in list(self._users):
-            if not claim(keys=[self._key("nick:" + name_key(nick))],
+            if not client.claim_nick(keys=[self._key("nick:" + name_key(nick))],
                          args=[node, self._key("alive:")]):
                 self._hand_over(("conflict", nick))
         client.publish(self._key("events"),
@@ -307,9 +307,8 @@ class ClusterLink:
 
     def _deregister(self, client) -> None:
         node = self.node_id
-        release = client.register_script(RELEASE_SCRIPT)
         for nick in list(self._users):
-            release(keys=[self._key("nick:" + name_key(nick))], args=[node])
+            client.release_nick(keys=[self._key("nick:" + name_key(nick))], args=[node])
         client.publish(self._key("events"), self._encode({"kind": "presence", "users": {}}))
         client.delete(self._key("users:" + node), self._key("alive:" + node))
         client.srem(self._key("nodes"), node)

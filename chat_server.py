@@ -488,7 +488,7 @@ class ChatServer:
         self.add_to_room(conn, self.lobby)
         self.broadcast(proto.encode(proto.Joined(nick)))
         if self.cluster:
-            self.cluster.joined(nick, key, self.lobby.name)
+            self.cluster.joined(nick, self.lobby.name)
         log.info("hello %s %s", nick, conn.peer)
 
     def on_chat(self, conn: Connection, chat: proto.Chat) -> None:
