@@ -35,11 +35,12 @@ class TerminalClient:
 
     def __init__(self, nick: str, port: int, ui: str, rows: int = 24, cols: int = 80,
                  extra: tuple[str, ...] = (), then_stty: bool = False,
-                 host: str = "127.0.0.1", program: tuple[str, ...] = ()) -> None:
+                 host: str = "127.0.0.1", program: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         program = program or (sys.executable, str(ROOT / "chat_client.py"))
         client = [*program, nick, host, str(port), "--ui", ui, *extra]
-        env = dict(os.environ, TERM="xterm", LANG="C.UTF-8", LC_ALL="C.UTF-8")
-        env.pop("NO_COLOR", None)
+        base = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+        env = dict(base, TERM="xterm", LANG="C.UTF-8", LC_ALL="C.UTF-8", **(env or {}))
         if then_stty:  # after the client, report its status and the tty modes
             script = shlex.join(client) + '; echo "EXIT=$?"; stty -a; sleep 30'
             self.child = pexpect.spawn("bash", ["-c", script], dimensions=(rows, cols),
@@ -170,3 +171,13 @@ class TerminalClient:
 def cooked_mode_with_echo(stty_output: str) -> bool:
     flags = set(stty_output.split())
     return {"icanon", "echo", "isig", "icrnl", "opost"} <= flags
+
+
+def with_chris(terminal, connect, nick: str = "pat"):
+    """A client `nick` in a pty and a raw client `chris` that joined after it
+    (so its join is on the screen): (TerminalClient, RawClient)."""
+    term = terminal(nick)
+    term.wait_for_text(f"{nick} has joined")
+    chris = connect("chris")
+    term.wait_for_text("chris has joined")
+    return term, chris

@@ -13,7 +13,7 @@ import pytest
 
 import chat_protocol as proto
 from tests.support import DEFAULT_TIMEOUT, ROOT, RawClient, chat_from, join, leave, wait_for
-from tests.terminal import TerminalClient, cooked_mode_with_echo
+from tests.terminal import TerminalClient, cooked_mode_with_echo, with_chris
 
 
 class ScriptedServer:
@@ -105,9 +105,7 @@ def test_others_messages_appear_above_the_prompt(terminal, connect):
 
 
 def test_incoming_message_keeps_half_typed_line_and_cursor(terminal, connect):
-    term = terminal("pat")
-    term.wait_for_text("pat has joined")
-    chris = connect("chris")
+    term, chris = with_chris(terminal, connect)
     term.type("half a li")
     term.wait_for_prompt("half a li")
     chris.chat("interrupting!")
@@ -312,10 +310,7 @@ def test_resize_keeps_the_prompt_on_the_last_row(terminal, connect):
 
 
 def test_tab_completes_nicks_and_commands(terminal, connect):
-    term = terminal("pat")
-    term.wait_for_text("pat has joined")
-    chris = connect("chris")
-    term.wait_for_text("chris has joined")
+    term, chris = with_chris(terminal, connect)
     term.type("chr")
     term.key("tab")
     term.wait_for_prompt("chris: ")
@@ -374,11 +369,13 @@ def test_three_clients_see_the_same_conversation(server, ui):
             term.close()
 
 
-def test_no_color_flag_and_env(terminal, connect):
-    term = terminal("pat", extra=("--no-color", "--timestamps"))
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_no_color_by_flag_or_environment(terminal, connect, how):
+    options = {"extra": ("--no-color", "--timestamps")} if how == "flag" else \
+        {"extra": ("--timestamps",), "env": {"NO_COLOR": "1"}}
+    term = terminal("pat", **options)
     term.wait_for_text("pat has joined")
     connect("chris").chat("plain")
-    term.wait_for_line(r"\d\d:\d\d chris: plain")
     row = term.screen.buffer[term.wait_for_line(r"\d\d:\d\d chris: plain")]
     assert all(row[x].fg == "default" for x in range(6, 11))
 

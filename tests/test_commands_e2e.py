@@ -1,14 +1,7 @@
 """Client commands end to end under both UIs: what is sent and what shows."""
 
 from tests.support import chat_from
-
-
-def ready(terminal, connect, nick="pat"):
-    term = terminal(nick)
-    term.wait_for_text(f"{nick} has joined")
-    chris = connect("chris")
-    term.wait_for_text("chris has joined")
-    return term, chris
+from tests.terminal import with_chris as ready
 
 
 def test_message_and_msg_send_a_dm(terminal, connect):
