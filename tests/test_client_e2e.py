@@ -3,6 +3,7 @@ the screen is read through the pyte terminal emulator."""
 
 import json
 import os
+import random
 import socket
 import sys
 import threading
@@ -90,6 +91,23 @@ def test_unknown_packet_types_are_ignored_and_info_is_shown(terminal, scripted):
     term.wait_for_text("chris: still here")
     assert term.lines[:3] == ["*** pat has joined the chat", "*** the server says hi",
                               "chris: still here"]
+
+
+def test_garbage_from_the_server_never_crashes_the_client(terminal, scripted):
+    term = terminal("pat", port=scripted.port)
+    wait_for(lambda: scripted.packets(), describe=term.describe)
+    rng = random.Random(7)
+    junk = [b"\xff\xfe", b"[" * 3000, b"null", b'{"type": null}', b'{"type": "who"}',
+            b'{"type": "rooms", "rooms": [{"name": 1}]}', b'{"type": "dm", "from": "x"}',
+            b'{"type": "who", "room": "r", "nicks": "notalist"}',
+            b'{"type": "chat", "nick": "\\u001b[2J", "message": "\\ud800"}']
+    junk += [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 200))) for _ in range(50)]
+    scripted.conn.sendall(b"".join(proto.frame(payload) for payload in junk))
+    scripted.send({"type": "chat", "nick": "chris", "message": "survived"})
+    term.wait_for_text("chris: survived")
+    term.say("still typing")
+    wait_for(lambda: {"type": "chat", "message": "still typing"} in scripted.packets(),
+             describe=term.describe)
 
 
 def test_others_messages_appear_above_the_prompt(terminal, connect):
