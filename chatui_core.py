@@ -187,13 +187,14 @@ UP, DOWN, PAGE_UP, PAGE_DOWN = "up", "down", "page-up", "page-down"
 WORD_LEFT, WORD_RIGHT = "word-left", "word-right"
 CTRL_A, CTRL_C, CTRL_D, CTRL_E = "ctrl-a", "ctrl-c", "ctrl-d", "ctrl-e"
 CTRL_K, CTRL_L, CTRL_U, CTRL_W = "ctrl-k", "ctrl-l", "ctrl-u", "ctrl-w"
-RESIZE, ESCAPE = "resize", "escape"
+CTRL_Z = "ctrl-z"
+ESCAPE = "escape"
 
 CONTROL_KEYS = {
     0x01: CTRL_A, 0x02: LEFT, 0x03: CTRL_C, 0x04: CTRL_D, 0x05: CTRL_E,
     0x06: RIGHT, 0x08: BACKSPACE, 0x09: TAB, 0x0A: ENTER, 0x0B: CTRL_K,
     0x0C: CTRL_L, 0x0D: ENTER, 0x0E: DOWN, 0x10: UP, 0x15: CTRL_U,
-    0x17: CTRL_W, 0x1B: ESCAPE, 0x7F: BACKSPACE,
+    0x17: CTRL_W, 0x1A: CTRL_Z, 0x1B: ESCAPE, 0x7F: BACKSPACE,
 }
 
 
@@ -523,7 +524,7 @@ class ChatScreen:
             UP: editor.history_back, DOWN: editor.history_forward,
             TAB: lambda: editor.complete(complete),
             PAGE_UP: self._page_up, PAGE_DOWN: self._page_down,
-            CTRL_L: self._redraw, RESIZE: self._note_resize,
+            CTRL_L: self._redraw, CTRL_Z: self._suspend,
         }.get(key)
         if action is not None:
             action()
@@ -552,8 +553,13 @@ class ChatScreen:
     def _redraw(self) -> None:
         self._full_redraw = True
 
-    def _note_resize(self) -> None:
-        self._resized = True
+    def _suspend(self) -> None:
+        """Ctrl-Z: give the terminal back, stop as the shell expects, and
+        take the terminal again when continued (fg)."""
+        self._pause()
+        os.kill(os.getpid(), signal.SIGTSTP)  # returns once SIGCONT arrives
+        self._continue()
+        self._resized = True  # the size may have changed meanwhile
 
     # ---- backend hooks ----
 
@@ -568,6 +574,13 @@ class ChatScreen:
 
     def _on_resize(self) -> None:
         """The terminal changed size (the next draw is a full one)."""
+
+    def _pause(self) -> None:
+        """Restore the terminal for a while (Ctrl-Z); _continue undoes it."""
+        self._restore()
+
+    def _continue(self) -> None:
+        self._setup()
 
     def _read_keys(self, final: bool) -> Iterable[str]:
         raise NotImplementedError

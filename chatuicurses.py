@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import sys
 import termios
 from typing import Iterable
@@ -48,7 +49,8 @@ def _key_table(uc) -> dict[int, str]:
         uc.KEY_DOWN: core.DOWN, uc.KEY_HOME: core.HOME, uc.KEY_END: core.END,
         uc.KEY_BACKSPACE: core.BACKSPACE, uc.KEY_DC: core.DELETE,
         uc.KEY_PPAGE: core.PAGE_UP, uc.KEY_NPAGE: core.PAGE_DOWN,
-        uc.KEY_ENTER: core.ENTER, uc.KEY_RESIZE: core.RESIZE,
+        uc.KEY_ENTER: core.ENTER,  # not KEY_RESIZE: SIGWINCH is handled in core, and
+        # resizeterm() queues a KEY_RESIZE of its own, which would resize forever
         0x222 + 0x30: core.WORD_LEFT, 0x222 + 0x31: core.WORD_RIGHT,
     }
 
@@ -76,6 +78,8 @@ class CursesScreen(core.ChatScreen):
             raise CursesUnavailable(f"curses does not know the terminal type TERM={term!r}")
         self._saved_modes = termios.tcgetattr(self.input_fd)
         uc.initscr()
+        # ncurses installs its own Ctrl-Z handler; ChatScreen suspends itself.
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
         uc.raw()
         uc.noecho()
         uc.nonl()
@@ -119,6 +123,19 @@ class CursesScreen(core.ChatScreen):
             if self._saved_modes is not None:
                 termios.tcsetattr(self.input_fd, termios.TCSAFLUSH, self._saved_modes)
                 self._saved_modes = None
+
+    def _pause(self) -> None:
+        sys.stdout.write("\x1b[?2004l")
+        sys.stdout.flush()
+        _uc.endwin()  # the shell's modes until the next refresh
+
+    def _continue(self) -> None:
+        sys.stdout.write("\x1b[?2004h")
+        sys.stdout.flush()
+        _uc.lib1.clearok(_uc.stdscr, True)
+        _uc.doupdate()  # ncurses takes the terminal back
+        _uc.keypad(self._in, False)  # endwin turned the keypad mode off in the
+        _uc.keypad(self._in, True)   # terminal: make ncurses send it again
 
     def _size(self) -> tuple[int, int]:
         return self._height, self._width

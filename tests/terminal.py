@@ -26,7 +26,7 @@ KEYS = {
     "enter": ("\r", "\r"), "tab": ("\t", "\t"),
     "ctrl-a": ("\x01", "\x01"), "ctrl-c": ("\x03", "\x03"), "ctrl-d": ("\x04", "\x04"),
     "ctrl-e": ("\x05", "\x05"), "ctrl-k": ("\x0b", "\x0b"), "ctrl-u": ("\x15", "\x15"),
-    "ctrl-w": ("\x17", "\x17"),
+    "ctrl-w": ("\x17", "\x17"), "ctrl-z": ("\x1a", "\x1a"),
 }
 
 
@@ -36,12 +36,16 @@ class TerminalClient:
     def __init__(self, nick: str, port: int, ui: str, rows: int = 24, cols: int = 80,
                  extra: tuple[str, ...] = (), then_stty: bool = False,
                  host: str = "127.0.0.1", program: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, command: tuple[str, ...] = ()) -> None:
         program = program or (sys.executable, str(ROOT / "chat_client.py"))
         client = [*program, nick, host, str(port), "--ui", ui, *extra]
         base = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
         env = dict(base, TERM="xterm", LANG="C.UTF-8", LC_ALL="C.UTF-8", **(env or {}))
-        if then_stty:  # after the client, report its status and the tty modes
+        if command:  # something else (a shell) that will run the client
+            self.child = pexpect.spawn(command[0], list(command[1:]), dimensions=(rows, cols),
+                                       env=env, cwd=str(ROOT))
+            self.command_line = shlex.join(client)
+        elif then_stty:  # after the client, report its status and the tty modes
             script = shlex.join(client) + '; echo "EXIT=$?"; stty -a; sleep 30'
             self.child = pexpect.spawn("bash", ["-c", script], dimensions=(rows, cols),
                                        env=env, cwd=str(ROOT))
@@ -93,6 +97,17 @@ class TerminalClient:
             if self.eof:
                 time.sleep(0.01)
             self.pump()
+
+    def wait_quiet(self, quiet: float = 0.5, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Wait until the client writes nothing for `quiet` seconds (an idle
+        client must not keep redrawing)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            before = len(self.raw)
+            self.pump(quiet)
+            if len(self.raw) == before:
+                return
+        raise AssertionError("the client keeps writing while idle\n" + self.describe())
 
     def wait_for_text(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.wait_for(lambda t: text in t.text, timeout, repr(text))

@@ -120,6 +120,7 @@ def test_others_messages_appear_above_the_prompt(terminal, connect):
     assert term.lines[:4] == ["*** pat has joined the chat", "*** chris has joined the chat",
                               "chris: hi pat", "*** chris has left the chat"]
     term.wait_for_prompt()
+    term.wait_quiet()
 
 
 def test_incoming_message_keeps_half_typed_line_and_cursor(terminal, connect):
@@ -211,6 +212,34 @@ def test_curses_failing_to_start_suggests_the_ansi_ui(server):
     assert child.exitstatus == 1
     assert "no-such-terminal" in output and "try --ui ansi" in output
     assert "Traceback" not in output and output.strip().count("\n") <= 1
+
+
+def test_ctrl_z_suspends_to_the_shell_and_fg_resumes(server, ui, connect):
+    shell = ("bash", "--norc", "--noprofile", "-i")
+    term = TerminalClient("pat", server.port, ui, command=shell, env={"PS1": "$ "})
+    try:
+        term.type(term.command_line + "\r")
+        term.wait_for_prompt()
+        chris = connect("chris")
+        term.type("half")
+        term.wait_for_prompt("half")
+        term.key("ctrl-z")
+        term.wait_for_text("Stopped")
+        term.type("stty -a\r")
+        term.wait_for_text("extproc")
+        assert cooked_mode_with_echo(term.text.replace("\n", " ")), term.describe()
+        chris.chat("while you were away")
+        term.type("fg\r")
+        term.wait_for_text("chris: while you were away")
+        term.wait_for_prompt("half")
+        term.wait_quiet()
+        term.type(" done")
+        term.key("left", 5)
+        term.type(",")
+        term.key("enter")
+        chris.expect(chat_from("pat", "half, done"))
+    finally:
+        term.close()
 
 
 def test_taken_nick_prints_the_error_and_exits_nonzero(terminal, connect):
@@ -325,6 +354,7 @@ def test_resize_keeps_the_prompt_on_the_last_row(terminal, connect):
     term.wait_for_text("before the resize")
     term.resize(30, 100)
     term.wait_for(lambda t: t.lines[29] == "pat> typing", what="prompt after growing")
+    term.wait_quiet()
 
 
 def test_tab_completes_nicks_and_commands(terminal, connect):
