@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ui = ui_backend.load(args.ui)
     except ui_backend.BackendUnavailable as exc:
-        return fail(f"{exc} (try --ui ansi)" if args.ui == "curses" else str(exc))
+        return fail(str(exc))
     try:
         sock = connect(args.host, args.port)
         sock.sendall(proto.encode(proto.Hello(args.nick)))

@@ -501,7 +501,8 @@ class ChatServer:
         packet = self.encode_for(conn, cls(conn.nick, text))
         if packet:
             self.broadcast(packet, conn.room)
-            self.tell_cluster(kind, nick=conn.nick, room=conn.room.name, message=text)
+            self.tell_cluster({"kind": kind, "nick": conn.nick, "room": conn.room.name,
+                               "message": text})
 
     def on_direct(self, conn: Connection, dm: proto.SendDirect) -> None:
         key = proto.name_key(dm.to)
@@ -517,7 +518,8 @@ class ChatServer:
         if target is not None:
             self.send_to(target, packet)
         else:
-            self.tell_cluster("dm", sender=conn.nick, to=to, message=dm.message)
+            self.tell_cluster({"kind": "dm", "from": conn.nick, "to": to,
+                               "message": dm.message})
         if target is not conn:
             self.send_to(conn, packet)
 
@@ -585,11 +587,9 @@ class ChatServer:
     # ------------------------------------------------------------------
     # Cluster: what other nodes say, applied to this node's clients
 
-    def tell_cluster(self, kind: str, **fields: str) -> None:
+    def tell_cluster(self, event: dict) -> None:
         if self.cluster:
-            if "sender" in fields:
-                fields["from"] = fields.pop("sender")
-            self.cluster.publish(dict(fields, kind=kind))
+            self.cluster.publish(event)
 
     def apply_cluster_events(self) -> None:
         for event in self.cluster.take_events():

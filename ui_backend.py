@@ -17,6 +17,7 @@ BACKENDS = {
     "ansi": "chatui",
 }
 DEFAULT = "curses"
+FALLBACK = "ansi"  # needs nothing but a terminal: suggested when another fails
 FUNCTIONS = ("init_windows", "read_command", "print_message", "end_windows", "stop_input")
 
 
@@ -31,22 +32,23 @@ def load(name: str = DEFAULT) -> ModuleType:
     try:
         module = importlib.import_module(BACKENDS[name])
     except Exception as exc:
-        raise BackendUnavailable(f"the {name} UI cannot be loaded: {exc}") from exc
+        raise unavailable(name, f"the {name} UI cannot be loaded: {exc}") from exc
     missing = [f for f in FUNCTIONS if not callable(getattr(module, f, None))]
     if missing:
-        raise BackendUnavailable(f"the {name} UI lacks {', '.join(missing)}")
+        raise unavailable(name, f"the {name} UI lacks {', '.join(missing)}")
     return module
 
 
 def start(module: ModuleType, color: bool = True) -> None:
     """init_windows(), turning the backend's start-up failures into
-    BackendUnavailable with a hint."""
+    BackendUnavailable with a hint (a backend undoes its own half-done set-up)."""
     try:
         module.init_windows(color=color)
     except Exception as exc:
-        try:
-            module.end_windows()
-        except Exception:
-            pass
-        hint = " (try --ui ansi)" if module.__name__ == BACKENDS["curses"] else ""
-        raise BackendUnavailable(f"cannot start the terminal UI: {exc}{hint}") from exc
+        name = next(n for n, m in BACKENDS.items() if m == module.__name__)
+        raise unavailable(name, f"cannot start the terminal UI: {exc}") from exc
+
+
+def unavailable(name: str, message: str) -> BackendUnavailable:
+    hint = f" (try --ui {FALLBACK})" if name != FALLBACK else ""
+    return BackendUnavailable(message + hint)

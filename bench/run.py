@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import sys
 import time
 from pathlib import Path

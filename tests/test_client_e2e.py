@@ -13,7 +13,7 @@ import pexpect
 import pytest
 
 import chat_protocol as proto
-from tests.support import DEFAULT_TIMEOUT, ROOT, RawClient, chat_from, join, leave, wait_for
+from tests.support import DEFAULT_TIMEOUT, ROOT, chat_from, join, leave, wait_for
 from tests.terminal import TerminalClient, cooked_mode_with_echo, with_chris
 
 

@@ -62,7 +62,8 @@ def test_emote_stays_in_the_room(connect):
 
 
 def test_who_lists_only_the_current_room_sorted(connect):
-    pat, chris, lee = connect("pat"), connect("chris"), connect("Lee")
+    pat, chris = connect("pat"), connect("chris")
+    connect("Lee")
     chris.send({"type": "enter", "room": "games"})
     chris.expect(lambda m: m["type"] == "enter")
     pat.send({"type": "who"})
