@@ -1,10 +1,11 @@
 """The link between one chat server process and the cluster, over Redis.
 
 The event loop never touches Redis.  It calls :class:`ClusterLink`'s
-methods, which only queue work, and it drains :meth:`ClusterLink.take_events`
-when the link pokes it through the loop's wake-up socket.  Two threads do
-the Redis I/O: a writer (nick claims, publishes, presence, heartbeats,
-noticing dead nodes) and a reader (the pub/sub subscription).
+methods, which only queue work (small command objects), and it drains
+:meth:`ClusterLink.take_events` (small event objects) when the link pokes
+it through the loop's wake-up socket.  Two threads do the Redis I/O: a
+writer (nick claims, publishes, presence, heartbeats, noticing dead nodes)
+and a reader (the pub/sub subscription).
 
 Redis keys (``P`` is the prefix, ``chat:`` by default):
 
@@ -25,16 +26,17 @@ re-read on reconnection, so joins and leaves are made good then.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import queue
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from collections import deque
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Iterator
 
-from chat_protocol import name_key
+import chat_protocol as proto
 
 log = logging.getLogger("chat_cluster")
 
@@ -53,30 +55,264 @@ return 0
 MAX_BACKOFF = 2.0
 
 
-def resyncing_pubsub_class(redis_module):
-    """A PubSub that asks for presence to be read again each time redis-py
-    (re)connects it: it resubscribes by itself, but whatever was published
-    while it was away is lost."""
+# --------------------------------------------------------------------------
+# What other nodes say (over Redis): validated at the door like client packets
 
-    class ResyncingPubSub(redis_module.client.PubSub):
-        def resync(self) -> None:
-            pass
 
-        def on_connect(self, connection) -> None:
-            super().on_connect(connection)
-            self.resync()
+@dataclass(frozen=True)
+class NodeEvent:
+    """Base of the events nodes publish to each other.  ``KIND`` is the wire
+    ``kind``; ``node`` is filled in by the link (the sender's id)."""
 
-    return ResyncingPubSub
+    KIND: ClassVar[str]
+    CHECKS: ClassVar[dict[str, Callable[[Any, str], Any]]] = {}
+
+    def to_wire(self, node: str) -> str:
+        obj = {"kind": self.KIND, "node": node}
+        obj.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "node"})
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _check_users(value: Any, name: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise proto.InvalidMessage(f'field "{name}" must be an object')
+    return {proto._check_name(nick, "nick"): proto._check_name(room, "room")
+            for nick, room in value.items()}
+
+
+@dataclass(frozen=True)
+class RemoteJoin(NodeEvent):
+    KIND = "join"
+    CHECKS = {"nick": proto._check_name, "room": proto._check_name}
+    nick: str
+    room: str
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class RemoteLeave(NodeEvent):
+    KIND = "leave"
+    CHECKS = {"nick": proto._check_name}
+    nick: str
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class RemoteMove(NodeEvent):
+    KIND = "move"
+    CHECKS = {"nick": proto._check_name, "old": proto._check_name, "new": proto._check_name}
+    nick: str
+    old: str
+    new: str
+    node: str = ""
+
+
+def _check_speech_kind(value: Any, name: str) -> str:
+    if value not in (proto.ChatFrom.TYPE, proto.EmoteFrom.TYPE):
+        raise proto.InvalidMessage(f'field "{name}" must be chat or emote')
+    return value
+
+
+@dataclass(frozen=True)
+class RemoteSpeech(NodeEvent):
+    """A chat or an emote (``kind``) said in a room."""
+    KIND = "say"
+    CHECKS = {"kind": _check_speech_kind, "nick": proto._check_name,
+              "room": proto._check_name, "message": proto._check_text}
+    kind: str
+    nick: str
+    room: str
+    message: str
+    node: str = ""
+
+    def to_wire(self, node: str) -> str:
+        return json.dumps({"kind": self.KIND, "node": node, "said": self.kind,
+                           "nick": self.nick, "room": self.room, "message": self.message},
+                          ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class RemoteDirect(NodeEvent):
+    KIND = "dm"
+    CHECKS = {"sender": proto._check_name, "to": proto._check_name,
+              "message": proto._check_text}
+    sender: str
+    to: str
+    message: str
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class RemotePresence(NodeEvent):
+    """The whole list of a node's users (nick -> room)."""
+    KIND = "presence"
+    CHECKS = {"users": _check_users}
+    users: dict = field(default_factory=dict)
+    node: str = ""
+
+
+NODE_EVENTS: dict[str, type[NodeEvent]] = {
+    cls.KIND: cls for cls in (RemoteJoin, RemoteLeave, RemoteMove, RemoteSpeech,
+                              RemoteDirect, RemotePresence)
+}
+
+
+def parse_node_event(data: bytes | str) -> NodeEvent:
+    """One event read off Redis, validated; InvalidMessage if it is bad."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise proto.InvalidMessage("event is not JSON") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("node"), str):
+        raise proto.InvalidMessage("event is not an object with a node")
+    cls = NODE_EVENTS.get(obj.get("kind"))  # type: ignore[arg-type]
+    if cls is None:
+        raise proto.InvalidMessage(f"unknown event kind {str(obj.get('kind'))[:40]!r}")
+    if cls is RemoteSpeech:
+        obj["kind"] = obj.get("said")
+    values = {}
+    for name, check in cls.CHECKS.items():
+        if name not in obj:
+            raise proto.InvalidMessage(f'"{cls.KIND}" event needs field "{name}"')
+        values[name] = check(obj[name], name)
+    return cls(node=obj["node"], **values)
+
+
+# --------------------------------------------------------------------------
+# What the link hands the event loop
+
+
+@dataclass(frozen=True)
+class Claimed:
+    token: Any
+    nick: str
+    granted: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    nodes: dict  # node id -> {nick: room}
+
+
+@dataclass(frozen=True)
+class NodeDead:
+    node: str
+
+
+@dataclass(frozen=True)
+class LinkLost:
+    reason: str
+
+
+@dataclass(frozen=True)
+class LinkRestored:
+    pass
+
+
+@dataclass(frozen=True)
+class Conflict:
+    nick: str
+
+
+EVENT_TYPES: tuple[type, ...] = (Claimed, Snapshot, NodeDead, LinkLost, LinkRestored,
+                                 Conflict, *NODE_EVENTS.values())
+
+
+# --------------------------------------------------------------------------
+# What the event loop asks of the link: each command queues itself on a
+# pipeline, reads its own results, and knows what to do while Redis is down.
+
+
+class Command:
+    def queue(self, link: "ClusterLink", pipe) -> int:
+        """Add this command's Redis calls to the pipeline; return how many."""
+        return 0
+
+    def answer(self, link: "ClusterLink", results: list) -> None:
+        """Act on this command's results (as many as queue() returned)."""
+
+    def while_down(self, link: "ClusterLink") -> None:
+        """Redis is unreachable: keep what must be redone on reconnection."""
+
+
+@dataclass
+class ClaimNick(Command):
+    token: Any
+    nick: str
+    key: str
+
+    def queue(self, link, pipe) -> int:
+        link.client.claim_nick(keys=[link.key("nick:" + self.key)],
+                               args=[link.node_id, link.key("alive:")], client=pipe)
+        return 1
+
+    def answer(self, link, results) -> None:
+        link.hand_over(Claimed(self.token, self.nick, bool(results[0])))
+
+    def while_down(self, link) -> None:
+        link.hand_over(Claimed(self.token, self.nick, True))  # claimed again on reconnection
+
+
+@dataclass
+class SetPresence(Command):
+    nick: str
+    room: str
+
+    def queue(self, link, pipe) -> int:
+        link.users[self.nick] = self.room
+        pipe.hset(link.key("users:" + link.node_id), self.nick, self.room)
+        return 1
+
+    def while_down(self, link) -> None:
+        link.users[self.nick] = self.room
+
+
+@dataclass
+class ClearPresence(Command):
+    nick: str
+    key: str
+
+    def queue(self, link, pipe) -> int:
+        link.users.pop(self.nick, None)
+        pipe.hdel(link.key("users:" + link.node_id), self.nick)
+        link.client.release_nick(keys=[link.key("nick:" + self.key)], args=[link.node_id],
+                                 client=pipe)
+        return 2
+
+    def while_down(self, link) -> None:
+        link.users.pop(self.nick, None)
+
+
+@dataclass
+class Publish(Command):
+    event: NodeEvent
+
+    def queue(self, link, pipe) -> int:
+        pipe.publish(link.key("events"), self.event.to_wire(link.node_id))
+        return 1
+    # while down: pub/sub cannot keep it; it is lost
+
+
+@dataclass
+class ReadSnapshot(Command):
+    def answer(self, link, results) -> None:
+        link.hand_over(Snapshot(link.read_presence()))
+
+
+@dataclass
+class Stop(Command):
+    def answer(self, link, results) -> None:
+        link.deregister()
+        raise StopLink
+
+
+class StopLink(Exception):
+    """Raised by the Stop command to end the writer."""
 
 
 class ClusterLink:
-    """Queues work for Redis and hands back what the cluster says.
-
-    Events handed back (tuples, first item the kind):
-    ``("claimed", token, nick, ok)``, ``("remote", event_dict)``,
-    ``("snapshot", {node_id: {nick: room}})``, ``("node_dead", node_id)``,
-    ``("lost", reason)``, ``("restored",)``, ``("conflict", nick)``.
-    """
+    """Queues work for Redis and hands back what the cluster says (the
+    event classes above, read with take_events)."""
 
     def __init__(self, url: str, wake: Callable[[], None], heartbeat: float = 1.0,
                  prefix: str = "chat:") -> None:
@@ -89,17 +325,18 @@ class ClusterLink:
         self.heartbeat = heartbeat
         self.ttl_ms = int(heartbeat * 3000)
         self.prefix = prefix
+        self.client = None                 # the writer's connection
+        self.users: dict[str, str] = {}    # our users: nick -> room (writer's copy)
         self._wake = wake
-        self._outbox: queue.Queue = queue.Queue()
-        self._inbox: collections.deque = collections.deque()
-        self._users: dict[str, str] = {}   # our users: nick -> room (writer's copy)
+        self._outbox: queue.Queue[Command] = queue.Queue()
+        self._inbox: deque = deque()
         self._running = False
         self._connected = False
         self._was_lost = False
         self._state_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
-    # ---- called from the event loop ----
+    # ---- called from the event loop: queue work, take events ----
 
     def start(self) -> None:
         self._running = True
@@ -111,28 +348,28 @@ class ClusterLink:
 
     def stop(self) -> None:
         """Leave the cluster cleanly (best effort) and end the threads."""
-        self._outbox.put(("stop",))  # the writer deregisters, then ends
+        self._outbox.put(Stop())  # the writer deregisters, then ends
         if self._threads:
             self._threads[0].join(timeout=3)
         self._running = False  # the reader (a daemon) ends at its next poll
 
     def claim(self, token: Any, nick: str, key: str) -> None:
-        self._outbox.put(("claim", token, nick, key))
+        self._outbox.put(ClaimNick(token, nick, key))
 
     def joined(self, nick: str, room: str) -> None:
-        self._outbox.put(("presence", nick, room))
-        self.publish({"kind": "join", "nick": nick, "room": room})
+        self._outbox.put(SetPresence(nick, room))
+        self.publish(RemoteJoin(nick, room))
 
     def left(self, nick: str, key: str) -> None:
-        self._outbox.put(("absent", nick, key))
-        self.publish({"kind": "leave", "nick": nick})
+        self._outbox.put(ClearPresence(nick, key))
+        self.publish(RemoteLeave(nick))
 
     def moved(self, nick: str, old: str, new: str) -> None:
-        self._outbox.put(("presence", nick, new))
-        self.publish({"kind": "move", "nick": nick, "old": old, "new": new})
+        self._outbox.put(SetPresence(nick, new))
+        self.publish(RemoteMove(nick, old, new))
 
-    def publish(self, event: dict) -> None:
-        self._outbox.put(("publish", event))
+    def publish(self, event: NodeEvent) -> None:
+        self._outbox.put(Publish(event))
 
     def take_events(self) -> list:
         events = []
@@ -140,12 +377,12 @@ class ClusterLink:
             events.append(self._inbox.popleft())
         return events
 
-    # ---- shared by the threads ----
+    # ---- shared by the threads and the commands ----
 
-    def _key(self, name: str) -> str:
+    def key(self, name: str) -> str:
         return self.prefix + name
 
-    def _hand_over(self, event: tuple) -> None:
+    def hand_over(self, event: Any) -> None:
         self._inbox.append(event)
         self._wake()
 
@@ -161,32 +398,32 @@ class ClusterLink:
 
     def _write_loop(self) -> None:
         backoff = 0.1
-        client = None
         next_beat = 0.0
         while self._running:
             try:
-                if client is None:
-                    client = self._connect()
-                    self._register(client)
+                if self.client is None:
+                    self.client = self._connect()
+                    self._register()
                     backoff = 0.1
                     next_beat = time.monotonic() + self.heartbeat
                 timeout = max(0.0, next_beat - time.monotonic())
-                if self._process(client, self._next_commands(timeout)):
-                    return
+                self._process(self._next_commands(timeout))
                 if time.monotonic() >= next_beat:
-                    self._beat(client)
+                    self._beat()
                     next_beat = time.monotonic() + self.heartbeat
+            except StopLink:
+                return
             except Exception as exc:  # a dead link thread would silently split the chat
                 self._log_unexpected(exc)
-                if client is None and not self._connected and backoff == 0.1:
+                if self.client is None and not self._connected and backoff == 0.1:
                     log.warning("cluster: cannot reach Redis at %s (%s); retrying", self.url, exc)
-                client = None
+                self.client = None
                 self._went_down(str(exc))
                 if self._drain_while_down(backoff):
                     return
                 backoff = min(MAX_BACKOFF, backoff * 2)
 
-    def _next_commands(self, timeout: float) -> list:
+    def _next_commands(self, timeout: float) -> list[Command]:
         try:
             commands = [self._outbox.get(timeout=timeout)]
         except queue.Empty:
@@ -197,121 +434,83 @@ class ClusterLink:
             except queue.Empty:
                 return commands
 
-    def _process(self, client, commands: list) -> bool:
-        """Run a batch of commands in one pipeline; True after 'stop'."""
+    def _process(self, commands: list[Command]) -> None:
+        """Run a batch of commands in one pipeline, then let each read its
+        own results (Stop raises StopLink once the rest are done)."""
         if not commands:
-            return False
-        claim, release = client.claim_nick, client.release_nick
-        pipe = client.pipeline(transaction=False)
-        claims = []
-        stopping = False
-        for command in commands:
-            kind = command[0]
-            if kind == "claim":
-                _, token, nick, key = command
-                claim(keys=[self._key("nick:" + key)],
-                      args=[self.node_id, self._key("alive:")], client=pipe)
-                claims.append((token, nick))
-            elif kind == "presence":
-                self._users[command[1]] = command[2]
-                pipe.hset(self._key("users:" + self.node_id), command[1], command[2])
-            elif kind == "absent":
-                self._users.pop(command[1], None)
-                pipe.hdel(self._key("users:" + self.node_id), command[1])
-                release(keys=[self._key("nick:" + command[2])], args=[self.node_id], client=pipe)
-            elif kind == "publish":
-                pipe.publish(self._key("events"), self._encode(command[1]))
-            elif kind == "snapshot":
-                pass  # answered after the pipeline
-            elif kind == "stop":
-                stopping = True
-        results = pipe.execute()
-        answers = iter(results)
-        for command in commands:
-            if command[0] == "claim":
-                ok = bool(next(answers))
-                token, nick = command[1], command[2]
-                self._hand_over(("claimed", token, nick, ok))
-            elif command[0] in ("presence", "publish"):
-                next(answers)
-            elif command[0] == "absent":
-                next(answers)
-                next(answers)
-        if any(command[0] == "snapshot" for command in commands):
-            self._hand_over(("snapshot", self._read_presence(client)))
-        if stopping:
-            self._deregister(client)
-        return stopping
+            return
+        pipe = self.client.pipeline(transaction=False)
+        counts = [command.queue(self, pipe) for command in commands]
+        results: Iterator = iter(pipe.execute())
+        for command, count in zip(commands, counts):
+            command.answer(self, [next(results) for _ in range(count)])
 
-    def _encode(self, event: dict) -> str:
-        return json.dumps(dict(event, node=self.node_id), ensure_ascii=False,
-                          separators=(",", ":"))
-
-    def _register(self, client) -> None:
+    def _register(self) -> None:
         """Join (or rejoin) the cluster: heartbeat, presence, nick claims."""
-        node = self.node_id
-        client.set(self._key("alive:" + node), "1", px=self.ttl_ms)
-        client.sadd(self._key("nodes"), node)
-        users_key = self._key("users:" + node)
+        client, node = self.client, self.node_id
+        client.set(self.key("alive:" + node), "1", px=self.ttl_ms)
+        client.sadd(self.key("nodes"), node)
+        users_key = self.key("users:" + node)
         client.delete(users_key)
-        if self._users:
-            client.hset(users_key, mapping=dict(self._users))
-        for nick in list(self._users):
-            if not client.claim_nick(keys=[self._key("nick:" + name_key(nick))],
-                         args=[node, self._key("alive:")]):
-                self._hand_over(("conflict", nick))
-        client.publish(self._key("events"),
-                       self._encode({"kind": "presence", "users": dict(self._users)}))
-        self._hand_over(("snapshot", self._read_presence(client)))
+        if self.users:
+            client.hset(users_key, mapping=dict(self.users))
+        for nick in list(self.users):
+            if not client.claim_nick(keys=[self.key("nick:" + proto.name_key(nick))],
+                                     args=[node, self.key("alive:")]):
+                self.hand_over(Conflict(nick))
+        client.publish(self.key("events"), RemotePresence(dict(self.users)).to_wire(node))
+        self.hand_over(Snapshot(self.read_presence()))
         with self._state_lock:
             self._connected = True
             if self._was_lost:
                 self._was_lost = False
-                self._hand_over(("restored",))
+                self.hand_over(LinkRestored())
         log.info("cluster: node %s registered with %s", node, self.url)
 
-    def _beat(self, client) -> None:
+    def _beat(self) -> None:
         """Refresh our heartbeat; notice nodes whose heartbeat expired.
 
         If Redis lost our registration (it restarted between two beats) or
         the reader saw the link drop, register again: that also re-reads
         everyone's presence."""
+        client = self.client
         pipe = client.pipeline(transaction=False)
-        pipe.set(self._key("alive:" + self.node_id), "1", px=self.ttl_ms)
-        pipe.sismember(self._key("nodes"), self.node_id)
+        pipe.set(self.key("alive:" + self.node_id), "1", px=self.ttl_ms)
+        pipe.sismember(self.key("nodes"), self.node_id)
         _, registered = pipe.execute()
         if not registered or not self._connected:
-            self._register(client)
-        others = [n.decode() for n in client.smembers(self._key("nodes"))
+            self._register()
+        others = [n.decode() for n in client.smembers(self.key("nodes"))
                   if n.decode() != self.node_id]
         if not others:
             return
         pipe = client.pipeline(transaction=False)
         for node in others:
-            pipe.exists(self._key("alive:" + node))
+            pipe.exists(self.key("alive:" + node))
         for node, alive in zip(others, pipe.execute()):
             if not alive:
-                client.srem(self._key("nodes"), node)
-                client.delete(self._key("users:" + node))
-                self._hand_over(("node_dead", node))
+                client.srem(self.key("nodes"), node)
+                client.delete(self.key("users:" + node))
+                self.hand_over(NodeDead(node))
 
-    def _read_presence(self, client) -> dict[str, dict[str, str]]:
-        nodes = [n.decode() for n in client.smembers(self._key("nodes"))]
+    def read_presence(self) -> dict[str, dict[str, str]]:
+        client = self.client
+        nodes = [n.decode() for n in client.smembers(self.key("nodes"))]
         snapshot = {}
         for node in nodes:
-            if node == self.node_id or not client.exists(self._key("alive:" + node)):
+            if node == self.node_id or not client.exists(self.key("alive:" + node)):
                 continue
-            users = client.hgetall(self._key("users:" + node))
+            users = client.hgetall(self.key("users:" + node))
             snapshot[node] = {k.decode(): v.decode() for k, v in users.items()}
         return snapshot
 
-    def _deregister(self, client) -> None:
-        node = self.node_id
-        for nick in list(self._users):
-            client.release_nick(keys=[self._key("nick:" + name_key(nick))], args=[node])
-        client.publish(self._key("events"), self._encode({"kind": "presence", "users": {}}))
-        client.delete(self._key("users:" + node), self._key("alive:" + node))
-        client.srem(self._key("nodes"), node)
+    def deregister(self) -> None:
+        client, node = self.client, self.node_id
+        for nick in list(self.users):
+            client.release_nick(keys=[self.key("nick:" + proto.name_key(nick))], args=[node])
+        client.publish(self.key("events"), RemotePresence({}).to_wire(node))
+        client.delete(self.key("users:" + node), self.key("alive:" + node))
+        client.srem(self.key("nodes"), node)
 
     def _log_unexpected(self, exc: Exception) -> None:
         if not isinstance(exc, self._redis_module.RedisError):
@@ -324,27 +523,21 @@ class ClusterLink:
             self._connected = False
             self._was_lost = True
         log.warning("cluster: lost Redis (%s); serving local users only", reason)
-        self._hand_over(("lost", reason))
+        self.hand_over(LinkLost(reason))
 
     def _drain_while_down(self, seconds: float) -> bool:
-        """While Redis is unreachable: claims succeed locally (they are made
-        again on reconnection), publishes are dropped, presence is kept for
-        later.  True after 'stop'."""
+        """While Redis is unreachable each command does its while_down part
+        (claims succeed locally and are made again on reconnection,
+        publishes are dropped, presence is kept for later).  True after Stop."""
         deadline = time.monotonic() + seconds
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             for command in self._next_commands(remaining):
-                kind = command[0]
-                if kind == "claim":
-                    self._hand_over(("claimed", command[1], command[2], True))
-                elif kind == "presence":
-                    self._users[command[1]] = command[2]
-                elif kind == "absent":
-                    self._users.pop(command[1], None)
-                elif kind == "stop":
+                if isinstance(command, Stop):
                     return True
+                command.while_down(self)
 
     # ---- the reader thread ----
 
@@ -355,8 +548,8 @@ class ClusterLink:
                 client = self._connect()
                 pubsub = self._pubsub_class(client.connection_pool,
                                             ignore_subscribe_messages=True)
-                pubsub.resync = lambda: self._outbox.put(("snapshot",))
-                pubsub.subscribe(self._key("events"))  # on_connect asks for a snapshot
+                pubsub.resync = lambda: self._outbox.put(ReadSnapshot())
+                pubsub.subscribe(self.key("events"))  # on_connect asks for a snapshot
                 backoff = 0.1
                 while self._running:
                     message = pubsub.get_message(timeout=0.5)
@@ -372,8 +565,25 @@ class ClusterLink:
 
     def _receive(self, data: bytes) -> None:
         try:
-            event = json.loads(data)
-        except ValueError:
+            event = parse_node_event(data)
+        except proto.ProtocolError as exc:
+            log.info("cluster: ignoring a malformed event: %s", exc)
             return
-        if isinstance(event, dict) and event.get("node") != self.node_id:
-            self._hand_over(("remote", event))
+        if event.node != self.node_id:
+            self.hand_over(event)
+
+
+def resyncing_pubsub_class(redis_module):
+    """A PubSub that asks for presence to be read again each time redis-py
+    (re)connects it: it resubscribes by itself, but whatever was published
+    while it was away is lost."""
+
+    class ResyncingPubSub(redis_module.client.PubSub):
+        def resync(self) -> None:
+            pass
+
+        def on_connect(self, connection) -> None:
+            super().on_connect(connection)
+            self.resync()
+
+    return ResyncingPubSub

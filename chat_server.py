@@ -1,12 +1,11 @@
-"""The chat server: one process, one readiness-selection loop.
+"""The chat server's transport: command line, sockets and one selector loop.
 
-The listening socket and every client socket sit in one ``selectors``
-selector.  Each connection owns an input decoder and an output queue; sending
-only ever appends to a queue, and queues are written out, one ``send`` per
-socket, at the end of each loop turn.  A broadcast is encoded once and logged
-for the turn; at the end of the turn each recipient gets the bytes of every
-broadcast meant for it joined into one chunk.  A client whose queue passes
-the bound is dropped, so no client can stall the others.
+The listening sockets and every client socket sit in one ``selectors``
+selector.  This module knows the chat only through :class:`chat_core.ChatCore`
+(connected / received / connection_lost / tick / cluster_event) and writes
+out what :class:`chat_delivery.Delivery` queued for each connection: one
+``send`` per socket per loop turn, never blocking.  A client whose queue
+passes the bound is dropped, so no client can stall the others.
 
 Usage: ``python chat_server.py PORT [--host ADDR] [--max-queue BYTES]
 [--redis URL [--reuse-port] [--heartbeat SECONDS]] [--log-level LEVEL]``.
@@ -24,10 +23,12 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Sequence
 
 import chat_protocol as proto
 from chat_args import int_in_range
+from chat_core import ChatCore
+from chat_delivery import Delivery, Outlet
 
 log = logging.getLogger("chat_server")
 
@@ -38,7 +39,7 @@ BACKLOG = 4096
 KERNEL_SEND_BUFFER = 1 << 18
 ACCEPTS_PER_TURN = 512
 LINGER_SECONDS = 2.0
-LIST_BUDGET = proto.MAX_PAYLOAD - 1024
+WAKE = "wake"            # the selector key data of the wake-up socket
 
 
 def announce(message: str, *args: object) -> None:
@@ -47,89 +48,41 @@ def announce(message: str, *args: object) -> None:
     log.log(max(logging.INFO, log.getEffectiveLevel()), message, *args)
 
 
-class Room:
-    """A named set of members; the lobby always exists."""
+class Connection(Outlet):
+    """One client socket: the delivery outlet plus what the transport needs."""
 
-    __slots__ = ("name", "members")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.members: set[Connection] = set()
-
-
-class Connection:
-    """One client socket with its input decoder and output queue."""
-
-    __slots__ = ("sock", "peer", "decoder", "nick", "room", "out", "queued",
-                 "log_turn", "log_pos", "want_write", "closing", "deadline",
-                 "gone", "claiming", "held")
+    __slots__ = ("sock", "peer", "decoder", "deadline")
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
+        super().__init__()
         self.sock = sock
         self.peer = peer
         self.decoder = proto.PacketDecoder()
-        self.nick: str | None = None
-        self.room: Room | None = None
-        self.out: list[bytes] = []
-        self.queued = 0
-        self.log_turn = -1      # the turn whose broadcast log log_pos refers to
-        self.log_pos = 0        # broadcasts of that turn already in self.out
-        self.want_write = False
-        self.closing = False    # an error was queued; close once it is sent
-        self.deadline = 0.0
-        self.gone = False
-        self.claiming = False   # waiting for the cluster to grant the nick
-        self.held: list[bytes] = []  # packets that arrived meanwhile
+        self.deadline = 0.0     # when a closing connection is cut regardless
 
     def __repr__(self) -> str:
-        return f"<{self.nick or '?'} {self.peer}>"
-
-
-class RemoteUser:
-    """A user on another node of the cluster."""
-
-    __slots__ = ("nick", "node", "room")
-
-    def __init__(self, nick: str, node: str, room: str) -> None:
-        self.nick, self.node, self.room = nick, node, room
+        return f"<connection {self.peer}>"
 
 
 class ChatServer:
-    """The chat itself: connections, nicks, rooms and the event loop."""
+    """The selector loop around one chat core."""
 
     def __init__(self, listeners: Sequence[socket.socket],
                  max_queue: int = DEFAULT_MAX_QUEUE, redis_url: str | None = None,
                  heartbeat: float = 1.0) -> None:
         self.listeners = list(listeners)
-        self.max_queue = max_queue
         self.selector = selectors.DefaultSelector()
         self.connections: set[Connection] = set()
-        self.by_nick: dict[str, Connection] = {}
-        self.lobby = Room(proto.LOBBY)
-        self.rooms: dict[str, Room] = {proto.name_key(proto.LOBBY): self.lobby}
-        self.turn = 0
-        self.broadcast_log: list[tuple[Room | None, bytes]] = []
-        self.dirty: set[Connection] = set()
-        self.overflowed: list[Connection] = []
         self.lingering: set[Connection] = set()
         self.running = False
         self._reserve_fd: int | None = os.open(os.devnull, os.O_RDONLY)
         self._wake_reader, self._wake_writer = socket.socketpair()
-        self.remote: dict[str, RemoteUser] = {}      # name_key -> user elsewhere
-        self.claims: dict[str, Connection] = {}      # name_key -> hello in progress
-        self.cluster = None
+        self.link = None
         if redis_url:
             from chat_cluster import ClusterLink
-            self.cluster = ClusterLink(redis_url, self.wake, heartbeat)
-        self.handlers: dict[type, Callable[[Connection, Any], None]] = {
-            proto.Hello: self.on_hello,
-            proto.Chat: self.on_chat,
-            proto.SendDirect: self.on_direct,
-            proto.Emote: self.on_emote,
-            proto.WhoRequest: self.on_who,
-            proto.EnterRoom: self.on_enter,
-            proto.RoomsRequest: self.on_rooms,
-        }
+            self.link = ClusterLink(redis_url, self.wake, heartbeat)
+        self.delivery = Delivery(max_queue)
+        self.core = ChatCore(self.delivery, max_queue, self.link)
 
     # ------------------------------------------------------------------
     # The loop
@@ -141,10 +94,10 @@ class ChatServer:
             self.selector.register(listener, selectors.EVENT_READ, None)
         for sock in (self._wake_reader, self._wake_writer):
             sock.setblocking(False)
-        self.selector.register(self._wake_reader, selectors.EVENT_READ, "wake")
+        self.selector.register(self._wake_reader, selectors.EVENT_READ, WAKE)
         self.running = True
-        if self.cluster:
-            self.cluster.start()
+        if self.link:
+            self.link.start()
         try:
             while self.running:
                 for key, mask in self.selector.select(self.next_timeout()):
@@ -152,30 +105,28 @@ class ChatServer:
                 self.expire_lingering()
                 self.flush()
         finally:
-            if self.cluster:
-                self.cluster.stop()
+            if self.link:
+                self.link.stop()
             self.close_all()
 
     def dispatch(self, key: selectors.SelectorKey, mask: int) -> None:
         conn = key.data
         if conn is None:
             self.accept(key.fileobj)  # type: ignore[arg-type]
-        elif conn == "wake":
+        elif conn is WAKE:
             self.drain_wakeups()
-            if self.cluster:
-                self.apply_cluster_events()
+            if self.link:
+                now = time.monotonic()
+                for event in self.link.take_events():
+                    self.core.cluster_event(event, now)
         else:
-            try:
-                if mask & selectors.EVENT_READ and not conn.gone:
-                    self.on_readable(conn)
-                if mask & selectors.EVENT_WRITE and not conn.gone:
-                    self.write(conn)
-            except Exception:  # a bug must cost one client, never the server
-                log.exception("internal error serving %r; dropping it", conn)
-                self.drop(conn, "internal error")
+            if mask & selectors.EVENT_READ and not conn.gone:
+                self.on_readable(conn)
+            if mask & selectors.EVENT_WRITE and not conn.gone:
+                self.write(conn)
 
     def next_timeout(self) -> float | None:
-        if self.broadcast_log or self.dirty:
+        if self.delivery.busy:
             return 0
         if not self.lingering:
             return None
@@ -237,7 +188,7 @@ class ChatServer:
             conn = Connection(sock, format_address(address))
             self.connections.add(conn)
             self.selector.register(sock, selectors.EVENT_READ, conn)
-            log.info("connect %s", conn.peer)
+            self.core.connected(conn, conn.peer, time.monotonic())
 
     def refuse_one(self, listener: socket.socket) -> None:
         """Out of descriptors: accept and close one connection so the
@@ -266,22 +217,14 @@ class ChatServer:
             return
         if conn.closing:
             return  # lingering after an error: read and discard
-        self.handle_payloads(conn, conn.decoder.feed(data))
-
-    def handle_payloads(self, conn: Connection, payloads: list[bytes]) -> None:
-        for index, payload in enumerate(payloads):
-            if conn.claiming:
-                conn.held.extend(payloads[index:])
-                return
-            self.handle_payload(conn, payload)
-            if conn.closing or conn.gone:
-                return
+        self.core.received(conn, conn.decoder.feed(data), time.monotonic())
 
     def write(self, conn: Connection) -> None:
         """Send as much of the queue as the socket takes, in one send."""
-        self.dirty.discard(conn)
         if not conn.out:
             self.set_write_interest(conn, False)
+            if conn.closing:
+                self.half_close(conn)
             return
         batch, later = take_batch(conn.out)
         data = batch[0] if len(batch) == 1 else b"".join(batch)
@@ -308,395 +251,54 @@ class ChatServer:
                 events |= selectors.EVENT_WRITE
             self.selector.modify(conn.sock, events, conn)
 
-    # ------------------------------------------------------------------
-    # Delivery
-
-    def send_to(self, conn: Connection, message: proto.Message | bytes) -> None:
-        """Queue one packet for one connection, after its pending broadcasts."""
-        packet = message if isinstance(message, bytes) else proto.encode(message)
-        self.catch_up(conn)
-        self.enqueue(conn, packet)
-
-    def broadcast(self, packet: bytes, room: Room | None = None) -> None:
-        """Send to every client in ``room`` (everyone when room is None)."""
-        self.broadcast_log.append((room, packet))
-
-    def enqueue(self, conn: Connection, data: bytes) -> None:
-        if conn.gone:
-            return
-        conn.out.append(data)
-        conn.queued += len(data)
-        if conn.queued > self.max_queue and not conn.closing:
-            self.overflowed.append(conn)
-        elif not conn.want_write:
-            self.dirty.add(conn)
-
-    def pending_broadcasts(self, conn: Connection, start: int) -> bytes:
-        room = conn.room
-        return b"".join(packet for target, packet in self.broadcast_log[start:]
-                        if target is None or target is room)
-
-    def catch_up(self, conn: Connection) -> None:
-        """Move the broadcasts of this turn meant for conn into its queue, so
-        that what is queued for it next comes after them."""
-        if conn.room is None:
-            return
-        start = conn.log_pos if conn.log_turn == self.turn else 0
-        if start < len(self.broadcast_log):
-            chunk = self.pending_broadcasts(conn, start)
-            if chunk:
-                self.enqueue(conn, chunk)
-        conn.log_turn = self.turn
-        conn.log_pos = len(self.broadcast_log)
-
     def flush(self) -> None:
-        """End of a turn: distribute the broadcast log, drop the clients whose
-        queues overflowed (which may broadcast leaves), then write."""
-        while self.broadcast_log or self.overflowed:
-            self.distribute_broadcasts()
-            overflowed, self.overflowed = self.overflowed, []
-            for conn in overflowed:
-                self.drop(conn, f"output queue passed {self.max_queue} bytes")
-        for conn in list(self.dirty):
+        """End of a turn: distribute the broadcasts, drop the clients whose
+        queues overflowed (which may broadcast leaves), start the linger of
+        connections the core closed, then write."""
+        while self.delivery.log or self.delivery.overflowed:
+            for conn in self.delivery.end_turn():
+                self.drop(conn, f"output queue passed {self.delivery.max_queue} bytes")
+        deadline = time.monotonic() + LINGER_SECONDS
+        for conn in self.delivery.take_closed():
+            if not conn.gone:  # cut once its error is written, or at the deadline
+                conn.deadline = deadline
+                self.lingering.add(conn)
+        for conn in self.delivery.take_dirty():
             if not conn.gone:
                 self.write(conn)
-        self.dirty.clear()
-
-    def distribute_broadcasts(self) -> None:
-        if not self.broadcast_log:
-            return
-        log_rooms = {room for room, _ in self.broadcast_log}
-        if None in log_rooms:
-            recipients: Iterable[Connection] = self.by_nick.values()
-        else:
-            recipients = [c for room in log_rooms for c in room.members]  # type: ignore[union-attr]
-        whole_turn: dict[Room | None, bytes] = {}
-        turn = self.turn
-        for conn in list(recipients):
-            if conn.log_turn == turn:
-                chunk = self.pending_broadcasts(conn, conn.log_pos)
-            else:
-                chunk = whole_turn.get(conn.room)
-                if chunk is None:
-                    chunk = whole_turn[conn.room] = self.pending_broadcasts(conn, 0)
-            if chunk:
-                self.enqueue(conn, chunk)
-        self.broadcast_log = []
-        self.turn += 1
 
     # ------------------------------------------------------------------
     # Ending connections
 
     def drop(self, conn: Connection, reason: str) -> None:
-        """The connection is gone: announce the leave and forget it."""
+        """The connection is gone: tell the core, then forget it."""
         if conn.gone:
             return
-        if conn.nick is not None:
-            log.info("leave %s %s: %s", conn.nick, conn.peer, reason)
-        else:
-            log.info("disconnect %s: %s", conn.peer, reason)
-        self.leave_chat(conn)
+        self.core.connection_lost(conn, reason, time.monotonic())
         self.discard(conn)
 
     def discard(self, conn: Connection) -> None:
-        conn.gone = True
+        self.delivery.forget(conn)
         self.connections.discard(conn)
         self.lingering.discard(conn)
-        self.dirty.discard(conn)
         try:
             self.selector.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
         conn.sock.close()
-        conn.out = []
-
-    def reject(self, conn: Connection, reason: str) -> None:
-        """Send an error, then close once it is written (lingering briefly so
-        the peer reads the error instead of a reset)."""
-        log.info("error %s %s: %s; closing", conn.nick or "?", conn.peer, reason)
-        self.send_to(conn, proto.Error(reason))
-        self.leave_chat(conn)
-        conn.closing = True
-        conn.deadline = time.monotonic() + LINGER_SECONDS
-        self.lingering.add(conn)
 
     def half_close(self, conn: Connection) -> None:
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            self.discard(conn)
+            self.drop(conn, "closed after an error")
 
     def expire_lingering(self) -> None:
         if not self.lingering:
             return
         now = time.monotonic()
         for conn in [c for c in self.lingering if c.deadline <= now]:
-            self.discard(conn)
-
-    def leave_chat(self, conn: Connection) -> None:
-        if conn.nick is None:
-            return
-        key = proto.name_key(conn.nick)
-        del self.by_nick[key]
-        self.remove_from_room(conn)
-        self.broadcast(proto.encode(proto.Left(conn.nick)))
-        if self.cluster:
-            self.cluster.left(conn.nick, key)
-        conn.nick = None
-
-    # ------------------------------------------------------------------
-    # Messages
-
-    def handle_payload(self, conn: Connection, payload: bytes) -> None:
-        try:
-            message = proto.parse_client_message(payload)
-        except proto.MalformedPacket as exc:
-            self.reject(conn, str(exc))
-            return
-        except proto.InvalidMessage as exc:
-            if conn.nick is None:
-                self.reject(conn, str(exc))
-            else:
-                log.info("error %s: %s", conn.nick, exc)
-                self.send_to(conn, proto.Error(str(exc)))
-            return
-        if conn.nick is None and not isinstance(message, proto.Hello):
-            self.reject(conn, "the first packet must be a hello")
-            return
-        self.handlers[type(message)](conn, message)
-
-    def on_hello(self, conn: Connection, hello: proto.Hello) -> None:
-        if conn.nick is not None or conn.claiming:
-            self.send_to(conn, proto.Error("already said hello"))
-            return
-        key = proto.name_key(hello.nick)
-        if key in self.by_nick or key in self.remote or key in self.claims:
-            self.reject(conn, f"nick {hello.nick} is already taken")
-        elif self.cluster:
-            conn.claiming = True
-            self.claims[key] = conn
-            self.cluster.claim(conn, hello.nick, key)
-        else:
-            self.complete_hello(conn, hello.nick)
-
-    def complete_hello(self, conn: Connection, nick: str) -> None:
-        key = proto.name_key(nick)
-        conn.nick = nick
-        self.by_nick[key] = conn
-        conn.log_turn = self.turn
-        conn.log_pos = len(self.broadcast_log)
-        self.add_to_room(conn, self.lobby)
-        self.broadcast(proto.encode(proto.Joined(nick)))
-        if self.cluster:
-            self.cluster.joined(nick, self.lobby.name)
-        log.info("hello %s %s", nick, conn.peer)
-
-    def on_chat(self, conn: Connection, chat: proto.Chat) -> None:
-        self.say_in_room(conn, proto.ChatFrom, "chat", chat.message)
-
-    def on_emote(self, conn: Connection, emote: proto.Emote) -> None:
-        self.say_in_room(conn, proto.EmoteFrom, "emote", emote.message)
-
-    def say_in_room(self, conn: Connection, cls: type, kind: str, text: str) -> None:
-        packet = self.encode_for(conn, cls(conn.nick, text))
-        if packet:
-            self.broadcast(packet, conn.room)
-            self.tell_cluster({"kind": kind, "nick": conn.nick, "room": conn.room.name,
-                               "message": text})
-
-    def on_direct(self, conn: Connection, dm: proto.SendDirect) -> None:
-        key = proto.name_key(dm.to)
-        target = self.by_nick.get(key)
-        remote = self.remote.get(key)
-        if target is None and remote is None:
-            self.send_to(conn, proto.Error(f"no such user: {dm.to}"))
-            return
-        to = target.nick if target else remote.nick
-        packet = self.encode_for(conn, proto.DirectFrom(conn.nick, to, dm.message))
-        if not packet:
-            return
-        if target is not None:
-            self.send_to(target, packet)
-        else:
-            self.tell_cluster({"kind": "dm", "from": conn.nick, "to": to,
-                               "message": dm.message})
-        if target is not conn:
-            self.send_to(conn, packet)
-
-    def on_who(self, conn: Connection, _: proto.WhoRequest) -> None:
-        room = conn.room
-        key = proto.name_key(room.name)
-        nicks = [c.nick for c in room.members]
-        nicks += [u.nick for u in self.remote.values() if proto.name_key(u.room) == key]
-        nicks.sort(key=lambda n: (proto.name_key(n), n))
-        for part in split_for_packets(nicks, len):
-            self.send_to(conn, proto.WhoList(room.name, tuple(part)))
-
-    def on_rooms(self, conn: Connection, _: proto.RoomsRequest) -> None:
-        names = {key: room.name for key, room in self.rooms.items()}
-        counts = {key: len(room.members) for key, room in self.rooms.items()}
-        for user in self.remote.values():
-            key = proto.name_key(user.room)
-            names.setdefault(key, user.room)
-            counts[key] = counts.get(key, 0) + 1
-        lobby = proto.name_key(proto.LOBBY)
-        order = [lobby] + sorted(key for key in counts if key != lobby and counts[key])
-        rooms = [proto.RoomCount(names[key], counts[key]) for key in order]
-        for part in split_for_packets(rooms, lambda rc: len(rc.name) + 30):
-            self.send_to(conn, proto.RoomList(tuple(part)))
-
-    def on_enter(self, conn: Connection, enter: proto.EnterRoom) -> None:
-        key = proto.name_key(enter.room)
-        if conn.room is self.rooms.get(key):
-            self.send_to(conn, proto.Error(f"already in room {conn.room.name}"))
-            return
-        self.catch_up(conn)
-        old = conn.room
-        self.remove_from_room(conn)
-        self.broadcast(proto.encode(proto.ExitedRoom(conn.nick, old.name)), old)
-        room = self.rooms.get(key)
-        if room is None:
-            room = self.rooms[key] = Room(enter.room)
-        self.add_to_room(conn, room)
-        self.broadcast(proto.encode(proto.EnteredRoom(conn.nick, room.name)), room)
-        if self.cluster:
-            self.cluster.moved(conn.nick, old.name, room.name)
-
-    def encode_for(self, conn: Connection, message: proto.Message) -> bytes | None:
-        """Encode a rebroadcast, or tell the sender it would not fit."""
-        try:
-            return proto.encode(message)
-        except proto.PacketTooLarge:
-            self.send_to(conn, proto.Error("message too long to send"))
-            return None
-
-    def add_to_room(self, conn: Connection, room: Room) -> None:
-        conn.room = room
-        room.members.add(conn)
-
-    def remove_from_room(self, conn: Connection) -> None:
-        room = conn.room
-        if room is None:
-            return
-        room.members.discard(conn)
-        conn.room = None
-        if not room.members and room is not self.lobby:
-            del self.rooms[proto.name_key(room.name)]
-
-
-    # ------------------------------------------------------------------
-    # Cluster: what other nodes say, applied to this node's clients
-
-    def tell_cluster(self, event: dict) -> None:
-        if self.cluster:
-            self.cluster.publish(event)
-
-    def apply_cluster_events(self) -> None:
-        for event in self.cluster.take_events():
-            kind, args = event[0], event[1:]
-            log.debug("cluster event %s %s", kind, args)
-            try:
-                getattr(self, "cluster_" + kind)(*args)
-            except (KeyError, TypeError, AttributeError) as exc:
-                log.warning("cluster: ignoring a malformed %s event: %s", kind, exc)
-
-    def cluster_claimed(self, conn: Connection, nick: str, granted: bool) -> None:
-        key = proto.name_key(nick)
-        if self.claims.get(key) is conn:
-            del self.claims[key]
-        if conn.gone or conn.closing:
-            if granted:
-                self.cluster.left(nick, key)  # nobody will use it after all
-            return
-        conn.claiming = False
-        if not granted:
-            self.reject(conn, f"nick {nick} is already taken")
-            return
-        self.complete_hello(conn, nick)
-        held, conn.held = conn.held, []
-        self.handle_payloads(conn, held)
-
-    def cluster_remote(self, event: dict) -> None:
-        kind, node = event["kind"], event["node"]
-        if kind == "join":
-            self.remote_join(node, event["nick"], event["room"])
-        elif kind == "leave":
-            self.remote_leave(event["nick"])
-        elif kind == "move":
-            self.remote_move(event["nick"], event["old"], event["new"])
-        elif kind in ("chat", "emote"):
-            room = self.rooms.get(proto.name_key(event["room"]))
-            cls = proto.ChatFrom if kind == "chat" else proto.EmoteFrom
-            if room is not None:
-                self.broadcast(proto.encode(cls(event["nick"], event["message"])), room)
-        elif kind == "dm":
-            target = self.by_nick.get(proto.name_key(event["to"]))
-            if target is not None:
-                self.send_to(target, proto.DirectFrom(event["from"], target.nick,
-                                                      event["message"]))
-        elif kind == "presence":
-            self.sync_node(node, event["users"])
-
-    def cluster_snapshot(self, snapshot: dict[str, dict[str, str]]) -> None:
-        for node in {user.node for user in self.remote.values()} - set(snapshot):
-            self.sync_node(node, {})
-        for node, users in snapshot.items():
-            self.sync_node(node, users)
-
-    def cluster_node_dead(self, node: str) -> None:
-        log.warning("cluster: node %s stopped answering; its users have left", node)
-        self.sync_node(node, {})
-
-    def cluster_lost(self, reason: str) -> None:
-        self.broadcast(proto.encode(proto.Info(
-            "lost contact with the other chat servers; until it is back you are "
-            "chatting with the users of this server only")))
-
-    def cluster_restored(self) -> None:
-        self.broadcast(proto.encode(proto.Info("back in contact with the other chat servers")))
-
-    def cluster_conflict(self, nick: str) -> None:
-        conn = self.by_nick.get(proto.name_key(nick))
-        if conn is not None:
-            self.reject(conn, f"nick {nick} was taken on another server while this one "
-                              "was cut off")
-
-    def sync_node(self, node: str, users: dict[str, str]) -> None:
-        """Make our view of a node's users match ``users`` (nick -> room)."""
-        present = {proto.name_key(nick) for nick in users}
-        for key, user in list(self.remote.items()):
-            if user.node == node and key not in present:
-                self.remote_leave(user.nick)
-        for nick, room in users.items():
-            self.remote_join(node, nick, room)
-
-    def remote_join(self, node: str, nick: str, room: str) -> None:
-        key = proto.name_key(nick)
-        user = self.remote.get(key)
-        if user is not None:
-            user.node, user.room = node, room
-            return
-        if key in self.by_nick:
-            return  # ours: a stale claim elsewhere, settled by the nick lease
-        self.remote[key] = RemoteUser(nick, node, room)
-        self.broadcast(proto.encode(proto.Joined(nick)))
-
-    def remote_leave(self, nick: str) -> None:
-        user = self.remote.pop(proto.name_key(nick), None)
-        if user is not None:
-            self.broadcast(proto.encode(proto.Left(user.nick)))
-
-    def remote_move(self, nick: str, old: str, new: str) -> None:
-        user = self.remote.get(proto.name_key(nick))
-        if user is None:
-            return
-        user.room = new
-        old_room = self.rooms.get(proto.name_key(old))
-        if old_room is not None:
-            self.broadcast(proto.encode(proto.ExitedRoom(user.nick, old)), old_room)
-        new_room = self.rooms.get(proto.name_key(new))
-        if new_room is not None:
-            self.broadcast(proto.encode(proto.EnteredRoom(user.nick, new)), new_room)
+            self.drop(conn, "closed after an error")
 
 
 def take_batch(queue: list) -> tuple[list, list]:
@@ -708,21 +310,6 @@ def take_batch(queue: list) -> tuple[list, list]:
         if size >= SEND_BATCH:
             return queue[:index + 1], queue[index + 1:]
     return queue, []
-
-
-def split_for_packets(items: list, size_of: Callable) -> list[list]:
-    """Split a list whose encoding may not fit one packet into parts that do
-    (sizes are generous estimates of each item's JSON)."""
-    parts: list[list] = [[]]
-    used = 0
-    for item in items:
-        size = 2 * size_of(item) + 8  # escapes can double a name's length
-        if used + size > LIST_BUDGET and parts[-1]:
-            parts.append([])
-            used = 0
-        parts[-1].append(item)
-        used += size
-    return parts
 
 
 def format_address(address: tuple) -> str:

@@ -143,20 +143,19 @@ def sgr_for(style: str | None, color: bool) -> str:
     return CSI + SGR_COLORS[index] + "m" if index else ""
 
 
-class AnsiScreen(core.ChatScreen):
-    """ChatScreen drawn with plain ANSI escapes on a raw-mode terminal."""
+class AnsiTerminal:
+    """The core.Terminal of plain ANSI escapes on a raw-mode terminal."""
 
-    def __init__(self, color: bool = True) -> None:
-        super().__init__(color)
+    def __init__(self) -> None:
+        self.color = True
         self.input_fd = sys.stdin.fileno()
         self.output_fd = sys.stdout.fileno()
         self._saved_modes: list | None = None
         self._keys = KeyDecoder()
         self._height, self._width = self._query_size()
-        self._shown_rows = 0
 
     # terminal modes
-    def _setup(self) -> None:
+    def setup(self) -> None:
         if not os.isatty(self.input_fd):
             raise RuntimeError("standard input is not a terminal")
         self._saved_modes = termios.tcgetattr(self.input_fd)
@@ -171,7 +170,7 @@ class AnsiScreen(core.ChatScreen):
         self._height, self._width = self._query_size()
         self._write("\x1b[?1049h\x1b[?2004h" + CSI + "H" + CSI + "2J")
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
         try:
             self._write(CSI + "r" + CSI + "0m\x1b[?2004l\x1b[?25h\x1b[?1049l")
         finally:
@@ -187,14 +186,20 @@ class AnsiScreen(core.ChatScreen):
             rows, cols = 0, 0
         return (rows or 24, cols or 80)
 
-    def _size(self) -> tuple[int, int]:
+    def size(self) -> tuple[int, int]:
         return self._height, self._width
 
-    def _on_resize(self) -> None:
+    def pause(self) -> None:
+        self.restore()
+
+    def resume(self) -> None:
+        self.setup()
+
+    def resized(self) -> None:
         self._height, self._width = self._query_size()
 
     # input
-    def _read_keys(self, final: bool) -> Iterable[str]:
+    def read_keys(self, final: bool) -> Iterable[str]:
         keys: list[str] = []
         try:
             data = os.read(self.input_fd, 4096) if _readable(self.input_fd) else b""
@@ -206,11 +211,11 @@ class AnsiScreen(core.ChatScreen):
             keys += self._keys.flush()
         return keys
 
-    def _waiting_for_more(self) -> bool:
+    def waiting_for_more(self) -> bool:
         return self._keys.incomplete
 
     # output
-    def _draw(self, rows, prompt, text, column, full) -> None:
+    def draw(self, rows, prompt, text, column, full) -> None:
         height, width = self._height, self._width
         out = [CSI + "?25l"]
         if full:
@@ -243,4 +248,4 @@ def _readable(fd: int) -> bool:
 
 
 init_windows, read_command, print_message, end_windows, stop_input = \
-    core.module_functions(AnsiScreen)
+    core.module_functions(AnsiTerminal)

@@ -2,8 +2,8 @@
 
 Owns: escaping of control characters, display width and wrapping, the
 scrollback model, the line editor (keys, history, completion, paste), the
-layout of the input row, and :class:`ChatScreen`, the input loop that a
-backend subclasses with its own drawing and key reading.
+layout of the input row, and :class:`ChatScreen`, the input loop, which
+draws and reads keys through the :class:`Terminal` object a backend gives it.
 
 Threading: only the thread that calls ``read_command`` (the main thread)
 draws.  ``print_message`` may be called from any thread: it queues the line
@@ -21,7 +21,7 @@ import select
 import signal
 import threading
 import zlib
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Iterable, Protocol, Sequence, Union
 
 from wcwidth import wcwidth
 
@@ -354,20 +354,38 @@ def input_view(prompt: str, text: str, cursor: int, width: int) -> tuple[str, st
 # The input loop
 
 
-class ChatScreen:
-    """Output region above, input row below; subclassed by each backend.
+class Terminal(Protocol):
+    """What ChatScreen needs of a terminal; each backend gives it one.
 
-    A backend provides: ``_setup()`` and ``_restore()`` (terminal modes),
-    ``_size()``, ``_read_keys(final)`` (keys now available; ``final`` means
-    the escape wait is over), ``_waiting_for_more()`` (a partial escape
-    sequence is buffered), ``_draw(rows, prompt, text, column, full)`` and
-    ``input_fd``.
+    ``color`` is set before ``setup`` (a terminal without colours may turn
+    it off there).  ``read_keys(final)`` returns the keys available now
+    (``final``: the wait for the rest of an escape sequence is over);
+    ``waiting_for_more`` says a partial escape sequence is buffered.
+    ``draw`` gets the output rows (None: unchanged), the input row's
+    prompt, visible text and cursor column, and whether to repaint it all.
     """
 
-    input_fd = 0
+    input_fd: int
+    color: bool
 
-    def __init__(self, color: bool = True) -> None:
-        self.color = color
+    def setup(self) -> None: ...
+    def restore(self) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def size(self) -> tuple[int, int]: ...
+    def resized(self) -> None: ...
+    def read_keys(self, final: bool) -> Iterable[str]: ...
+    def waiting_for_more(self) -> bool: ...
+    def draw(self, rows: list[Row] | None, prompt: str, text: str, column: int,
+             full: bool) -> None: ...
+
+
+class ChatScreen:
+    """Output region above, input row below, on the terminal it is given."""
+
+    def __init__(self, terminal: Terminal, color: bool = True) -> None:
+        self.terminal = terminal
+        terminal.color = color
         self.scrollback = Scrollback()
         self.editor = LineEditor()
         self._pending: collections.deque[Message] = collections.deque()
@@ -389,10 +407,10 @@ class ChatScreen:
         if self._started:
             return
         try:
-            self._setup()
+            self.terminal.setup()
         except BaseException:
             with contextlib.suppress(Exception):  # undo what part of it did
-                self._restore()
+                self.terminal.restore()
             raise
         self._started = True
         self._full_redraw = True
@@ -407,7 +425,7 @@ class ChatScreen:
         self._started = False
         if self._previous_winch is not None:
             signal.signal(signal.SIGWINCH, self._previous_winch)
-        self._restore()
+        self.terminal.restore()
 
     def print_message(self, message: Message) -> None:
         """Queue a line for the output region; safe from any thread."""
@@ -435,11 +453,11 @@ class ChatScreen:
             if self._resized:
                 self._resized = False
                 self._full_redraw = True
-                self._on_resize()
+                self.terminal.resized()
             self._render(get_prompt())
             if self._stop_input:
                 raise EOFError("input stopped")
-            keys = self._read_keys(final)
+            keys = self.terminal.read_keys(final)
             for key in keys:
                 line = self._handle_key(key, complete)
                 if line is not None:
@@ -467,9 +485,10 @@ class ChatScreen:
     def _wait_for_input(self) -> bool:
         """Block until a key, a message or a resize; True when the wait for
         the rest of an escape sequence ran out."""
-        timeout = ESCAPE_WAIT if self._waiting_for_more() else None
+        timeout = ESCAPE_WAIT if self.terminal.waiting_for_more() else None
         try:
-            ready, _, _ = select.select([self.input_fd, self._wake_read], [], [], timeout)
+            ready, _, _ = select.select([self.terminal.input_fd, self._wake_read], [], [],
+                                        timeout)
         except InterruptedError:
             return False
         if self._wake_read in ready:
@@ -487,19 +506,19 @@ class ChatScreen:
             messages, self._pending = self._pending, collections.deque()
         if not messages:
             return
-        width = self._size()[1]
+        width = self.terminal.size()[1]
         for message in messages:
             self.scrollback.add(as_segments(message), width)
         self._output_changed = True
 
     def _render(self, prompt: str) -> None:
-        height, width = self._size()
+        height, width = self.terminal.size()
         rows = None
         if self._output_changed or self._full_redraw:
             rows = self.scrollback.view(width, max(1, height - 1))
         shown_prompt, text, column = input_view(prompt, self.editor.text,
                                                 self.editor.cursor, width)
-        self._draw(rows, shown_prompt, text, column, self._full_redraw)
+        self.terminal.draw(rows, shown_prompt, text, column, self._full_redraw)
         self._output_changed = False
         self._full_redraw = False
 
@@ -543,11 +562,11 @@ class ChatScreen:
         return None
 
     def _page_up(self) -> None:
-        self.scrollback.page_up(self._size()[0] - 1)
+        self.scrollback.page_up(self.terminal.size()[0] - 1)
         self._output_changed = True
 
     def _page_down(self) -> None:
-        self.scrollback.page_down(self._size()[0] - 1)
+        self.scrollback.page_down(self.terminal.size()[0] - 1)
         self._output_changed = True
 
     def _redraw(self) -> None:
@@ -556,41 +575,10 @@ class ChatScreen:
     def _suspend(self) -> None:
         """Ctrl-Z: give the terminal back, stop as the shell expects, and
         take the terminal again when continued (fg)."""
-        self._pause()
+        self.terminal.pause()
         os.kill(os.getpid(), signal.SIGTSTP)  # returns once SIGCONT arrives
-        self._continue()
+        self.terminal.resume()
         self._resized = True  # the size may have changed meanwhile
-
-    # ---- backend hooks ----
-
-    def _setup(self) -> None:
-        raise NotImplementedError
-
-    def _restore(self) -> None:
-        raise NotImplementedError
-
-    def _size(self) -> tuple[int, int]:
-        raise NotImplementedError
-
-    def _on_resize(self) -> None:
-        """The terminal changed size (the next draw is a full one)."""
-
-    def _pause(self) -> None:
-        """Restore the terminal for a while (Ctrl-Z); _continue undoes it."""
-        self._restore()
-
-    def _continue(self) -> None:
-        self._setup()
-
-    def _read_keys(self, final: bool) -> Iterable[str]:
-        raise NotImplementedError
-
-    def _waiting_for_more(self) -> bool:
-        return False
-
-    def _draw(self, rows: list[Row] | None, prompt: str, text: str,
-              column: int, full: bool) -> None:
-        raise NotImplementedError
 
 
 def style_key_color(style: str | None) -> int | None:
@@ -606,18 +594,18 @@ def style_key_color(style: str | None) -> int | None:
     return None
 
 
-def module_functions(screen_factory: Callable[..., ChatScreen]):
+def module_functions(terminal_factory: Callable[[], Terminal]):
     """The four functions every backend exposes (plus stop_input), bound to
-    one lazily created screen."""
+    one lazily created screen on the backend's terminal."""
     holder: dict[str, ChatScreen] = {}
 
     def screen() -> ChatScreen:
         if "screen" not in holder:
-            holder["screen"] = screen_factory()
+            holder["screen"] = ChatScreen(terminal_factory())
         return holder["screen"]
 
     def init_windows(color: bool = True) -> None:
-        screen().color = color
+        screen().terminal.color = color
         screen().start()
 
     def read_command(prompt, complete=None) -> str:

@@ -55,11 +55,11 @@ def _key_table(uc) -> dict[int, str]:
     }
 
 
-class CursesScreen(core.ChatScreen):
-    """ChatScreen drawn through ncurses windows."""
+class CursesTerminal:
+    """The core.Terminal drawn through ncurses windows."""
 
-    def __init__(self, color: bool = True) -> None:
-        super().__init__(color)
+    def __init__(self) -> None:
+        self.color = True
         self.input_fd = sys.stdin.fileno()
         self._saved_modes: list | None = None
         self._out = self._in = None
@@ -68,7 +68,7 @@ class CursesScreen(core.ChatScreen):
         self._height, self._width = 24, 80
 
     # terminal modes
-    def _setup(self) -> None:
+    def setup(self) -> None:
         uc = _load_curses()
         if not os.isatty(self.input_fd) or not os.isatty(sys.stdout.fileno()):
             raise CursesUnavailable("standard input and output must be a terminal")
@@ -111,7 +111,7 @@ class CursesScreen(core.ChatScreen):
         uc.nodelay(self._in, True)
         uc.wnoutrefresh(uc.stdscr)
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
         uc = _uc
         try:
             if self._saved_modes is not None:  # initscr() ran
@@ -124,12 +124,12 @@ class CursesScreen(core.ChatScreen):
                 termios.tcsetattr(self.input_fd, termios.TCSAFLUSH, self._saved_modes)
                 self._saved_modes = None
 
-    def _pause(self) -> None:
+    def pause(self) -> None:
         sys.stdout.write("\x1b[?2004l")
         sys.stdout.flush()
         _uc.endwin()  # the shell's modes until the next refresh
 
-    def _continue(self) -> None:
+    def resume(self) -> None:
         sys.stdout.write("\x1b[?2004h")
         sys.stdout.flush()
         _uc.lib1.clearok(_uc.stdscr, True)
@@ -137,10 +137,13 @@ class CursesScreen(core.ChatScreen):
         _uc.keypad(self._in, False)  # endwin turned the keypad mode off in the
         _uc.keypad(self._in, True)   # terminal: make ncurses send it again
 
-    def _size(self) -> tuple[int, int]:
+    def waiting_for_more(self) -> bool:
+        return False  # ncurses waits for escape sequences itself (ESCDELAY)
+
+    def size(self) -> tuple[int, int]:
         return self._height, self._width
 
-    def _on_resize(self) -> None:
+    def resized(self) -> None:
         uc = _uc
         rows, cols = _terminal_size()
         uc.lib1.resizeterm(rows, cols)
@@ -148,7 +151,7 @@ class CursesScreen(core.ChatScreen):
         self._make_windows()
 
     # input
-    def _read_keys(self, final: bool) -> Iterable[str]:
+    def read_keys(self, final: bool) -> Iterable[str]:
         keys: list[str] = []
         code = ctypes.c_uint32(0)
         while True:
@@ -175,7 +178,7 @@ class CursesScreen(core.ChatScreen):
         return core.CONTROL_KEYS.get(value, char)
 
     # output
-    def _draw(self, rows, prompt, text, column, full) -> None:
+    def draw(self, rows, prompt, text, column, full) -> None:
         uc = _uc
         if full:
             uc.lib1.clearok(self._out, True)
@@ -218,4 +221,4 @@ def _terminal_size() -> tuple[int, int]:
 
 
 init_windows, read_command, print_message, end_windows, stop_input = \
-    core.module_functions(CursesScreen)
+    core.module_functions(CursesTerminal)

@@ -1,5 +1,9 @@
 """The terminal-free pieces: editor, completion, wrapping, escaping, keys."""
 
+import collections
+import os
+import threading
+
 import pytest
 
 import chatui_core as core
@@ -125,3 +129,180 @@ def test_key_decoder_bracketed_paste_split_anywhere():
         keys = decoder.feed(data[:cut]) + decoder.feed(data[cut:])
         assert keys == ["line one\rline two", "x"]
         assert isinstance(keys[0], core.Paste)
+
+
+# ---- ChatScreen driven through a fake terminal ----
+
+class FakeTerminal:
+    """A core.Terminal with no terminal: keys are queued by the test, and
+    each draw is recorded as text."""
+
+    def __init__(self, rows=6, cols=40, fail_setup=False):
+        self.color = True
+        self.input_fd, self._poke = os.pipe()
+        os.set_blocking(self.input_fd, False)
+        self._keys = collections.deque()
+        self.rows, self.cols = rows, cols
+        self.output: list[str] = []
+        self.input_row = ""
+        self.column = 0
+        self.fail_setup = fail_setup
+        self.calls: list[str] = []
+        self.drawn = threading.Condition()
+
+    def press(self, *keys):
+        self._keys.extend(keys)
+        os.write(self._poke, b"k")
+
+    def type(self, text):
+        self.press(*text)
+
+    def setup(self):
+        self.calls.append("setup")
+        if self.fail_setup:
+            raise RuntimeError("no terminal here")
+
+    def restore(self):
+        self.calls.append("restore")
+
+    pause, resume = restore, setup
+
+    def size(self):
+        return self.rows, self.cols
+
+    def resized(self):
+        pass
+
+    def read_keys(self, final):
+        try:
+            os.read(self.input_fd, 1024)
+        except BlockingIOError:
+            pass
+        keys = list(self._keys)
+        self._keys.clear()
+        return keys
+
+    def waiting_for_more(self):
+        return False
+
+    def draw(self, rows, prompt, text, column, full):
+        with self.drawn:
+            if rows is not None:
+                self.output = [core.row_text(row) for row in rows]
+            self.input_row, self.column = prompt + text, column
+            self.drawn.notify_all()
+
+    def wait_until(self, condition, timeout=5):
+        with self.drawn:
+            assert self.drawn.wait_for(lambda: condition(self), timeout), (
+                self.output, self.input_row)
+
+
+def screen_on(terminal):
+    return core.ChatScreen(terminal)
+
+
+def test_read_command_returns_the_edited_line():
+    term = FakeTerminal()
+    screen = screen_on(term)
+    term.type("hello wrld")
+    term.press(core.LEFT, core.LEFT, core.LEFT, "o", core.END, "!", core.CTRL_A, ">", " ",
+               core.ENTER)
+    assert screen.read_command("pat> ") == "> hello world!"
+    assert term.input_row == "pat> " and term.column == len("pat> ")
+
+
+def test_a_message_from_another_thread_leaves_the_half_typed_line_alone():
+    term = FakeTerminal()
+    screen = screen_on(term)
+    term.type("half")
+
+    def other_thread():
+        term.wait_until(lambda t: t.input_row == "pat> half")
+        screen.print_message([("chris", "nick:chris"), (": interrupting", None)])
+        term.wait_until(lambda t: "chris: interrupting" in t.output)
+        assert term.input_row == "pat> half" and term.column == len("pat> half")
+        term.type(" done")
+        term.press(core.ENTER)
+
+    helper = threading.Thread(target=other_thread)
+    helper.start()
+    assert screen.read_command("pat> ") == "half done"
+    helper.join(5)
+    assert term.output[-1] == "chris: interrupting"
+
+
+@pytest.mark.parametrize("key, error", [(core.CTRL_D, EOFError), (core.CTRL_C, KeyboardInterrupt)])
+def test_ctrl_d_on_an_empty_line_and_ctrl_c_end_input(key, error):
+    term = FakeTerminal()
+    term.press(key)
+    with pytest.raises(error):
+        screen_on(term).read_command("> ")
+
+
+def test_ctrl_d_with_text_deletes_under_the_cursor():
+    term = FakeTerminal()
+    term.type("abc")
+    term.press(core.HOME, core.CTRL_D, core.ENTER)
+    assert screen_on(term).read_command("> ") == "bc"
+
+
+def test_stop_input_ends_a_waiting_read_command():
+    term = FakeTerminal()
+    screen = screen_on(term)
+    threading.Timer(0.05, screen.stop_input).start()
+    with pytest.raises(EOFError):
+        screen.read_command("> ")
+
+
+def test_a_paste_is_inserted_whole_and_sent_only_on_enter():
+    term = FakeTerminal()
+    term.press(core.Paste("one\ntwo"), core.ENTER)
+    assert screen_on(term).read_command("> ") == "one\ntwo"
+
+
+def test_history_and_completion_through_keys():
+    term = FakeTerminal()
+    screen = screen_on(term)
+    term.type("first")
+    term.press(core.ENTER)
+    assert screen.read_command("> ") == "first"
+    term.type("ch")
+    term.press(core.TAB, core.UP, core.DOWN, core.ENTER)
+    assert screen.read_command("> ", lambda word, start: ["chris"]) == "chris: "
+
+
+def test_page_up_shows_older_lines_and_enter_follows_new_output_again():
+    term = FakeTerminal(rows=4)
+    screen = screen_on(term)
+    for i in range(10):
+        screen.print_message(f"line {i}")
+
+    def other_thread():
+        term.wait_until(lambda t: t.output == ["line 7", "line 8", "line 9"])
+        term.press(core.PAGE_UP)
+        term.wait_until(lambda t: t.output == ["line 5", "line 6", "line 7"])
+        term.press(core.ENTER)
+
+    helper = threading.Thread(target=other_thread)
+    helper.start()
+    screen.read_command("> ")
+    helper.join(5)
+    assert term.output == ["line 7", "line 8", "line 9"]
+
+
+def test_a_failed_setup_is_undone():
+    term = FakeTerminal(fail_setup=True)
+    with pytest.raises(RuntimeError):
+        screen_on(term).start()
+    assert term.calls == ["setup", "restore"]
+
+
+def test_control_characters_from_messages_are_drawn_escaped():
+    term = FakeTerminal()
+    screen = screen_on(term)
+    screen.print_message("evil\x1b[2J\x07 bell")
+    term.press(core.CTRL_C)
+    with pytest.raises(KeyboardInterrupt):
+        screen.read_command("> ")
+    assert term.output[-1] == "evil^[[2J^G bell"

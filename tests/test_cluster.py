@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+import chat_protocol as proto
+
 from tests.support import RawClient, ServerProcess, chat_from, join, leave, wait_for
 
 HEARTBEAT = "0.2"  # seconds; a node is dead after three missed beats
@@ -232,3 +234,22 @@ def test_servers_sharing_one_port_act_as_one(nodes, client):
     served = [node.log_text().count("hello user") for node in (first, second)]
     assert sum(served) == 20
     assert all(served), f"the kernel gave every connection to one process: {served}"
+
+
+def test_a_packet_held_during_the_nick_claim_cannot_crash_the_node(nodes, client):
+    """hello plus a request whose error reply would not fit a packet, in one
+    write: the request is held while the cluster grants the nick, then
+    replayed; whatever it does costs that client at most."""
+    (node,) = nodes(1)
+    ann = client(node, "ann")
+    attacker = RawClient(node.port)
+    attacker.send(proto.encode_object({"type": "hello", "nick": "eve"})
+                  + proto.encode_object({"type": "enter", "room": "\x85" * 30000}))
+    ann.expect(join("eve"))
+    ann.chat("still serving")
+    ann.expect(chat_from("ann", "still serving"))
+    assert node.proc.poll() is None
+    later = client(node, "late")
+    ann.expect(join("late"))
+    later.chat("new users too")
+    ann.expect(chat_from("late", "new users too"))

@@ -1,0 +1,532 @@
+"""The chat itself, with no I/O: nicks, rooms, packet handlers, the cluster view.
+
+The transport feeds events in:
+
+- :meth:`ChatCore.connected` when a connection is accepted,
+- :meth:`ChatCore.received` with the whole payloads a connection sent,
+- :meth:`ChatCore.connection_lost` when it is gone, however it went,
+- :meth:`ChatCore.tick` as time passes,
+- :meth:`ChatCore.cluster_event` with what another node said.
+
+and the core acts only through its outbox (a :class:`chat_delivery.Delivery`:
+send to one connection, broadcast to a room or everyone, move between rooms,
+close after an error) and, in a cluster, through the link's queue-only
+methods.  Time comes in with the events; nothing here reads a clock, opens a
+socket or starts a thread.
+
+Every entry point is fenced: an exception while handling one connection's
+packet (including one held while its nick was claimed) costs that
+connection only, and one while applying a cluster event
+costs that event only; both are logged once with their traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from typing import Any, Callable, Protocol
+
+import chat_cluster as cluster
+import chat_protocol as proto
+from chat_delivery import Outlet
+
+log = logging.getLogger("chat_core")
+
+LIST_BUDGET = proto.MAX_PAYLOAD - 1024
+
+
+class State(enum.Enum):
+    """Where a connection is in its life; see TRANSITIONS."""
+
+    GREETING = "greeting"  # connected, no hello yet
+    CLAIMING = "claiming"  # said hello; the cluster is granting the nick
+    JOINED = "joined"      # in the chat
+    CLOSING = "closing"    # an error was sent; closes once it is written
+    GONE = "gone"
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.GREETING: frozenset({State.CLAIMING, State.JOINED, State.CLOSING, State.GONE}),
+    State.CLAIMING: frozenset({State.JOINED, State.CLOSING, State.GONE}),
+    State.JOINED: frozenset({State.CLOSING, State.GONE}),
+    State.CLOSING: frozenset({State.GONE}),
+    State.GONE: frozenset(),
+}
+
+
+class Outbox(Protocol):
+    """What the core asks of the delivery layer."""
+
+    def send(self, outlet: Outlet, packet: bytes) -> None: ...
+    def broadcast(self, packet: bytes, room: str | None = None) -> None: ...
+    def move(self, outlet: Outlet, room: str | None) -> None: ...
+    def close(self, outlet: Outlet) -> None: ...
+
+
+class Room:
+    """A named set of local members; the lobby always exists."""
+
+    __slots__ = ("name", "key", "members")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.key = proto.name_key(name)
+        self.members: set[Client] = set()
+
+
+class Client:
+    """The chat's view of one connection."""
+
+    __slots__ = ("outlet", "peer", "state", "nick", "room", "held", "held_bytes")
+
+    def __init__(self, outlet: Outlet, peer: str) -> None:
+        self.outlet = outlet
+        self.peer = peer
+        self.state = State.GREETING
+        self.nick: str | None = None
+        self.room: Room | None = None
+        self.held: deque[bytes] = deque()  # payloads that arrived while claiming
+        self.held_bytes = 0
+
+    def become(self, state: State) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"{self!r}: no transition from {self.state.name} to {state.name}")
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<{self.nick or '?'} {self.peer}>"
+
+
+class RemoteUser:
+    """A user on another node of the cluster."""
+
+    __slots__ = ("nick", "node", "room")
+
+    def __init__(self, nick: str, node: str, room: str) -> None:
+        self.nick, self.node, self.room = nick, node, room
+
+
+# The one dispatch table from message class to handler, filled by @handles
+# and checked against the protocol's registry below the class.
+PACKET_HANDLERS: dict[type[proto.Message], Callable[..., None]] = {}
+CLUSTER_HANDLERS: dict[type, Callable[..., None]] = {}
+
+
+def handles(message_class: type, table: dict = PACKET_HANDLERS):
+    def register(function: Callable) -> Callable:
+        if message_class in table:
+            raise TypeError(f"two handlers for {message_class.__name__}")
+        table[message_class] = function
+        return function
+    return register
+
+
+def applies(event_class: type):
+    return handles(event_class, CLUSTER_HANDLERS)
+
+
+class ChatCore:
+    """Nicks, rooms and every rule of the chat, driven by events."""
+
+    def __init__(self, outbox: Outbox, max_queue: int,
+                 link: cluster.ClusterLink | None = None) -> None:
+        self.outbox = outbox
+        self.max_queue = max_queue
+        self.link = link
+        self.clients: dict[Outlet, Client] = {}
+        self.by_nick: dict[str, Client] = {}
+        self.lobby = Room(proto.LOBBY)
+        self.rooms: dict[str, Room] = {self.lobby.key: self.lobby}
+        self.remote: dict[str, RemoteUser] = {}   # name_key -> user elsewhere
+        self.claims: dict[str, Client] = {}       # name_key -> hello in progress
+
+    # ------------------------------------------------------------------
+    # Entry points
+
+    def connected(self, outlet: Outlet, peer: str, now: float) -> None:
+        self.clients[outlet] = Client(outlet, peer)
+        log.info("connect %s", peer)
+
+    def received(self, outlet: Outlet, payloads: list[bytes], now: float) -> None:
+        """Whole payloads from one connection, in the order they came."""
+        client = self.clients.get(outlet)
+        if client is None:
+            return
+        try:
+            for payload in payloads:
+                state = client.state
+                if state is State.JOINED or state is State.GREETING:
+                    self.handle_payload(client, payload)
+                elif state is State.CLAIMING:
+                    self.hold(client, payload)
+                else:
+                    return
+        except Exception:
+            self.drop_after_bug(client)
+
+    def connection_lost(self, outlet: Outlet, reason: str, now: float) -> None:
+        """The connection is gone: announce the leave and forget it."""
+        client = self.clients.pop(outlet, None)
+        if client is None:
+            return
+        if client.nick is not None:
+            log.info("leave %s %s: %s", client.nick, client.peer, reason)
+        else:
+            log.info("disconnect %s: %s", client.peer, reason)
+        self.leave_chat(client)
+        client.become(State.GONE)
+
+    def tick(self, now: float) -> float | None:
+        """Time has passed; return when the core next needs a tick (None:
+        nothing is waiting on time)."""
+        return None
+
+    def cluster_event(self, event: Any, now: float) -> None:
+        """Apply one thing the cluster said; a bad event costs only itself."""
+        handler = CLUSTER_HANDLERS.get(type(event))
+        if handler is None:
+            log.warning("cluster: ignoring an event of unknown type %s", type(event).__name__)
+            return
+        log.debug("cluster event %r", event)
+        try:
+            handler(self, event)
+        except Exception:
+            log.exception("cluster: internal error applying %s; ignored",
+                          type(event).__name__)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.clients)
+
+    # ------------------------------------------------------------------
+    # Packets
+
+    def drop_after_bug(self, client: Client) -> None:
+        """A handler raised: log it once and drop that client only."""
+        log.exception("internal error serving %r; dropping it", client)
+        self.outbox.close(client.outlet)
+        self.connection_lost(client.outlet, "internal error", 0.0)
+
+    def hold(self, client: Client, payload: bytes) -> None:
+        """Keep a payload until the nick claim is settled; what is held
+        counts against the output bound."""
+        client.held.append(payload)
+        client.held_bytes += len(payload)
+        if client.held_bytes + client.outlet.queued > self.max_queue:
+            client.held.clear()
+            self.reject(client, "too much sent before the nick was granted")
+
+    def handle_payload(self, client: Client, payload: bytes) -> None:
+        try:
+            message = proto.parse_client_message(payload)
+        except proto.MalformedPacket as exc:
+            self.reject(client, str(exc))
+            return
+        except proto.InvalidMessage as exc:
+            if client.state is State.GREETING:
+                self.reject(client, str(exc))
+            else:
+                log.info("error %s: %s", client.nick, exc)
+                self.send(client, proto.Error(str(exc)))
+            return
+        if client.state is State.GREETING and not isinstance(message, proto.Hello):
+            self.reject(client, "the first packet must be a hello")
+            return
+        PACKET_HANDLERS[type(message)](self, client, message)
+
+    def send(self, client: Client, message: proto.Message | bytes) -> None:
+        packet = message if isinstance(message, bytes) else proto.encode(message)
+        self.outbox.send(client.outlet, packet)
+
+    def encode_for(self, client: Client, message: proto.Message) -> bytes | None:
+        """Encode a rebroadcast, or tell the sender it would not fit."""
+        try:
+            return proto.encode(message)
+        except proto.PacketTooLarge:
+            self.send(client, proto.Error("message too long to send"))
+            return None
+
+    def reject(self, client: Client, reason: str) -> None:
+        """Send an error, then close once it is written."""
+        log.info("error %s %s: %s; closing", client.nick or "?", client.peer, reason)
+        self.send(client, proto.Error(reason))
+        self.leave_chat(client)
+        self.outbox.close(client.outlet)
+        client.become(State.CLOSING)
+
+    @handles(proto.Hello)
+    def on_hello(self, client: Client, hello: proto.Hello) -> None:
+        if client.state is not State.GREETING:
+            self.send(client, proto.Error("already said hello"))
+            return
+        key = proto.name_key(hello.nick)
+        if key in self.by_nick or key in self.remote or key in self.claims:
+            self.reject(client, f"nick {hello.nick} is already taken")
+        elif self.link:
+            client.become(State.CLAIMING)
+            self.claims[key] = client
+            self.link.claim(client, hello.nick, key)
+        else:
+            self.complete_hello(client, hello.nick)
+
+    def complete_hello(self, client: Client, nick: str) -> None:
+        client.become(State.JOINED)
+        client.nick = nick
+        self.by_nick[proto.name_key(nick)] = client
+        self.enter(client, self.lobby)
+        self.outbox.broadcast(proto.encode(proto.Joined(nick)))
+        if self.link:
+            self.link.joined(nick, self.lobby.name)
+        log.info("hello %s %s", nick, client.peer)
+
+    @handles(proto.Chat)
+    def on_chat(self, client: Client, chat: proto.Chat) -> None:
+        self.say_in_room(client, proto.ChatFrom(client.nick, chat.message))
+
+    @handles(proto.Emote)
+    def on_emote(self, client: Client, emote: proto.Emote) -> None:
+        self.say_in_room(client, proto.EmoteFrom(client.nick, emote.message))
+
+    def say_in_room(self, client: Client, message: proto.ChatFrom | proto.EmoteFrom) -> None:
+        packet = self.encode_for(client, message)
+        if packet:
+            room = client.room
+            self.outbox.broadcast(packet, room.key)
+            if self.link:
+                self.link.publish(cluster.RemoteSpeech(message.TYPE, message.nick, room.name,
+                                                       message.message))
+
+    @handles(proto.SendDirect)
+    def on_direct(self, client: Client, dm: proto.SendDirect) -> None:
+        key = proto.name_key(dm.to)
+        target = self.by_nick.get(key)
+        remote = self.remote.get(key)
+        if target is None and remote is None:
+            self.send(client, proto.Error(f"no such user: {dm.to}"))
+            return
+        to = target.nick if target else remote.nick
+        packet = self.encode_for(client, proto.DirectFrom(client.nick, to, dm.message))
+        if not packet:
+            return
+        if target is not None:
+            self.send(target, packet)
+        else:
+            self.link.publish(cluster.RemoteDirect(client.nick, to, dm.message))
+        if target is not client:
+            self.send(client, packet)
+
+    @handles(proto.WhoRequest)
+    def on_who(self, client: Client, _: proto.WhoRequest) -> None:
+        room = client.room
+        nicks = [c.nick for c in room.members]
+        nicks += [u.nick for u in self.remote.values() if proto.name_key(u.room) == room.key]
+        nicks.sort(key=lambda n: (proto.name_key(n), n))
+        for part in split_for_packets(nicks, len):
+            self.send(client, proto.WhoList(room.name, tuple(part)))
+
+    @handles(proto.RoomsRequest)
+    def on_rooms(self, client: Client, _: proto.RoomsRequest) -> None:
+        names = {key: room.name for key, room in self.rooms.items()}
+        counts = {key: len(room.members) for key, room in self.rooms.items()}
+        for user in self.remote.values():
+            key = proto.name_key(user.room)
+            names.setdefault(key, user.room)
+            counts[key] = counts.get(key, 0) + 1
+        lobby = self.lobby.key
+        order = [lobby] + sorted(key for key in counts if key != lobby and counts[key])
+        rooms = [proto.RoomCount(names[key], counts[key]) for key in order]
+        for part in split_for_packets(rooms, lambda rc: len(rc.name) + 30):
+            self.send(client, proto.RoomList(tuple(part)))
+
+    @handles(proto.EnterRoom)
+    def on_enter(self, client: Client, enter: proto.EnterRoom) -> None:
+        key = proto.name_key(enter.room)
+        old = client.room
+        if old.key == key:
+            self.send(client, proto.Error(f"already in room {old.name}"))
+            return
+        room = self.rooms.get(key) or Room(enter.room)
+        self.enter(client, room)
+        self.outbox.broadcast(proto.encode(proto.ExitedRoom(client.nick, old.name)), old.key)
+        self.outbox.broadcast(proto.encode(proto.EnteredRoom(client.nick, room.name)), room.key)
+        if self.link:
+            self.link.moved(client.nick, old.name, room.name)
+
+    # ------------------------------------------------------------------
+    # Rooms and leaving
+
+    def enter(self, client: Client, room: Room | None) -> None:
+        """Move a client to a room (None: out of every room)."""
+        old = client.room
+        if old is not None:
+            old.members.discard(client)
+            if not old.members and old is not self.lobby:
+                del self.rooms[old.key]
+        client.room = room
+        if room is not None:
+            room.members.add(client)
+            self.rooms[room.key] = room
+        self.outbox.move(client.outlet, room.key if room else None)
+
+    def leave_chat(self, client: Client) -> None:
+        self.held_off(client)
+        if client.nick is None:
+            return
+        key = proto.name_key(client.nick)
+        del self.by_nick[key]
+        self.enter(client, None)
+        self.outbox.broadcast(proto.encode(proto.Left(client.nick)))
+        if self.link:
+            self.link.left(client.nick, key)
+        client.nick = None
+
+    def held_off(self, client: Client) -> None:
+        client.held.clear()
+        client.held_bytes = 0
+
+    # ------------------------------------------------------------------
+    # The cluster: what other nodes say, applied to this node's clients
+
+    @applies(cluster.Claimed)
+    def on_claimed(self, event: cluster.Claimed) -> None:
+        client, nick = event.token, event.nick
+        key = proto.name_key(nick)
+        if self.claims.get(key) is client:
+            del self.claims[key]
+        if client.state is not State.CLAIMING:
+            if event.granted:
+                self.link.left(nick, key)  # nobody will use it after all
+            return
+        if not event.granted:
+            self.reject(client, f"nick {nick} is already taken")
+            return
+        held = list(client.held)
+        self.held_off(client)
+        try:
+            self.complete_hello(client, nick)
+        except Exception:
+            self.drop_after_bug(client)
+            return
+        self.received(client.outlet, held, 0.0)  # fenced like any packet
+
+    @applies(cluster.RemoteJoin)
+    def on_remote_join(self, event: cluster.RemoteJoin) -> None:
+        self.remote_join(event.node, event.nick, event.room)
+
+    @applies(cluster.RemoteLeave)
+    def on_remote_leave(self, event: cluster.RemoteLeave) -> None:
+        self.remote_leave(event.nick)
+
+    @applies(cluster.RemoteMove)
+    def on_remote_move(self, event: cluster.RemoteMove) -> None:
+        user = self.remote.get(proto.name_key(event.nick))
+        if user is None:
+            return
+        user.room = event.new
+        for room_name, message in ((event.old, proto.ExitedRoom(user.nick, event.old)),
+                                   (event.new, proto.EnteredRoom(user.nick, event.new))):
+            room = self.rooms.get(proto.name_key(room_name))
+            if room is not None:
+                self.outbox.broadcast(proto.encode(message), room.key)
+
+    @applies(cluster.RemoteSpeech)
+    def on_remote_speech(self, event: cluster.RemoteSpeech) -> None:
+        room = self.rooms.get(proto.name_key(event.room))
+        cls = proto.ChatFrom if event.kind == proto.ChatFrom.TYPE else proto.EmoteFrom
+        if room is not None:
+            self.outbox.broadcast(proto.encode(cls(event.nick, event.message)), room.key)
+
+    @applies(cluster.RemoteDirect)
+    def on_remote_direct(self, event: cluster.RemoteDirect) -> None:
+        target = self.by_nick.get(proto.name_key(event.to))
+        if target is not None:
+            self.send(target, proto.DirectFrom(event.sender, target.nick, event.message))
+
+    @applies(cluster.RemotePresence)
+    def on_remote_presence(self, event: cluster.RemotePresence) -> None:
+        self.sync_node(event.node, event.users)
+
+    @applies(cluster.Snapshot)
+    def on_snapshot(self, event: cluster.Snapshot) -> None:
+        for node in {user.node for user in self.remote.values()} - set(event.nodes):
+            self.sync_node(node, {})
+        for node, users in event.nodes.items():
+            self.sync_node(node, users)
+
+    @applies(cluster.NodeDead)
+    def on_node_dead(self, event: cluster.NodeDead) -> None:
+        log.warning("cluster: node %s stopped answering; its users have left", event.node)
+        self.sync_node(event.node, {})
+
+    @applies(cluster.LinkLost)
+    def on_link_lost(self, event: cluster.LinkLost) -> None:
+        self.outbox.broadcast(proto.encode(proto.Info(
+            "lost contact with the other chat servers; until it is back you are "
+            "chatting with the users of this server only")))
+
+    @applies(cluster.LinkRestored)
+    def on_link_restored(self, event: cluster.LinkRestored) -> None:
+        self.outbox.broadcast(proto.encode(proto.Info(
+            "back in contact with the other chat servers")))
+
+    @applies(cluster.Conflict)
+    def on_conflict(self, event: cluster.Conflict) -> None:
+        client = self.by_nick.get(proto.name_key(event.nick))
+        if client is not None:
+            self.reject(client, f"nick {event.nick} was taken on another server while "
+                                "this one was cut off")
+
+    def sync_node(self, node: str, users: dict[str, str]) -> None:
+        """Make our view of a node's users match ``users`` (nick -> room)."""
+        present = {proto.name_key(nick) for nick in users}
+        for key, user in list(self.remote.items()):
+            if user.node == node and key not in present:
+                self.remote_leave(user.nick)
+        for nick, room in users.items():
+            self.remote_join(node, nick, room)
+
+    def remote_join(self, node: str, nick: str, room: str) -> None:
+        key = proto.name_key(nick)
+        user = self.remote.get(key)
+        if user is not None:
+            user.node, user.room = node, room
+            return
+        if key in self.by_nick:
+            return  # ours: a stale claim elsewhere, settled by the nick lease
+        self.remote[key] = RemoteUser(nick, node, room)
+        self.outbox.broadcast(proto.encode(proto.Joined(nick)))
+
+    def remote_leave(self, nick: str) -> None:
+        user = self.remote.pop(proto.name_key(nick), None)
+        if user is not None:
+            self.outbox.broadcast(proto.encode(proto.Left(user.nick)))
+
+
+def _check_tables() -> None:
+    """Every message a client may send and every event the cluster may hand
+    over has exactly one handler; checked when the module loads."""
+    for what, table, registry in (
+            ("client message", PACKET_HANDLERS, proto.CLIENT_MESSAGES.values()),
+            ("cluster event", CLUSTER_HANDLERS, cluster.EVENT_TYPES)):
+        missing = sorted(cls.__name__ for cls in set(registry) - set(table))
+        if missing:
+            raise ImportError(f"chat_core has no handler for {what}(s): {', '.join(missing)}")
+
+
+_check_tables()
+
+
+def split_for_packets(items: list, size_of: Callable) -> list[list]:
+    """Split a list whose encoding may not fit one packet into parts that do
+    (sizes are generous estimates of each item's JSON)."""
+    parts: list[list] = [[]]
+    used = 0
+    for item in items:
+        size = 2 * size_of(item) + 8  # escapes can double a name's length
+        if used + size > LIST_BUDGET and parts[-1]:
+            parts.append([])
+            used = 0
+        parts[-1].append(item)
+        used += size
+    return parts

@@ -1,0 +1,88 @@
+"""Drive the chat core in memory: events in, each connection's packets out.
+
+No sockets, no threads, no clock: the harness plays the transport's part
+(feeding payloads, ending turns) and decodes what the delivery layer queued
+for each connection.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import chat_protocol as proto
+from chat_core import ChatCore
+from chat_delivery import Delivery, Outlet
+
+
+class FakeLink:
+    """Stands in for chat_cluster.ClusterLink: records what the core asks."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def claim(self, token: Any, nick: str, key: str) -> None:
+        self.calls.append(("claim", token, nick))
+
+    def joined(self, nick: str, room: str) -> None:
+        self.calls.append(("joined", nick, room))
+
+    def left(self, nick: str, key: str) -> None:
+        self.calls.append(("left", nick))
+
+    def moved(self, nick: str, old: str, new: str) -> None:
+        self.calls.append(("moved", nick, old, new))
+
+    def publish(self, event: Any) -> None:
+        self.calls.append(("publish", event))
+
+
+class Harness:
+    def __init__(self, max_queue: int = 1 << 20, link: FakeLink | None = None) -> None:
+        self.delivery = Delivery(max_queue)
+        self.core = ChatCore(self.delivery, max_queue, link)
+        self.now = 0.0
+        self._decoders: dict[Outlet, proto.PacketDecoder] = {}
+        self.dropped: list[Outlet] = []
+
+    def connect(self, nick: str | None = None, peer: str = "127.0.0.1:40000") -> Outlet:
+        outlet = Outlet()
+        self._decoders[outlet] = proto.PacketDecoder()
+        self.core.connected(outlet, peer, self.now)
+        if nick is not None:
+            self.send(outlet, {"type": "hello", "nick": nick})
+        return outlet
+
+    def joined(self, *nicks: str) -> list[Outlet]:
+        """Connect and say hello for each nick; discard what they received."""
+        outlets = [self.connect(nick) for nick in nicks]
+        for outlet in outlets:
+            self.received(outlet)
+        return outlets
+
+    def send(self, outlet: Outlet, *messages: dict | bytes) -> None:
+        payloads = [m if isinstance(m, bytes) else json.dumps(m).encode() for m in messages]
+        self.core.received(outlet, payloads, self.now)
+
+    def chat(self, outlet: Outlet, text: str) -> None:
+        self.send(outlet, {"type": "chat", "message": text})
+
+    def lose(self, outlet: Outlet, reason: str = "closed the connection") -> None:
+        self.core.connection_lost(outlet, reason, self.now)
+        self.delivery.forget(outlet)
+
+    def end_turn(self) -> None:
+        """What the transport does after each loop turn."""
+        while self.delivery.log or self.delivery.overflowed:
+            for outlet in self.delivery.end_turn():
+                self.dropped.append(outlet)
+                self.lose(outlet, "output queue passed the bound")
+
+    def received(self, outlet: Outlet) -> list[dict]:
+        """Everything queued for the connection since the last call."""
+        self.end_turn()
+        data = b"".join(bytes(chunk) for chunk in outlet.take_output())
+        return [json.loads(p) for p in self._decoders[outlet].feed(data)]
+
+    def closed(self, outlet: Outlet) -> bool:
+        return outlet.closing or outlet.gone

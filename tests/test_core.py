@@ -1,0 +1,443 @@
+"""The chat core's rules, in memory: feed events, assert the packets.
+
+Every rule of SPEC.md that the core owns is here; the socket tests check
+the wiring.  No sockets, no subprocesses, no sleeping.
+"""
+
+import json
+
+import pytest
+
+import chat_cluster as cluster
+import chat_core
+import chat_protocol as proto
+from tests.core_harness import FakeLink, Harness
+from tests.support import chat_from, join, leave
+
+
+@pytest.fixture
+def chat():
+    return Harness()
+
+
+def error_of(messages):
+    errors = [m for m in messages if m["type"] == "error"]
+    assert len(errors) == 1, messages
+    return errors[0]["message"]
+
+
+def enter(nick, room):
+    return {"type": "enter", "nick": nick, "room": room}
+
+
+def exit_(nick, room):
+    return {"type": "exit", "nick": nick, "room": room}
+
+
+# ---- hello and nicks ----
+
+def test_hello_joins_and_everyone_including_the_newcomer_sees_it(chat):
+    pat = chat.connect("pat")
+    assert chat.received(pat) == [join("pat")]
+    chris = chat.connect("chris")
+    assert chat.received(chris) == [join("chris")]
+    assert chat.received(pat) == [join("chris")]
+
+
+def test_nothing_reaches_a_connection_before_its_hello(chat):
+    (pat,) = chat.joined("pat")
+    lurker = chat.connect()
+    chat.chat(pat, "hi")
+    assert chat.received(lurker) == []
+
+
+@pytest.mark.parametrize("nick", ["pat", "PAT", "Pat"])
+def test_a_taken_nick_ignoring_case_is_refused_and_closed(chat, nick):
+    chat.joined("pat")
+    twin = chat.connect(nick)
+    assert "already taken" in error_of(chat.received(twin))
+    assert chat.closed(twin)
+
+
+@pytest.mark.parametrize("nick", ["", "two words", "/slash", "x" * 33, "esc\x1b[2J", 42])
+def test_a_bad_nick_is_refused_and_closed(chat, nick):
+    bad = chat.connect()
+    chat.send(bad, {"type": "hello", "nick": nick})
+    assert error_of(chat.received(bad))
+    assert chat.closed(bad)
+
+
+def test_a_freed_nick_can_be_taken_again(chat):
+    pat, watcher = chat.joined("pat", "watcher")
+    chat.lose(pat)
+    assert chat.received(watcher) == [leave("pat")]
+    again = chat.connect("pat")
+    assert chat.received(again) == [join("pat")]
+
+
+def test_any_packet_before_hello_is_refused_and_closed(chat):
+    rude = chat.connect()
+    chat.send(rude, {"type": "chat", "message": "who needs hello"},
+              {"type": "hello", "nick": "rude"})
+    assert "first packet must be a hello" in error_of(chat.received(rude))
+    assert chat.closed(rude)
+    assert "rude" not in chat.core.by_nick
+
+
+def test_a_second_hello_gets_an_error_and_the_connection_stays(chat):
+    (pat,) = chat.joined("pat")
+    chat.send(pat, {"type": "hello", "nick": "again"})
+    assert "already said hello" in error_of(chat.received(pat))
+    assert not chat.closed(pat)
+
+
+# ---- bad input ----
+
+KEEPS_OPEN = [b'[1, 2, 3]', b'"text"', b'{"no_type": 1}', b'{"type": 42}',
+              b'{"type": "shout"}', b'{"type": "chat"}', b'{"type": "chat", "message": 7}',
+              b'{"type": "dm", "to": "x"}', b'{"type": "enter", "room": "two words"}',
+              b'{"type": "chat", "message": "\\udc00"}']
+CLOSES = [b"\xff\xfe", b"{not json", b"", b"[" * 20000]
+
+
+@pytest.mark.parametrize("payload", KEEPS_OPEN)
+def test_an_invalid_message_after_hello_gets_an_error_and_nothing_else(chat, payload):
+    pat, chris = chat.joined("pat", "chris")
+    chat.send(chris, payload)
+    assert error_of(chat.received(chris))
+    assert not chat.closed(chris)
+    assert chat.received(pat) == []
+
+
+@pytest.mark.parametrize("payload", CLOSES)
+def test_garbage_gets_an_error_a_close_and_a_leave(chat, payload):
+    pat, chris = chat.joined("pat", "chris")
+    chat.send(chris, payload)
+    assert error_of(chat.received(chris))
+    assert chat.closed(chris)
+    assert chat.received(pat) == [leave("chris")]
+
+
+@pytest.mark.parametrize("payload", KEEPS_OPEN + CLOSES)
+def test_any_bad_first_packet_is_refused_and_closed(chat, payload):
+    rude = chat.connect()
+    chat.send(rude, payload)
+    assert error_of(chat.received(rude))
+    assert chat.closed(rude)
+
+
+def test_a_rebroadcast_too_large_is_refused_and_nobody_sees_it(chat):
+    pat, chris = chat.joined("pat", "chris")
+    overhead = len(proto.encode(proto.Chat(""))) - 2
+    chat.chat(chris, "x" * (proto.MAX_PAYLOAD - overhead))
+    assert "too long" in error_of(chat.received(chris))
+    assert chat.received(pat) == []
+
+
+def test_the_largest_rebroadcast_that_fits_is_delivered(chat):
+    (pat,) = chat.joined("pat")
+    text = "y" * (proto.MAX_PAYLOAD - (len(proto.encode(proto.ChatFrom("pat", ""))) - 2))
+    chat.chat(pat, text)
+    assert chat.received(pat) == [chat_from("pat", text)]
+
+
+# ---- chat, emote, dm ----
+
+def test_chat_goes_to_everyone_in_the_room_including_the_sender(chat):
+    pat, chris = chat.joined("pat", "chris")
+    chat.chat(pat, "hello?")
+    chat.chat(chris, "hi!")
+    for outlet in (pat, chris):
+        assert chat.received(outlet) == [chat_from("pat", "hello?"), chat_from("chris", "hi!")]
+
+
+def test_chat_and_emote_stay_in_the_room(chat):
+    pat, chris, lee = chat.joined("pat", "chris", "lee")
+    chat.send(lee, {"type": "enter", "room": "games"})
+    chat.received(pat), chat.received(chris), chat.received(lee)
+    chat.send(pat, {"type": "emote", "message": "waves"})
+    chat.chat(lee, "games only")
+    emote = {"type": "emote", "nick": "pat", "message": "waves"}
+    assert chat.received(chris) == [emote]
+    assert chat.received(lee) == [chat_from("lee", "games only")]
+
+
+@pytest.mark.parametrize("packet", [{"type": "emote", "message": ""},
+                                    {"type": "emote", "message": "   "},
+                                    {"type": "dm", "to": "chris", "message": ""}])
+def test_empty_emotes_and_dms_are_errors(chat, packet):
+    pat, chris = chat.joined("pat", "chris")
+    chat.send(pat, packet)
+    assert error_of(chat.received(pat))
+    assert chat.received(chris) == []
+
+
+def dm(sender, to, text):
+    return {"type": "dm", "from": sender, "to": to, "message": text}
+
+
+def test_a_dm_reaches_the_recipient_and_the_sender_only(chat):
+    pat, chris, lee = chat.joined("pat", "Chris", "lee")
+    chat.send(pat, {"type": "dm", "to": "CHRIS", "message": "psst"})
+    assert chat.received(chris) == [dm("pat", "Chris", "psst")]
+    assert chat.received(pat) == [dm("pat", "Chris", "psst")]
+    assert chat.received(lee) == []
+
+
+def test_a_dm_to_oneself_arrives_once(chat):
+    (pat,) = chat.joined("pat")
+    chat.send(pat, {"type": "dm", "to": "pat", "message": "note"})
+    assert chat.received(pat) == [dm("pat", "pat", "note")]
+
+
+def test_a_dm_to_nobody_is_an_error(chat):
+    (pat,) = chat.joined("pat")
+    chat.send(pat, {"type": "dm", "to": "nobody", "message": "hello?"})
+    assert "no such user: nobody" in error_of(chat.received(pat))
+
+
+def test_a_dm_comes_after_the_broadcasts_queued_before_it(chat):
+    pat, chris = chat.joined("pat", "chris")
+    chat.chat(pat, "first")
+    chat.send(pat, {"type": "dm", "to": "chris", "message": "second"})
+    assert chat.received(chris) == [chat_from("pat", "first"), dm("pat", "chris", "second")]
+
+
+# ---- who, rooms, enter ----
+
+def test_who_lists_the_askers_room_sorted_ignoring_case(chat):
+    pat, chris, amy, lee = chat.joined("pat", "chris", "Amy", "lee")
+    chat.send(lee, {"type": "enter", "room": "games"})
+    chat.send(pat, {"type": "who"})
+    assert chat.received(pat)[-1] == {"type": "who", "room": "lobby",
+                                      "nicks": ["Amy", "chris", "pat"]}
+
+
+def test_rooms_lists_the_lobby_first_then_the_rest_by_name(chat):
+    a, b, c, d = chat.joined("a", "b", "c", "d")
+    chat.send(b, {"type": "enter", "room": "zoo"})
+    chat.send(c, {"type": "enter", "room": "Games"})
+    chat.send(d, {"type": "enter", "room": "games"})
+    chat.send(a, {"type": "rooms"})
+    assert chat.received(a)[-1] == {"type": "rooms", "rooms": [
+        {"name": "lobby", "count": 1}, {"name": "Games", "count": 2},
+        {"name": "zoo", "count": 1}]}
+
+
+def test_a_room_exists_while_someone_is_in_it(chat):
+    a, b = chat.joined("a", "b")
+    chat.send(b, {"type": "enter", "room": "games"})
+    chat.send(b, {"type": "enter", "room": "lobby"})
+    chat.send(a, {"type": "rooms"})
+    assert chat.received(a)[-1] == {"type": "rooms", "rooms": [{"name": "lobby", "count": 2}]}
+
+
+def test_enter_tells_the_old_room_and_the_new_room(chat):
+    pat, chris, lee = chat.joined("pat", "chris", "lee")
+    chat.send(lee, {"type": "enter", "room": "games"})
+    for outlet in (pat, chris, lee):
+        chat.received(outlet)
+    chat.send(pat, {"type": "enter", "room": "Games"})
+    assert chat.received(chris) == [exit_("pat", "lobby")]
+    assert chat.received(lee) == [enter("pat", "games")]
+    assert chat.received(pat) == [enter("pat", "games")]
+
+
+def test_enter_to_the_room_one_is_in_is_an_error(chat):
+    (pat,) = chat.joined("pat")
+    chat.send(pat, {"type": "enter", "room": "LOBBY"})
+    assert "already in room lobby" in error_of(chat.received(pat))
+
+
+def test_a_mover_sees_the_old_rooms_traffic_up_to_the_move_then_the_new_rooms(chat):
+    pat, chris, lee = chat.joined("pat", "chris", "lee")
+    chat.send(lee, {"type": "enter", "room": "games"})
+    for outlet in (pat, chris, lee):
+        chat.received(outlet)
+    chat.chat(chris, "lobby before")           # same turn as the move
+    chat.chat(lee, "games before")
+    chat.send(pat, {"type": "enter", "room": "games"})
+    chat.chat(chris, "lobby after")
+    chat.chat(lee, "games after")
+    assert chat.received(pat) == [chat_from("chris", "lobby before"), enter("pat", "games"),
+                                  chat_from("lee", "games after")]
+    assert chat.received(chris) == [chat_from("chris", "lobby before"), exit_("pat", "lobby"),
+                                    chat_from("chris", "lobby after")]
+
+
+# ---- leaving ----
+
+def test_leave_goes_to_everyone_in_every_room(chat):
+    pat, chris = chat.joined("pat", "chris")
+    chat.send(chris, {"type": "enter", "room": "games"})
+    chat.received(pat)
+    chat.lose(chris, "connection reset")
+    assert chat.received(pat) == [leave("chris")]
+
+
+def test_no_leave_for_a_connection_that_never_said_hello(chat):
+    (pat,) = chat.joined("pat")
+    lurker = chat.connect()
+    chat.lose(lurker)
+    assert chat.received(pat) == []
+
+
+def test_a_reader_whose_queue_passes_the_bound_is_dropped_with_a_leave():
+    chat = Harness(max_queue=10_000)
+    pat, stuck = chat.joined("pat", "stuck")
+    seen = []
+    for i in range(20):
+        chat.chat(pat, f"{i} " + "z" * 900)
+        seen += chat.received(pat)  # pat reads; stuck does not
+    assert chat.dropped == [stuck]
+    assert leave("stuck") in seen
+    assert [m["message"].split()[0] for m in seen if m["type"] == "chat"] == \
+        [str(i) for i in range(20)]
+
+
+# ---- the fence and the tables ----
+
+def test_a_handler_that_raises_costs_that_client_only(chat, monkeypatch, caplog):
+    pat, bad = chat.joined("pat", "bad")
+
+    def boom(core, client, message):
+        raise RuntimeError("injected")
+
+    monkeypatch.setitem(chat_core.PACKET_HANDLERS, proto.WhoRequest, boom)
+    chat.send(bad, {"type": "who"}, {"type": "chat", "message": "never"})
+    assert chat.closed(bad)
+    assert chat.received(pat) == [leave("bad")]
+    chat.chat(pat, "still here")
+    assert chat.received(pat) == [chat_from("pat", "still here")]
+    assert caplog.text.count("Traceback") == 1 and "injected" in caplog.text
+
+
+def test_every_client_message_has_a_handler():
+    assert set(proto.CLIENT_MESSAGES.values()) == set(chat_core.PACKET_HANDLERS)
+    assert set(cluster.EVENT_TYPES) == set(chat_core.CLUSTER_HANDLERS)
+
+
+def test_a_missing_handler_fails_at_import(monkeypatch):
+    monkeypatch.delitem(chat_core.PACKET_HANDLERS, proto.RoomsRequest)
+    with pytest.raises(ImportError, match="RoomsRequest"):
+        chat_core._check_tables()
+
+
+def test_a_connection_cannot_go_back_to_an_earlier_state(chat):
+    (pat,) = chat.joined("pat")
+    client = chat.core.clients[pat]
+    with pytest.raises(RuntimeError):
+        client.become(chat_core.State.GREETING)
+
+
+# ---- the cluster view ----
+
+@pytest.fixture
+def node():
+    return Harness(link=FakeLink())
+
+
+def grant(node, outlet, nick, granted=True):
+    client = node.core.clients[outlet]
+    node.core.cluster_event(cluster.Claimed(client, nick, granted), node.now)
+
+
+def test_packets_sent_while_the_nick_is_claimed_are_held_then_handled(node):
+    pat = node.connect("pat")
+    node.send(pat, {"type": "chat", "message": "early"})
+    assert node.received(pat) == []
+    grant(node, pat, "pat")
+    assert node.received(pat) == [join("pat"), chat_from("pat", "early")]
+
+
+def test_a_refused_claim_is_an_error_and_a_close(node):
+    pat = node.connect("pat")
+    grant(node, pat, "pat", granted=False)
+    assert "already taken" in error_of(node.received(pat))
+    assert node.closed(pat)
+
+
+def test_what_is_held_during_a_claim_counts_against_the_bound():
+    node = Harness(max_queue=5_000, link=FakeLink())
+    greedy = node.connect("greedy")
+    node.send(greedy, *[{"type": "chat", "message": "x" * 1000}] * 10)
+    assert node.closed(greedy)
+    assert node.core.clients[greedy].held_bytes == 0
+
+
+def test_a_held_packet_that_crashes_its_handler_costs_that_client_only(node, monkeypatch):
+    pat = node.connect("pat")
+    grant(node, pat, "pat")
+    node.received(pat)
+
+    def boom(core, client, message):
+        raise RuntimeError("injected")
+
+    monkeypatch.setitem(chat_core.PACKET_HANDLERS, proto.RoomsRequest, boom)
+    bad = node.connect("bad")
+    node.send(bad, {"type": "rooms"})
+    grant(node, bad, "bad")                      # the replay raises inside the fence
+    assert node.closed(bad)
+    node.chat(pat, "still serving")
+    assert node.received(pat)[-1] == chat_from("pat", "still serving")
+
+
+def test_an_oversized_error_in_a_held_packet_does_not_escape(node):
+    pat = node.connect("pat")
+    grant(node, pat, "pat")
+    bad = node.connect("bad")
+    node.send(bad, {"type": "enter", "room": "\x85" * 30000})
+    grant(node, bad, "bad")
+    node.chat(pat, "still serving")
+    assert node.received(pat)[-1] == chat_from("pat", "still serving")
+
+
+def test_remote_users_join_speak_move_and_leave(node):
+    pat = node.connect("pat")
+    grant(node, pat, "pat")
+    node.received(pat)
+    for event in (cluster.RemoteJoin("bob", "lobby", node="b1"),
+                  cluster.RemoteSpeech("chat", "bob", "lobby", "hi", node="b1"),
+                  cluster.RemoteDirect("bob", "PAT", "psst", node="b1"),
+                  cluster.RemoteMove("bob", "lobby", "games", node="b1"),
+                  cluster.RemoteSpeech("emote", "bob", "games", "unseen", node="b1"),
+                  cluster.NodeDead("b1")):
+        node.core.cluster_event(event, node.now)
+    assert node.received(pat) == [join("bob"), chat_from("bob", "hi"), dm("bob", "pat", "psst"),
+                                  exit_("bob", "lobby"), leave("bob")]
+
+
+def test_a_cluster_event_whose_handler_raises_is_dropped_alone(node, monkeypatch, caplog):
+    pat = node.connect("pat")
+    grant(node, pat, "pat")
+    node.received(pat)
+
+    def boom(core, event):
+        raise KeyError("injected")
+
+    monkeypatch.setitem(chat_core.CLUSTER_HANDLERS, cluster.RemoteMove, boom)
+    node.core.cluster_event(cluster.RemoteMove("x", "a", "b", node="b1"), node.now)
+    node.core.cluster_event(cluster.RemoteJoin("bob", "lobby", node="b1"), node.now)
+    assert node.received(pat) == [join("bob")]
+    assert "injected" in caplog.text
+
+
+@pytest.mark.parametrize("data", [b"{", b"[]", b'{"node": "n"}', b'{"node": "n", "kind": "zap"}',
+                                  b'{"node": "n", "kind": "join", "nick": 5, "room": "lobby"}',
+                                  b'{"node": "n", "kind": "say", "said": "shout", "nick": "a",'
+                                  b' "room": "lobby", "message": "x"}'])
+def test_malformed_node_events_are_refused_at_the_door(data):
+    with pytest.raises(proto.InvalidMessage):
+        cluster.parse_node_event(data)
+
+
+def test_node_events_round_trip_through_the_wire():
+    for event in (cluster.RemoteJoin("bob", "lobby"), cluster.RemoteLeave("bob"),
+                  cluster.RemoteMove("bob", "lobby", "games"),
+                  cluster.RemoteSpeech("emote", "bob", "games", "waves"),
+                  cluster.RemoteDirect("bob", "pat", "psst"),
+                  cluster.RemotePresence({"bob": "games"})):
+        wire = event.to_wire("n1")
+        assert json.loads(wire)["node"] == "n1"
+        parsed = cluster.parse_node_event(wire)
+        assert parsed == type(event)(**{**event.__dict__, "node": "n1"})
