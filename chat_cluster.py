@@ -34,7 +34,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Annotated, Any, Callable, ClassVar, Iterator, get_type_hints
 
 import chat_protocol as proto
 
@@ -59,52 +59,11 @@ MAX_BACKOFF = 2.0
 # What other nodes say (over Redis): validated at the door like client packets
 
 
-@dataclass(frozen=True)
-class NodeEvent:
-    """Base of the events nodes publish to each other.  ``KIND`` is the wire
-    ``kind``; ``node`` is filled in by the link (the sender's id)."""
-
-    KIND: ClassVar[str]
-    CHECKS: ClassVar[dict[str, Callable[[Any, str], Any]]] = {}
-
-    def to_wire(self, node: str) -> str:
-        obj = {"kind": self.KIND, "node": node}
-        obj.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "node"})
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
 def _check_users(value: Any, name: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise proto.InvalidMessage(f'field "{name}" must be an object')
     return {proto._check_name(nick, "nick"): proto._check_name(room, "room")
             for nick, room in value.items()}
-
-
-@dataclass(frozen=True)
-class RemoteJoin(NodeEvent):
-    KIND = "join"
-    CHECKS = {"nick": proto._check_name, "room": proto._check_name}
-    nick: str
-    room: str
-    node: str = ""
-
-
-@dataclass(frozen=True)
-class RemoteLeave(NodeEvent):
-    KIND = "leave"
-    CHECKS = {"nick": proto._check_name}
-    nick: str
-    node: str = ""
-
-
-@dataclass(frozen=True)
-class RemoteMove(NodeEvent):
-    KIND = "move"
-    CHECKS = {"nick": proto._check_name, "old": proto._check_name, "new": proto._check_name}
-    nick: str
-    old: str
-    new: str
-    node: str = ""
 
 
 def _check_speech_kind(value: Any, name: str) -> str:
@@ -113,48 +72,84 @@ def _check_speech_kind(value: Any, name: str) -> str:
     return value
 
 
+# A field's type names the check its wire value must pass.
+Name = Annotated[str, proto._check_name]
+Text = Annotated[str, proto._check_text]
+SpeechKind = Annotated[str, _check_speech_kind]
+Users = Annotated[dict, _check_users]
+
+
 @dataclass(frozen=True)
-class RemoteSpeech(NodeEvent):
-    """A chat or an emote (``kind``) said in a room."""
-    KIND = "say"
-    CHECKS = {"kind": _check_speech_kind, "nick": proto._check_name,
-              "room": proto._check_name, "message": proto._check_text}
-    kind: str
-    nick: str
-    room: str
-    message: str
-    node: str = ""
+class NodeEvent:
+    """Base of the events nodes publish to each other.  ``KIND`` is the wire
+    ``kind``; ``node`` is filled in by the link (the sender's id)."""
+
+    KIND: ClassVar[str]
+    node: str = field(default="", kw_only=True)
 
     def to_wire(self, node: str) -> str:
-        return json.dumps({"kind": self.KIND, "node": node, "said": self.kind,
-                           "nick": self.nick, "room": self.room, "message": self.message},
-                          ensure_ascii=False, separators=(",", ":"))
+        obj = {"kind": self.KIND, "node": node}
+        obj.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "node"})
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def checks(cls) -> dict[str, Callable[[Any, str], Any]]:
+        """Each wire field (all but ``node``) and the check it must pass."""
+        hints = get_type_hints(cls, include_extras=True)
+        return {f.name: hints[f.name].__metadata__[0] for f in fields(cls) if f.name != "node"}
+
+
+@dataclass(frozen=True)
+class RemoteJoin(NodeEvent):
+    KIND = "join"
+    nick: Name
+    room: Name
+
+
+@dataclass(frozen=True)
+class RemoteLeave(NodeEvent):
+    KIND = "leave"
+    nick: Name
+
+
+@dataclass(frozen=True)
+class RemoteMove(NodeEvent):
+    KIND = "move"
+    nick: Name
+    old: Name
+    new: Name
+
+
+@dataclass(frozen=True)
+class RemoteSpeech(NodeEvent):
+    """A chat or an emote (``said``) in a room."""
+    KIND = "say"
+    said: SpeechKind
+    nick: Name
+    room: Name
+    message: Text
 
 
 @dataclass(frozen=True)
 class RemoteDirect(NodeEvent):
     KIND = "dm"
-    CHECKS = {"sender": proto._check_name, "to": proto._check_name,
-              "message": proto._check_text}
-    sender: str
-    to: str
-    message: str
-    node: str = ""
+    sender: Name
+    to: Name
+    message: Text
 
 
 @dataclass(frozen=True)
 class RemotePresence(NodeEvent):
     """The whole list of a node's users (nick -> room)."""
     KIND = "presence"
-    CHECKS = {"users": _check_users}
-    users: dict = field(default_factory=dict)
-    node: str = ""
+    users: Users
 
 
 NODE_EVENTS: dict[str, type[NodeEvent]] = {
     cls.KIND: cls for cls in (RemoteJoin, RemoteLeave, RemoteMove, RemoteSpeech,
                               RemoteDirect, RemotePresence)
 }
+NODE_EVENT_CHECKS = {cls: cls.checks() for cls in NODE_EVENTS.values()}
 
 
 def parse_node_event(data: bytes | str) -> NodeEvent:
@@ -168,10 +163,8 @@ def parse_node_event(data: bytes | str) -> NodeEvent:
     cls = NODE_EVENTS.get(obj.get("kind"))  # type: ignore[arg-type]
     if cls is None:
         raise proto.InvalidMessage(f"unknown event kind {str(obj.get('kind'))[:40]!r}")
-    if cls is RemoteSpeech:
-        obj["kind"] = obj.get("said")
     values = {}
-    for name, check in cls.CHECKS.items():
+    for name, check in NODE_EVENT_CHECKS[cls].items():
         if name not in obj:
             raise proto.InvalidMessage(f'"{cls.KIND}" event needs field "{name}"')
         values[name] = check(obj[name], name)

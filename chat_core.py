@@ -433,7 +433,7 @@ class ChatCore:
     @applies(cluster.RemoteSpeech)
     def on_remote_speech(self, event: cluster.RemoteSpeech) -> None:
         room = self.rooms.get(proto.name_key(event.room))
-        cls = proto.ChatFrom if event.kind == proto.ChatFrom.TYPE else proto.EmoteFrom
+        cls = proto.ChatFrom if event.said == proto.ChatFrom.TYPE else proto.EmoteFrom
         if room is not None:
             self.outbox.broadcast(proto.encode(cls(event.nick, event.message)), room.key)
 
