@@ -20,3 +20,17 @@ def int_in_range(what: str, low: int, high: int | None = None) -> Callable[[str]
         return value
 
     return convert
+
+
+def float_at_least(what: str, low: float) -> Callable[[str], float]:
+    """An argparse type: a number (fractions allowed) of at least low."""
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
+        if not value >= low or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{what} must be at least {low:g}: {text}")
+        return value
+
+    return convert

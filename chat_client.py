@@ -280,10 +280,11 @@ class ChatClient:
 
 
 def nick_argument(text: str) -> str:
-    problem = proto.name_problem(text)
+    nick = proto.normalize(text)  # as the server will announce it
+    problem = proto.name_problem(nick)
     if problem:
-        raise argparse.ArgumentTypeError(f"invalid nick {text!r}: {problem}")
-    return text
+        raise argparse.ArgumentTypeError(f"invalid nick {proto.quote(nick)!r}: {problem}")
+    return nick
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -23,8 +23,13 @@ costs that event only; both are logged once with their traceback.
 from __future__ import annotations
 
 import enum
+import heapq
+import ipaddress
+import itertools
+import json
 import logging
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import chat_cluster as cluster
@@ -33,7 +38,18 @@ from chat_delivery import Outlet
 
 log = logging.getLogger("chat_core")
 
-LIST_BUDGET = proto.MAX_PAYLOAD - 1024
+MISTAKES_LOGGED = 5  # a client's mistakes logged before the rest go unlogged
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client or one address may cost; 0 turns a limit off."""
+
+    max_queue: int = 1 << 20       # bytes of unsent output (and of held input)
+    hello_timeout: float = 10.0    # seconds to complete hello
+    max_per_ip: int = 32           # open connections from one address (IPv6: a /64)
+    rate: float = 5.0              # packets per second that cost work...
+    burst: int = 20                # ...with this many at once
 
 
 class State(enum.Enum):
@@ -62,6 +78,7 @@ class Outbox(Protocol):
     def broadcast(self, packet: bytes, room: str | None = None) -> None: ...
     def move(self, outlet: Outlet, room: str | None) -> None: ...
     def close(self, outlet: Outlet) -> None: ...
+    def pause_input(self, outlet: Outlet, paused: bool) -> None: ...
 
 
 class Room:
@@ -78,16 +95,23 @@ class Room:
 class Client:
     """The chat's view of one connection."""
 
-    __slots__ = ("outlet", "peer", "state", "nick", "room", "held", "held_bytes")
+    __slots__ = ("outlet", "peer", "address", "state", "nick", "room", "held", "held_bytes",
+                 "paused", "tokens", "refilled", "mistakes")
 
-    def __init__(self, outlet: Outlet, peer: str) -> None:
+    def __init__(self, outlet: Outlet, peer: str, address: str | None, now: float,
+                 burst: int) -> None:
         self.outlet = outlet
         self.peer = peer
+        self.address = address  # counted against max_per_ip while set
         self.state = State.GREETING
         self.nick: str | None = None
         self.room: Room | None = None
-        self.held: deque[bytes] = deque()  # payloads that arrived while claiming
+        self.held: deque[bytes] = deque()  # payloads not handled yet, in order
         self.held_bytes = 0
+        self.paused = False     # the transport stopped reading for us
+        self.tokens = float(burst)
+        self.refilled = now
+        self.mistakes = 0
 
     def become(self, state: State) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -129,44 +153,63 @@ def applies(event_class: type):
 class ChatCore:
     """Nicks, rooms and every rule of the chat, driven by events."""
 
-    def __init__(self, outbox: Outbox, max_queue: int,
+    def __init__(self, outbox: Outbox, limits: Limits = Limits(),
                  link: cluster.ClusterLink | None = None) -> None:
         self.outbox = outbox
-        self.max_queue = max_queue
+        self.limits = limits
         self.link = link
         self.clients: dict[Outlet, Client] = {}
         self.by_nick: dict[str, Client] = {}
         self.lobby = Room(proto.LOBBY)
         self.rooms: dict[str, Room] = {self.lobby.key: self.lobby}
         self.remote: dict[str, RemoteUser] = {}   # name_key -> user elsewhere
-        self.claims: dict[str, Client] = {}       # name_key -> hello in progress
+        self.claims: dict[str, tuple[Client, str]] = {}  # name_key -> hello in progress
+        self.per_address: dict[str, int] = {}
+        self.greeting: deque[tuple[float, Client]] = deque()  # hello deadlines, in order
+        self.throttled: list[tuple[float, int, Client]] = []  # heap: when to read again
+        self._order = itertools.count()
+        self.now = 0.0  # the time of the event being handled
 
     # ------------------------------------------------------------------
     # Entry points
 
-    def connected(self, outlet: Outlet, peer: str, now: float) -> None:
-        self.clients[outlet] = Client(outlet, peer)
+    def connected(self, outlet: Outlet, address: tuple, now: float) -> None:
+        """A connection from ``address`` (host, port, ...) was accepted."""
+        self.now = now
+        peer = format_address(address)
+        key = address_key(str(address[0]))
+        client = Client(outlet, peer, key, now, self.limits.burst)
+        self.clients[outlet] = client
         log.info("connect %s", peer)
+        count = self.per_address.get(key, 0)
+        if self.limits.max_per_ip and count >= self.limits.max_per_ip:
+            client.address = None
+            self.reject(client, "too many connections from your address")
+            return
+        self.per_address[key] = count + 1
+        if self.limits.hello_timeout:
+            self.greeting.append((now + self.limits.hello_timeout, client))
 
     def received(self, outlet: Outlet, payloads: list[bytes], now: float) -> None:
         """Whole payloads from one connection, in the order they came."""
+        self.now = now
         client = self.clients.get(outlet)
-        if client is None:
+        if client is None or client.state is State.CLOSING:
             return
-        try:
-            for payload in payloads:
-                state = client.state
-                if state is State.JOINED or state is State.GREETING:
-                    self.handle_payload(client, payload)
-                elif state is State.CLAIMING:
-                    self.hold(client, payload)
-                else:
-                    return
-        except Exception:
-            self.drop_after_bug(client)
+        if not client.held and not self.limits.rate and client.state is State.JOINED:
+            self.handle_all(client, payloads)  # the common case, kept cheap
+            return
+        client.held.extend(payloads)
+        client.held_bytes += sum(map(len, payloads))
+        if client.held_bytes + outlet.queued > self.limits.max_queue:
+            self.held_off(client)
+            self.reject(client, "too much sent at once")
+            return
+        self.process(client, now)
 
     def connection_lost(self, outlet: Outlet, reason: str, now: float) -> None:
         """The connection is gone: announce the leave and forget it."""
+        self.now = now
         client = self.clients.pop(outlet, None)
         if client is None:
             return
@@ -176,14 +219,33 @@ class ChatCore:
             log.info("disconnect %s: %s", client.peer, reason)
         self.leave_chat(client)
         client.become(State.GONE)
+        if client.address is not None:
+            remaining = self.per_address[client.address] - 1
+            if remaining:
+                self.per_address[client.address] = remaining
+            else:
+                del self.per_address[client.address]
+            client.address = None
 
     def tick(self, now: float) -> float | None:
-        """Time has passed; return when the core next needs a tick (None:
-        nothing is waiting on time)."""
-        return None
+        """Time has passed: close connections that never said hello, read
+        again from throttled ones.  Returns when the next tick is due
+        (None: nothing waits on time)."""
+        self.now = now
+        while self.greeting and self.greeting[0][0] <= now:
+            _, client = self.greeting.popleft()
+            if client.state is State.GREETING:
+                self.reject(client, f"no hello within {self.limits.hello_timeout:g} seconds")
+        while self.throttled and self.throttled[0][0] <= now:
+            _, _, client = heapq.heappop(self.throttled)
+            if client.state is not State.GONE:
+                self.process(client, now)
+        due = [queue[0][0] for queue in (self.greeting, self.throttled) if queue]
+        return min(due) if due else None
 
     def cluster_event(self, event: Any, now: float) -> None:
         """Apply one thing the cluster said; a bad event costs only itself."""
+        self.now = now
         handler = CLUSTER_HANDLERS.get(type(event))
         if handler is None:
             log.warning("cluster: ignoring an event of unknown type %s", type(event).__name__)
@@ -202,20 +264,76 @@ class ChatCore:
     # ------------------------------------------------------------------
     # Packets
 
+    def process(self, client: Client, now: float) -> None:
+        """Handle what the client sent, as far as its state and its tokens
+        allow; while anything is left, its socket is not read (so TCP
+        pushes back on the sender and nothing is lost)."""
+        held = client.held
+        try:
+            while held:
+                state = client.state
+                if state is State.CLAIMING:
+                    break
+                if state is not State.GREETING and state is not State.JOINED:
+                    held.clear()
+                    break
+                if state is State.JOINED and not self.take_token(client, now):
+                    wake = now + (1 - client.tokens) / self.limits.rate
+                    heapq.heappush(self.throttled, (wake, next(self._order), client))
+                    break
+                payload = held.popleft()
+                client.held_bytes -= len(payload)
+                self.handle_payload(client, payload)
+        except Exception:
+            self.drop_after_bug(client)
+        if not held:
+            client.held_bytes = 0
+        self.set_paused(client, bool(held) and client.state is not State.GONE)
+
+    def handle_all(self, client: Client, payloads: list[bytes]) -> None:
+        """No limits to apply: handle each payload while the client is in
+        the chat (after an error closes it, the rest is dropped)."""
+        try:
+            for payload in payloads:
+                if client.state is not State.JOINED:
+                    return
+                self.handle_payload(client, payload)
+        except Exception:
+            self.drop_after_bug(client)
+
+    def take_token(self, client: Client, now: float) -> bool:
+        """The token bucket: ``rate`` packets a second, ``burst`` at once."""
+        rate = self.limits.rate
+        if not rate:
+            return True
+        tokens = min(float(self.limits.burst), client.tokens + (now - client.refilled) * rate)
+        client.refilled = now
+        if tokens < 1:
+            client.tokens = tokens
+            return False
+        client.tokens = tokens - 1
+        return True
+
+    def set_paused(self, client: Client, paused: bool) -> None:
+        if client.paused != paused:
+            client.paused = paused
+            self.outbox.pause_input(client.outlet, paused)
+
     def drop_after_bug(self, client: Client) -> None:
         """A handler raised: log it once and drop that client only."""
         log.exception("internal error serving %r; dropping it", client)
         self.outbox.close(client.outlet)
-        self.connection_lost(client.outlet, "internal error", 0.0)
+        self.connection_lost(client.outlet, "internal error", self.now)
 
-    def hold(self, client: Client, payload: bytes) -> None:
-        """Keep a payload until the nick claim is settled; what is held
-        counts against the output bound."""
-        client.held.append(payload)
-        client.held_bytes += len(payload)
-        if client.held_bytes + client.outlet.queued > self.max_queue:
-            client.held.clear()
-            self.reject(client, "too much sent before the nick was granted")
+    def mistake(self, client: Client, reason: str, closing: bool = False) -> None:
+        """Log a client's mistake: one line each, and only the first few."""
+        client.mistakes += 1
+        if client.mistakes <= MISTAKES_LOGGED:
+            log.info("error %s %s: %s%s", client.nick or "?", client.peer, reason,
+                     "; closing" if closing else "")
+        elif client.mistakes == MISTAKES_LOGGED + 1:
+            log.info("error %s %s: more mistakes; not logging them", client.nick or "?",
+                     client.peer)
 
     def handle_payload(self, client: Client, payload: bytes) -> None:
         try:
@@ -227,7 +345,7 @@ class ChatCore:
             if client.state is State.GREETING:
                 self.reject(client, str(exc))
             else:
-                log.info("error %s: %s", client.nick, exc)
+                self.mistake(client, str(exc))
                 self.send(client, proto.Error(str(exc)))
             return
         if client.state is State.GREETING and not isinstance(message, proto.Hello):
@@ -249,11 +367,12 @@ class ChatCore:
 
     def reject(self, client: Client, reason: str) -> None:
         """Send an error, then close once it is written."""
-        log.info("error %s %s: %s; closing", client.nick or "?", client.peer, reason)
+        self.mistake(client, reason, closing=True)
         self.send(client, proto.Error(reason))
         self.leave_chat(client)
         self.outbox.close(client.outlet)
         client.become(State.CLOSING)
+        self.set_paused(client, False)  # read (and discard) until the peer closes
 
     @handles(proto.Hello)
     def on_hello(self, client: Client, hello: proto.Hello) -> None:
@@ -261,14 +380,24 @@ class ChatCore:
             self.send(client, proto.Error("already said hello"))
             return
         key = proto.name_key(hello.nick)
-        if key in self.by_nick or key in self.remote or key in self.claims:
-            self.reject(client, f"nick {hello.nick} is already taken")
+        holder = self.holder_of(key)
+        if holder is not None:
+            self.reject(client, taken_message(hello.nick, holder))
         elif self.link:
             client.become(State.CLAIMING)
-            self.claims[key] = client
+            self.claims[key] = (client, hello.nick)
             self.link.claim(client, hello.nick, key)
         else:
             self.complete_hello(client, hello.nick)
+
+    def holder_of(self, key: str) -> str | None:
+        """The nick that holds a name key here or elsewhere, if any."""
+        for table in (self.by_nick, self.remote):
+            holder = table.get(key)
+            if holder is not None:
+                return holder.nick
+        claim = self.claims.get(key)
+        return claim[1] if claim else None
 
     def complete_hello(self, client: Client, nick: str) -> None:
         client.become(State.JOINED)
@@ -303,7 +432,7 @@ class ChatCore:
         target = self.by_nick.get(key)
         remote = self.remote.get(key)
         if target is None and remote is None:
-            self.send(client, proto.Error(f"no such user: {dm.to}"))
+            self.send(client, proto.Error(f"no such user: {proto.quote(dm.to)}"))
             return
         to = target.nick if target else remote.nick
         packet = self.encode_for(client, proto.DirectFrom(client.nick, to, dm.message))
@@ -321,9 +450,9 @@ class ChatCore:
         room = client.room
         nicks = [c.nick for c in room.members]
         nicks += [u.nick for u in self.remote.values() if proto.name_key(u.room) == room.key]
-        nicks.sort(key=lambda n: (proto.name_key(n), n))
-        for part in split_for_packets(nicks, len):
-            self.send(client, proto.WhoList(room.name, tuple(part)))
+        nicks.sort(key=display_order)
+        for packet in list_packets(lambda part: proto.WhoList(room.name, part), nicks):
+            self.send(client, packet)
 
     @handles(proto.RoomsRequest)
     def on_rooms(self, client: Client, _: proto.RoomsRequest) -> None:
@@ -334,10 +463,11 @@ class ChatCore:
             names.setdefault(key, user.room)
             counts[key] = counts.get(key, 0) + 1
         lobby = self.lobby.key
-        order = [lobby] + sorted(key for key in counts if key != lobby and counts[key])
+        order = [lobby] + sorted((key for key in counts if key != lobby and counts[key]),
+                                 key=lambda key: display_order(names[key]))
         rooms = [proto.RoomCount(names[key], counts[key]) for key in order]
-        for part in split_for_packets(rooms, lambda rc: len(rc.name) + 30):
-            self.send(client, proto.RoomList(tuple(part)))
+        for packet in list_packets(proto.RoomList, rooms):
+            self.send(client, packet)
 
     @handles(proto.EnterRoom)
     def on_enter(self, client: Client, enter: proto.EnterRoom) -> None:
@@ -392,7 +522,7 @@ class ChatCore:
     def on_claimed(self, event: cluster.Claimed) -> None:
         client, nick = event.token, event.nick
         key = proto.name_key(nick)
-        if self.claims.get(key) is client:
+        if self.claims.get(key, (None,))[0] is client:
             del self.claims[key]
         if client.state is not State.CLAIMING:
             if event.granted:
@@ -401,14 +531,12 @@ class ChatCore:
         if not event.granted:
             self.reject(client, f"nick {nick} is already taken")
             return
-        held = list(client.held)
-        self.held_off(client)
         try:
             self.complete_hello(client, nick)
         except Exception:
             self.drop_after_bug(client)
             return
-        self.received(client.outlet, held, 0.0)  # fenced like any packet
+        self.process(client, self.now)  # what came meanwhile, fenced like any packet
 
     @applies(cluster.RemoteJoin)
     def on_remote_join(self, event: cluster.RemoteJoin) -> None:
@@ -517,16 +645,49 @@ def _check_tables() -> None:
 _check_tables()
 
 
-def split_for_packets(items: list, size_of: Callable) -> list[list]:
-    """Split a list whose encoding may not fit one packet into parts that do
-    (sizes are generous estimates of each item's JSON)."""
-    parts: list[list] = [[]]
+def display_order(name: str) -> tuple[str, str]:
+    """Lists are sorted as a reader expects: alphabetically, ignoring case."""
+    return name.casefold(), name
+
+
+def taken_message(nick: str, holder: str) -> str:
+    if nick.casefold() == holder.casefold():
+        return f"nick {nick} is already taken"
+    return f"nick {nick} is already taken: it looks like {holder}"
+
+
+def format_address(address: tuple) -> str:
+    host, port = str(address[0]), address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def address_key(host: str) -> str:
+    """What max_per_ip counts by: the IPv4 address, or the IPv6 /64."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def list_packets(make: Callable[[tuple], proto.Message], items: list) -> list[bytes]:
+    """A list reply (who, rooms) as whole packets: as many items in each as
+    fit in 65,535 bytes of UTF-8, every item once, in order."""
+    room = proto.MAX_PAYLOAD + proto.HEADER_SIZE - len(proto.encode(make(())))
+    packets: list[bytes] = []
+    part: list = []
     used = 0
     for item in items:
-        size = 2 * size_of(item) + 8  # escapes can double a name's length
-        if used + size > LIST_BUDGET and parts[-1]:
-            parts.append([])
-            used = 0
-        parts[-1].append(item)
-        used += size
-    return parts
+        size = len(json.dumps(proto.to_json(item), ensure_ascii=False,
+                              separators=(",", ":")).encode("utf-8"))
+        if part and used + 1 + size > room:
+            packets.append(proto.encode(make(tuple(part))))
+            part, used = [], 0
+        used += size + (1 if part else 0)
+        part.append(item)
+    packets.append(proto.encode(make(tuple(part))))
+    return packets

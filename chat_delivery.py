@@ -30,10 +30,11 @@ class Outlet:
 
     ``want_write`` belongs to the transport: it is true while the socket
     is registered for writability, so new output needs no extra nudge.
+    ``paused`` is the core's: while true the transport does not read.
     """
 
     __slots__ = ("out", "queued", "room", "log_turn", "log_pos", "want_write",
-                 "closing", "gone")
+                 "paused", "closing", "gone")
 
     def __init__(self) -> None:
         self.out: list[bytes | memoryview] = []
@@ -42,6 +43,7 @@ class Outlet:
         self.log_turn = -1            # the turn whose log log_pos refers to
         self.log_pos = 0              # broadcasts of that turn already queued
         self.want_write = False
+        self.paused = False
         self.closing = False          # an error was queued; no more output
         self.gone = False
 
@@ -63,6 +65,7 @@ class Delivery:
         self.dirty: set[Outlet] = set()       # have output and no write interest
         self.overflowed: list[Outlet] = []
         self.closed: list[Outlet] = []        # closed since the transport last looked
+        self.input_changed: set[Outlet] = set()  # paused or resumed since then
 
     # ---- what the core asks for ----
 
@@ -97,6 +100,11 @@ class Delivery:
         outlet.closing = True
         self.closed.append(outlet)
 
+    def pause_input(self, outlet: Outlet, paused: bool) -> None:
+        """Stop (or start again) reading what the connection sends."""
+        outlet.paused = paused
+        self.input_changed.add(outlet)
+
     def forget(self, outlet: Outlet) -> None:
         """The connection is gone: drop its queue and memberships."""
         self.move(outlet, None)
@@ -104,6 +112,7 @@ class Delivery:
         outlet.out = []
         outlet.queued = 0
         self.dirty.discard(outlet)
+        self.input_changed.discard(outlet)
 
     # ---- queueing ----
 
@@ -142,7 +151,8 @@ class Delivery:
     @property
     def busy(self) -> bool:
         """Output is waiting to be distributed or written."""
-        return bool(self.log or self.dirty or self.overflowed)
+        return bool(self.log or self.dirty or self.overflowed or self.closed
+                    or self.input_changed)
 
     def end_turn(self) -> list[Outlet]:
         """Distribute the broadcast log; return (and forget) the outlets
@@ -161,6 +171,11 @@ class Delivery:
         """The outlets closed since the last call."""
         closed, self.closed = self.closed, []
         return closed
+
+    def take_input_changes(self) -> set[Outlet]:
+        """The outlets whose input was paused or resumed since the last call."""
+        changed, self.input_changed = self.input_changed, set()
+        return changed
 
     def _distribute(self) -> None:
         targets = {room for room, _ in self.log}

@@ -13,14 +13,15 @@ UTF-8 JSON encoding one object with a string field ``"type"``.
 from __future__ import annotations
 
 import json
-import unicodedata
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+from chat_names import MAX_NAME_LENGTH, name_key, name_problem, normalize  # noqa: F401
+
 HEADER_SIZE = 2
 MAX_PAYLOAD = 0xFFFF
-MAX_NAME_LENGTH = 32
 LOBBY = "lobby"
+QUOTE_LIMIT = 64  # characters of client input an error message repeats
 
 
 class ProtocolError(Exception):
@@ -123,24 +124,11 @@ def _is_valid_unicode(text: str) -> bool:
     return True
 
 
-_FORBIDDEN_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zs", "Zl", "Zp"})
-
-
-def name_problem(name: str) -> str | None:
-    """Why ``name`` is not a valid nick or room name, or None if it is."""
-    if not 1 <= len(name) <= MAX_NAME_LENGTH:
-        return f"must be 1 to {MAX_NAME_LENGTH} characters"
-    if name.startswith("/"):
-        return "must not start with /"
-    for char in name:
-        if char.isspace() or unicodedata.category(char) in _FORBIDDEN_NAME_CATEGORIES:
-            return "must not contain spaces or control characters"
-    return None
-
-
-def name_key(name: str) -> str:
-    """The form under which names are compared (uniqueness ignores case)."""
-    return name.casefold()
+def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """At most ``limit`` characters of untrusted text, with unprintable ones
+    escaped, for an error or a log line: no reply grows with the input."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + "..." if len(text) > limit else shown
 
 
 def _check_text(value: Any, field: str) -> str:
@@ -152,10 +140,10 @@ def _check_text(value: Any, field: str) -> str:
 
 
 def _check_name(value: Any, field: str) -> str:
-    text = _check_text(value, field)
+    text = normalize(_check_text(value, field))
     problem = name_problem(text)
     if problem:
-        raise InvalidMessage(f"invalid {field} {text!r}: {problem}")
+        raise InvalidMessage(f'invalid {field} "{quote(text)}": {problem}')
     return text
 
 
@@ -211,7 +199,7 @@ class Message:
         obj: dict[str, Any] = {"type": self.TYPE}
         for field in fields(self):  # type: ignore[arg-type]
             value = getattr(self, field.name)
-            obj[_wire_name(field.name)] = _to_json(value)
+            obj[_wire_name(field.name)] = to_json(value)
         return obj
 
 
@@ -219,9 +207,10 @@ def _wire_name(field_name: str) -> str:
     return "from" if field_name == "sender" else field_name
 
 
-def _to_json(value: Any) -> Any:
+def to_json(value: Any) -> Any:
+    """A field value as the JSON the wire carries."""
     if isinstance(value, tuple):
-        return [_to_json(item) for item in value]
+        return [to_json(item) for item in value]
     if isinstance(value, RoomCount):
         return {"name": value.name, "count": value.count}
     return value
@@ -377,7 +366,7 @@ SERVER_MESSAGES: dict[str, type[Message]] = {
 def _build(registry: dict[str, type[Message]], obj: dict[str, Any]) -> Message:
     cls = registry.get(obj["type"])
     if cls is None:
-        raise InvalidMessage(f"unknown message type {obj['type']!r}")
+        raise InvalidMessage(f'unknown message type "{quote(obj["type"])}"')
     values = {}
     for name, check in cls.CHECKS.items():
         wire = _wire_name(name)

@@ -7,9 +7,9 @@ out what :class:`chat_delivery.Delivery` queued for each connection: one
 ``send`` per socket per loop turn, never blocking.  A client whose queue
 passes the bound is dropped, so no client can stall the others.
 
-Usage: ``python chat_server.py PORT [--host ADDR] [--max-queue BYTES]
-[--redis URL [--reuse-port] [--heartbeat SECONDS]] [--log-level LEVEL]``.
-With ``--redis`` the server is one node of a cluster (see chat_cluster.py).
+Usage: ``python chat_server.py PORT [--host ADDR] [limits] [--redis URL ...]``
+(``--help`` lists them).  With ``--redis`` the server is one node of a
+cluster (see chat_cluster.py).
 """
 
 from __future__ import annotations
@@ -26,19 +26,19 @@ import time
 from typing import Sequence
 
 import chat_protocol as proto
-from chat_args import int_in_range
-from chat_core import ChatCore
+from chat_args import float_at_least, int_in_range
+from chat_core import ChatCore, Limits, format_address
 from chat_delivery import Delivery, Outlet
 
 log = logging.getLogger("chat_server")
 
-DEFAULT_MAX_QUEUE = 1 << 20
 RECV_SIZE = 1 << 14      # per readable socket per turn: bounds a turn's fan-out
 SEND_BATCH = 1 << 18     # bytes joined for one send
 BACKLOG = 4096
 KERNEL_SEND_BUFFER = 1 << 18
 ACCEPTS_PER_TURN = 512
 LINGER_SECONDS = 2.0
+KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 6}  # dead after ~2 min
 WAKE = "wake"            # the selector key data of the wake-up socket
 
 
@@ -51,7 +51,7 @@ def announce(message: str, *args: object) -> None:
 class Connection(Outlet):
     """One client socket: the delivery outlet plus what the transport needs."""
 
-    __slots__ = ("sock", "peer", "decoder", "deadline")
+    __slots__ = ("sock", "peer", "decoder", "deadline", "events")
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
         super().__init__()
@@ -59,6 +59,7 @@ class Connection(Outlet):
         self.peer = peer
         self.decoder = proto.PacketDecoder()
         self.deadline = 0.0     # when a closing connection is cut regardless
+        self.events = selectors.EVENT_READ  # what the selector watches for
 
     def __repr__(self) -> str:
         return f"<connection {self.peer}>"
@@ -67,13 +68,12 @@ class Connection(Outlet):
 class ChatServer:
     """The selector loop around one chat core."""
 
-    def __init__(self, listeners: Sequence[socket.socket],
-                 max_queue: int = DEFAULT_MAX_QUEUE, redis_url: str | None = None,
-                 heartbeat: float = 1.0) -> None:
+    def __init__(self, listeners: Sequence[socket.socket], limits: Limits = Limits(),
+                 redis_url: str | None = None, heartbeat: float = 1.0) -> None:
         self.listeners = list(listeners)
         self.selector = selectors.DefaultSelector()
         self.connections: set[Connection] = set()
-        self.lingering: set[Connection] = set()
+        self.lingering: dict[Connection, None] = {}  # in deadline order
         self.running = False
         self._reserve_fd: int | None = os.open(os.devnull, os.O_RDONLY)
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -81,8 +81,9 @@ class ChatServer:
         if redis_url:
             from chat_cluster import ClusterLink
             self.link = ClusterLink(redis_url, self.wake, heartbeat)
-        self.delivery = Delivery(max_queue)
-        self.core = ChatCore(self.delivery, max_queue, self.link)
+        self.delivery = Delivery(limits.max_queue)
+        self.core = ChatCore(self.delivery, limits, self.link)
+        self.core_due: float | None = None  # when the core next wants a tick
 
     # ------------------------------------------------------------------
     # The loop
@@ -102,6 +103,7 @@ class ChatServer:
             while self.running:
                 for key, mask in self.selector.select(self.next_timeout()):
                     self.dispatch(key, mask)
+                self.core_due = self.core.tick(time.monotonic())
                 self.expire_lingering()
                 self.flush()
         finally:
@@ -128,10 +130,12 @@ class ChatServer:
     def next_timeout(self) -> float | None:
         if self.delivery.busy:
             return 0
-        if not self.lingering:
+        due = [next(iter(self.lingering)).deadline] if self.lingering else []
+        if self.core_due is not None:
+            due.append(self.core_due)
+        if not due:
             return None
-        first = min(conn.deadline for conn in self.lingering)
-        return max(0.0, first - time.monotonic())
+        return max(0.0, min(due) - time.monotonic())
 
     def stop(self) -> None:
         """Ask the loop to end; safe from a signal handler or another thread."""
@@ -185,10 +189,11 @@ class ChatServer:
             # A fixed kernel buffer: what a stuck client can cost is this plus
             # --max-queue, rather than whatever autotuning grows it to (4 MiB).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER)
+            set_keepalive(sock)
             conn = Connection(sock, format_address(address))
             self.connections.add(conn)
             self.selector.register(sock, selectors.EVENT_READ, conn)
-            self.core.connected(conn, conn.peer, time.monotonic())
+            self.core.connected(conn, address, time.monotonic())
 
     def refuse_one(self, listener: socket.socket) -> None:
         """Out of descriptors: accept and close one connection so the
@@ -246,10 +251,22 @@ class ChatServer:
     def set_write_interest(self, conn: Connection, wanted: bool) -> None:
         if conn.want_write != wanted:
             conn.want_write = wanted
-            events = selectors.EVENT_READ
-            if wanted:
-                events |= selectors.EVENT_WRITE
+            self.update_interest(conn)
+
+    def update_interest(self, conn: Connection) -> None:
+        """Watch for reading unless the core paused it, for writing while
+        output waits (a socket watched for nothing leaves the selector)."""
+        events = (0 if conn.paused else selectors.EVENT_READ) | \
+            (selectors.EVENT_WRITE if conn.want_write else 0)
+        if events == conn.events:
+            return
+        if not events:
+            self.selector.unregister(conn.sock)
+        elif not conn.events:
+            self.selector.register(conn.sock, events, conn)
+        else:
             self.selector.modify(conn.sock, events, conn)
+        conn.events = events
 
     def flush(self) -> None:
         """End of a turn: distribute the broadcasts, drop the clients whose
@@ -262,7 +279,10 @@ class ChatServer:
         for conn in self.delivery.take_closed():
             if not conn.gone:  # cut once its error is written, or at the deadline
                 conn.deadline = deadline
-                self.lingering.add(conn)
+                self.lingering[conn] = None
+        for conn in self.delivery.take_input_changes():
+            if not conn.gone:
+                self.update_interest(conn)
         for conn in self.delivery.take_dirty():
             if not conn.gone:
                 self.write(conn)
@@ -280,11 +300,10 @@ class ChatServer:
     def discard(self, conn: Connection) -> None:
         self.delivery.forget(conn)
         self.connections.discard(conn)
-        self.lingering.discard(conn)
-        try:
+        self.lingering.pop(conn, None)
+        if conn.events:
             self.selector.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
+            conn.events = 0
         conn.sock.close()
 
     def half_close(self, conn: Connection) -> None:
@@ -294,10 +313,11 @@ class ChatServer:
             self.drop(conn, "closed after an error")
 
     def expire_lingering(self) -> None:
-        if not self.lingering:
-            return
         now = time.monotonic()
-        for conn in [c for c in self.lingering if c.deadline <= now]:
+        while self.lingering:
+            conn = next(iter(self.lingering))
+            if conn.deadline > now:
+                return
             self.drop(conn, "closed after an error")
 
 
@@ -312,9 +332,12 @@ def take_batch(queue: list) -> tuple[list, list]:
     return queue, []
 
 
-def format_address(address: tuple) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def set_keepalive(sock: socket.socket) -> None:
+    """TCP keepalive, so a vanished host does not hold its nick forever."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in KEEPALIVE.items():
+        if hasattr(socket, name):  # Linux names; others keep their defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 # ----------------------------------------------------------------------
@@ -328,8 +351,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="TCP port to listen on (0 picks a free one)")
     parser.add_argument("--host", metavar="ADDR",
                         help="address to listen on (default: all, IPv4 and IPv6)")
-    parser.add_argument("--max-queue", type=int_in_range("size", 1), default=DEFAULT_MAX_QUEUE,
-                        metavar="BYTES",
+    defaults = Limits()
+    limits = parser.add_argument_group("limits for a public server (0 turns one off)")
+    limits.add_argument("--hello-timeout", type=float_at_least("timeout", 0),
+                        default=defaults.hello_timeout, metavar="SECONDS",
+                        help="close a connection that has not said hello by then (default 10)")
+    limits.add_argument("--max-per-ip", type=int_in_range("count", 0),
+                        default=defaults.max_per_ip, metavar="N",
+                        help="open connections from one address, IPv6 /64 (default 32)")
+    limits.add_argument("--rate", type=float_at_least("rate", 0), default=defaults.rate,
+                        metavar="PER_SECOND",
+                        help="packets a client may send per second; past it the server stops "
+                             "reading from it for a while (default 5)")
+    limits.add_argument("--burst", type=int_in_range("burst", 1), default=defaults.burst,
+                        metavar="N", help="packets at once before --rate applies (default 20)")
+    limits.add_argument("--max-queue", type=int_in_range("size", 1),
+                        default=defaults.max_queue, metavar="BYTES",
                         help="drop a client whose unsent output passes this (default 1 MiB)")
     parser.add_argument("--redis", metavar="URL",
                         help="join a cluster through Redis, e.g. redis://127.0.0.1:6379/0")
@@ -398,8 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("chat_server.py: --redis needs the redis package: "
                   "pip install -e '.[cluster]'", file=sys.stderr)
             return 1
-    server = ChatServer(listeners, max_queue=args.max_queue, redis_url=args.redis,
-                        heartbeat=args.heartbeat)
+    limits = Limits(max_queue=args.max_queue, hello_timeout=args.hello_timeout,
+                    max_per_ip=args.max_per_ip, rate=args.rate, burst=args.burst)
+    server = ChatServer(listeners, limits, redis_url=args.redis, heartbeat=args.heartbeat)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop())
     for listener in listeners:

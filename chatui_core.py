@@ -33,6 +33,7 @@ Row = list[Segment]
 
 PALETTE_SIZE = 6
 SCROLLBACK_LINES = 10000
+SCROLLBACK_BYTES = 16 << 20  # of text: no sender can grow a client without limit
 ESCAPE_WAIT = 0.15  # seconds to wait for the rest of an escape sequence
 
 
@@ -135,16 +136,26 @@ class Scrollback:
     ``offset`` is how many wrapped rows the view is scrolled up from the
     newest row; 0 means following new output.  Each line keeps its wrapped
     rows for the last width it was drawn at, so a redraw re-wraps nothing.
+    At most ``limit`` lines and ``byte_limit`` bytes of text are kept; the
+    oldest go first.
     """
 
-    def __init__(self, limit: int = SCROLLBACK_LINES) -> None:
-        # each entry: [segments, width wrapped at, rows at that width]
-        self.lines: collections.deque[list] = collections.deque(maxlen=limit)
+    def __init__(self, limit: int = SCROLLBACK_LINES, byte_limit: int = SCROLLBACK_BYTES) -> None:
+        # each entry: [segments, width wrapped at, rows at that width, size in bytes]
+        self.lines: collections.deque[list] = collections.deque()
+        self.limit = limit
+        self.byte_limit = byte_limit
+        self.size = 0
         self.offset = 0
 
     def add(self, segments: list[Segment], width: int) -> None:
-        entry = [segments, 0, []]
+        size = sum(len(text.encode("utf-8", "replace")) for text, _ in segments)
+        entry = [segments, 0, [], size]
         self.lines.append(entry)
+        self.size += size
+        while len(self.lines) > self.limit or (self.size > self.byte_limit
+                                               and len(self.lines) > 1):
+            self.size -= self.lines.popleft()[3]
         if self.offset:
             self.offset += len(self._rows(entry, width))
 

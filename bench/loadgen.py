@@ -28,10 +28,16 @@ from chat_server import raise_open_file_limit  # noqa: E402,F401
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-class Server:
-    """chat_server.py as a subprocess on a loopback port (0: a free one)."""
+UNLIMITED = ("--rate", "0", "--max-per-ip", "0")  # load scenarios: abuse limits off
 
-    def __init__(self, *extra: str, port: int = 0) -> None:
+
+class Server:
+    """chat_server.py as a subprocess on a loopback port (0: a free one);
+    with the abuse limits off unless ``limits`` is true."""
+
+    def __init__(self, *extra: str, port: int = 0, limits: bool = False) -> None:
+        if not limits:
+            extra = UNLIMITED + extra
         self.log_path = Path(f"/tmp/chat_bench_server_{os.getpid()}_{id(self)}.log")
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -154,10 +160,13 @@ class Swarm:
         self.total_received = 0
         self.last_receive_ns = 0
 
-    def connect(self, nick: str, reading: bool = True, rcvbuf: int = 0) -> Client:
+    def connect(self, nick: str, reading: bool = True, rcvbuf: int = 0,
+                source: str | None = None) -> Client:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source:  # any 127.x.y.z is this machine: one "host" per address
+            sock.bind((source, 0))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.connect(("127.0.0.1", self.port))
         sock.sendall(proto.encode(proto.Hello(nick)))
@@ -174,6 +183,8 @@ class Swarm:
         self._flush(client)
 
     def _flush(self, client: Client) -> None:
+        if client.closed:
+            return
         if client.outgoing:
             try:
                 sent = client.sock.send(client.outgoing)

@@ -22,10 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from attack import start_attack  # noqa: E402
 from loadgen import (ROOT, Cluster, Server, Swarm, chat_size, join_size,  # noqa: E402
                      own_cpu_seconds, proto, raise_open_file_limit)
 
-SCENARIOS = ("connect", "fanout", "latency", "slow-reader", "client")
+SCENARIOS = ("connect", "fanout", "latency", "slow-reader", "abuse", "client")
 DEFAULT_SIZES = {"connect": [1000, 5000, 10000], "fanout": [10, 100, 1000]}
 FDS_PER_CLIENT = 1  # each process (generator, server) holds one socket per client
 
@@ -53,7 +54,8 @@ def start_servers(nodes: int):
 
 
 def join_everyone(swarm: Swarm, nicks: list[str], reading: list[bool] | None = None,
-                  timeout: float = 120, exact: bool = True) -> bool:
+                  timeout: float = 120, exact: bool = True,
+                  sources: list[str] | None = None) -> bool:
     """Connect the nicks in order (all the same length) and wait for the joins.
 
     One server (exact): every reading client must get every join from its
@@ -67,7 +69,7 @@ def join_everyone(swarm: Swarm, nicks: list[str], reading: list[bool] | None = N
         count - i for i in range(count) if reading[i])
     first = len(swarm.clients)
     for index, nick in enumerate(nicks):
-        swarm.connect(nick, reading=reading[index])
+        swarm.connect(nick, reading=reading[index], source=sources[index] if sources else None)
         if index % 32 == 31:
             swarm.poll(0)
     if exact:
@@ -156,16 +158,20 @@ PAD = "p" * 600  # ~700-byte packets: the stuck reader passes 1 MiB within secon
 
 class Tracker:
     """What one receiving client saw of the paced messages.  Packets are only
-    counted while the scenario runs; they are parsed after it."""
+    counted while the scenario runs; they are parsed after it.  Other
+    packets are kept only if asked (a flood would fill memory)."""
 
-    __slots__ = ("batches", "chats", "chat_length")
+    __slots__ = ("batches", "chats", "chat_length", "keep_others")
 
-    def __init__(self, chat_length: int) -> None:
+    def __init__(self, chat_length: int, keep_others: bool = False) -> None:
         self.batches: list[tuple[int, list[bytes]]] = []
         self.chats = 0
         self.chat_length = chat_length  # every paced chat payload has this length
+        self.keep_others = keep_others
 
     def record(self, client, payloads: list[bytes], now_ns: int) -> None:
+        if not self.keep_others:
+            payloads = [p for p in payloads if len(p) == self.chat_length]
         self.batches.append((now_ns, payloads))
         self.chats += list(map(len, payloads)).count(self.chat_length)
 
@@ -193,52 +199,9 @@ def scenario_latency(clients: int = 100, rate: int = 1000, seconds: float = 5.0,
         reading = [True] * clients + ([False] if stuck else [])
         if not join_everyone(swarm, nicks, reading):
             return {"error": "joins did not all arrive"}
-        chat_length = chat_size(nicks[0], paced_text(0, 0, 0)) - proto.HEADER_SIZE
-        trackers = []
-        for client in swarm.clients[:clients]:
-            trackers.append(Tracker(chat_length))
-            client.decoder = proto.PacketDecoder()
-            client.on_payloads = trackers[-1].record
-        total = int(rate * seconds)
-        sent = [0]
-        rss_samples: list[tuple[float, int]] = []
-        start = time.perf_counter()
-        next_sample = [start]
-
-        def tick() -> float:
-            now = time.perf_counter()
-            due = min(total, int((now - start) * rate) + 1)
-            while sent[0] < due:
-                number = sent[0]
-                sender = swarm.clients[number % senders]
-                text = paced_text(number % senders, number // senders, time.perf_counter_ns())
-                swarm.send(sender, proto.encode(proto.Chat(text)))
-                sent[0] += 1
-            if now >= next_sample[0]:
-                rss_samples.append((round(now - start, 2), server.rss_kib()))
-                next_sample[0] = now + 0.25
-            return max(0.0, min(0.002, start + (sent[0] + 0.5) / rate - now))
-
-        measure = Measure(server)
-        gc.disable()  # keep the generator's own pauses out of the latencies
-        try:
-            swarm.run_until(lambda: sent[0] >= total and all(
-                t.chats >= total for t in trackers), seconds + 30, tick)
-        finally:
-            gc.enable()
-        figures = measure.shares()
-        seen = [t.results() for t in trackers]
-        latencies = sorted(v for _, lat, _ in seen for v in lat)
-        first = seen[0][0]
-        exact = all(order == first for order, _, _ in seen) and len(first) == total \
-            and len(set(first)) == total and in_sender_order(first, senders)
-        figures.update({
-            "clients": clients, "offered_messages_per_second": rate,
-            "offered_deliveries_per_second": rate * clients, "messages": total,
-            "p50_ms": percentile(latencies, 0.50), "p99_ms": percentile(latencies, 0.99),
-            "max_ms": round(latencies[-1] / 1e6, 2) if latencies else None,
-            "exactly_once_in_order": exact,
-        })
+        readers = swarm.clients[:clients]
+        figures, seen, rss_samples = paced_run(server, swarm, readers, readers[:senders],
+                                               rate, seconds, keep_others=stuck)
         if stuck:
             stuck_nick = nicks[-1].encode()
             figures.update({
@@ -250,6 +213,98 @@ def scenario_latency(clients: int = 100, rate: int = 1000, seconds: float = 5.0,
             })
         return figures
     finally:
+        swarm.close()
+        server.stop()
+
+
+def paced_run(server, swarm: Swarm, readers: list, senders: list, rate: float,
+              seconds: float, keep_others: bool = False) -> tuple[dict, list, list]:
+    """Send ``rate`` timestamped chats a second, round robin over the
+    senders, and measure when each reader gets each one.  Returns the
+    figures, what each reader saw, and the server's RSS over time."""
+    chat_length = chat_size(readers[0].nick, paced_text(0, 0, 0)) - proto.HEADER_SIZE
+    trackers = []
+    for client in readers:
+        trackers.append(Tracker(chat_length, keep_others))
+        client.decoder = proto.PacketDecoder()
+        client.on_payloads = trackers[-1].record
+    total = int(rate * seconds)
+    sent = [0]
+    rss_samples: list[tuple[float, int]] = []
+    start = time.perf_counter()
+    next_sample = [start]
+
+    def tick() -> float:
+        now = time.perf_counter()
+        due = min(total, int((now - start) * rate) + 1)
+        while sent[0] < due:
+            number = sent[0]
+            index = number % len(senders)
+            text = paced_text(index, number // len(senders), time.perf_counter_ns())
+            swarm.send(senders[index], proto.encode(proto.Chat(text)))
+            sent[0] += 1
+        if now >= next_sample[0]:
+            rss_samples.append((round(now - start, 2), server.rss_kib()))
+            next_sample[0] = now + 0.25
+        return max(0.0, min(0.002, start + (sent[0] + 0.5) / rate - now))
+
+    measure = Measure(server)
+    gc.disable()  # keep the generator's own pauses out of the latencies
+    try:
+        swarm.run_until(lambda: sent[0] >= total and all(
+            t.chats >= total for t, c in zip(trackers, readers) if not c.closed),
+            seconds + 30, tick)
+    finally:
+        gc.enable()
+    figures = measure.shares()
+    seen = [t.results() for t in trackers]
+    latencies = sorted(v for _, lat, _ in seen for v in lat)
+    first = seen[0][0]
+    exact = all(order == first for order, _, _ in seen) and len(first) == total \
+        and len(set(first)) == total and in_sender_order(first, len(senders))
+    figures.update({
+        "clients": len(readers), "offered_messages_per_second": rate,
+        "offered_deliveries_per_second": rate * len(readers), "messages": total,
+        "p50_ms": percentile(latencies, 0.50), "p99_ms": percentile(latencies, 0.99),
+        "max_ms": round(latencies[-1] / 1e6, 2) if latencies else None,
+        "exactly_once_in_order": exact,
+        "readers_dropped": sum(client.closed for client in readers),
+    })
+    return figures, seen, rss_samples
+
+
+def scenario_abuse(clients: int = 100, crowd: int = 200, rate: int = 200,
+                   seconds: float = 5.0, senders: int = 50) -> dict:
+    """Ordinary users beside a slowloris, a flooder and a who amplifier,
+    against the server's default limits.  Each ordinary client has its own
+    loopback address (as users on the internet would); the attackers use
+    one address each.  Latency and drops are measured without, then with
+    the attack."""
+    raise_open_file_limit()
+    server = Server(limits=True)
+    swarm = Swarm(server.port)
+    attack = None
+    try:
+        nicks = [f"a{i:04d}" for i in range(clients + crowd)]
+        sources = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(clients + crowd)]
+        if not join_everyone(swarm, nicks, sources=sources):
+            return {"error": "joins did not all arrive"}
+        readers = swarm.clients[:clients]
+        results = {"clients": clients, "crowd": crowd, "offered_messages_per_second": rate}
+        for phase in ("quiet", "attack"):
+            if phase == "attack":
+                attack = start_attack(server.port, seconds + 10)
+                time.sleep(1.0)  # let it ramp up
+            figures, _, _ = paced_run(server, swarm, readers, readers[:senders], rate, seconds)
+            results[phase] = {key: figures[key] for key in (
+                "p50_ms", "p99_ms", "max_ms", "exactly_once_in_order", "readers_dropped",
+                "server_cpu_share")}
+        if attack is not None:
+            results["attacker"] = attack.report()
+        return results
+    finally:
+        if attack is not None:
+            attack.stop()
         swarm.close()
         server.stop()
 
@@ -366,6 +421,9 @@ def main(argv=None) -> int:
                     name = scenario if nodes == 1 else f"{scenario}-cluster"
                     results.setdefault(name, []).append(figures)
                     report(name, figures)
+        elif scenario == "abuse":
+            results[scenario] = scenario_abuse(seconds=args.seconds)
+            report(scenario, results[scenario])
         elif scenario in ("latency", "slow-reader"):
             figures = scenario_latency(rate=args.rate, seconds=args.seconds,
                                        stuck=scenario == "slow-reader")

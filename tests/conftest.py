@@ -9,8 +9,11 @@ from tests.support import RawClient, ServerProcess  # noqa: E402
 
 
 @pytest.fixture
-def server():
-    process = ServerProcess()
+def server(request):
+    """The real server; @pytest.mark.server_args(...) adds options (load-style
+    tests pass --rate 0 --max-per-ip 0, as the benchmark does)."""
+    marker = request.node.get_closest_marker("server_args")
+    process = ServerProcess(*(marker.args if marker else ()))
     yield process
     process.cleanup()
 

@@ -11,8 +11,10 @@ import json
 from typing import Any
 
 import chat_protocol as proto
-from chat_core import ChatCore
+from chat_core import ChatCore, Limits
 from chat_delivery import Delivery, Outlet
+
+UNLIMITED = Limits(hello_timeout=0, max_per_ip=0, rate=0)
 
 
 class FakeLink:
@@ -38,17 +40,20 @@ class FakeLink:
 
 
 class Harness:
-    def __init__(self, max_queue: int = 1 << 20, link: FakeLink | None = None) -> None:
-        self.delivery = Delivery(max_queue)
-        self.core = ChatCore(self.delivery, max_queue, link)
+    """The chat core and the real delivery layer, with the transport's part
+    played here.  Limits are off unless a test gives some."""
+
+    def __init__(self, limits: Limits = UNLIMITED, link: FakeLink | None = None) -> None:
+        self.delivery = Delivery(limits.max_queue)
+        self.core = ChatCore(self.delivery, limits, link)
         self.now = 0.0
         self._decoders: dict[Outlet, proto.PacketDecoder] = {}
         self.dropped: list[Outlet] = []
 
-    def connect(self, nick: str | None = None, peer: str = "127.0.0.1:40000") -> Outlet:
+    def connect(self, nick: str | None = None, host: str = "127.0.0.1") -> Outlet:
         outlet = Outlet()
         self._decoders[outlet] = proto.PacketDecoder()
-        self.core.connected(outlet, peer, self.now)
+        self.core.connected(outlet, (host, 40000 + len(self._decoders)), self.now)
         if nick is not None:
             self.send(outlet, {"type": "hello", "nick": nick})
         return outlet
@@ -59,6 +64,23 @@ class Harness:
         for outlet in outlets:
             self.received(outlet)
         return outlets
+
+    def crowd(self, *nicks: str) -> list[Outlet]:
+        """Like joined(), for many: what they received is dropped undecoded."""
+        outlets = [self.connect(nick) for nick in nicks]
+        self.discard_output(outlets)
+        return outlets
+
+    def discard_output(self, outlets: list[Outlet]) -> None:
+        self.end_turn()
+        for outlet in outlets:
+            outlet.take_output()
+
+    def packets(self, outlet: Outlet) -> list[bytes]:
+        """The raw payloads queued for the connection (each as on the wire)."""
+        self.end_turn()
+        data = b"".join(bytes(chunk) for chunk in outlet.take_output())
+        return self._decoders[outlet].feed(data)
 
     def send(self, outlet: Outlet, *messages: dict | bytes) -> None:
         payloads = [m if isinstance(m, bytes) else json.dumps(m).encode() for m in messages]
@@ -71,6 +93,10 @@ class Harness:
         self.core.connection_lost(outlet, reason, self.now)
         self.delivery.forget(outlet)
 
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        self.core.tick(self.now)
+
     def end_turn(self) -> None:
         """What the transport does after each loop turn."""
         while self.delivery.log or self.delivery.overflowed:
@@ -80,9 +106,7 @@ class Harness:
 
     def received(self, outlet: Outlet) -> list[dict]:
         """Everything queued for the connection since the last call."""
-        self.end_turn()
-        data = b"".join(bytes(chunk) for chunk in outlet.take_output())
-        return [json.loads(p) for p in self._decoders[outlet].feed(data)]
+        return [json.loads(p) for p in self.packets(outlet)]
 
     def closed(self, outlet: Outlet) -> bool:
         return outlet.closing or outlet.gone

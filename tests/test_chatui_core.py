@@ -306,3 +306,16 @@ def test_control_characters_from_messages_are_drawn_escaped():
     with pytest.raises(KeyboardInterrupt):
         screen.read_command("> ")
     assert term.output[-1] == "evil^[[2J^G bell"
+
+
+def test_scrollback_is_bounded_in_lines_and_in_bytes():
+    by_lines = core.Scrollback(limit=3)
+    for i in range(5):
+        by_lines.add([(f"line {i}", None)], 80)
+    assert [entry[0][0][0] for entry in by_lines.lines] == ["line 2", "line 3", "line 4"]
+    by_bytes = core.Scrollback(byte_limit=10_000)
+    for i in range(100):
+        by_bytes.add([(f"{i:03d} " + "é" * 1000, None)], 80)   # 2,004 bytes each
+    assert by_bytes.size <= 10_000 and len(by_bytes.lines) == 4
+    assert by_bytes.lines[-1][0][0][0].startswith("099 ")
+    assert core.row_text(by_bytes.view(80, 100)[0]) == "096 "  # the oldest line kept

@@ -310,6 +310,7 @@ def test_wide_characters_keep_the_cursor_in_the_right_column(terminal):
     term.wait_for(lambda t: t.cursor == (23, len("pat> ") + 6), what="cursor after 3 wide chars")
 
 
+@pytest.mark.server_args("--rate", "0", "--max-per-ip", "0")
 def test_burst_scrolls_and_page_up_shows_earlier_lines(terminal, connect):
     term = terminal("pat")
     term.wait_for_prompt()

@@ -5,13 +5,16 @@ the wiring.  No sockets, no subprocesses, no sleeping.
 """
 
 import json
+import logging
+import unicodedata
+from dataclasses import replace
 
 import pytest
 
 import chat_cluster as cluster
 import chat_core
 import chat_protocol as proto
-from tests.core_harness import FakeLink, Harness
+from tests.core_harness import UNLIMITED, FakeLink, Harness
 from tests.support import chat_from, join, leave
 
 
@@ -283,7 +286,7 @@ def test_no_leave_for_a_connection_that_never_said_hello(chat):
 
 
 def test_a_reader_whose_queue_passes_the_bound_is_dropped_with_a_leave():
-    chat = Harness(max_queue=10_000)
+    chat = Harness(replace(UNLIMITED, max_queue=10_000))
     pat, stuck = chat.joined("pat", "stuck")
     seen = []
     for i in range(20):
@@ -358,7 +361,7 @@ def test_a_refused_claim_is_an_error_and_a_close(node):
 
 
 def test_what_is_held_during_a_claim_counts_against_the_bound():
-    node = Harness(max_queue=5_000, link=FakeLink())
+    node = Harness(replace(UNLIMITED, max_queue=5_000), FakeLink())
     greedy = node.connect("greedy")
     node.send(greedy, *[{"type": "chat", "message": "x" * 1000}] * 10)
     assert node.closed(greedy)
@@ -441,3 +444,193 @@ def test_node_events_round_trip_through_the_wire():
         assert json.loads(wire)["node"] == "n1"
         parsed = cluster.parse_node_event(wire)
         assert parsed == type(event)(**{**event.__dict__, "node": "n1"})
+
+
+# ---- a public server: limits on what one client or address may cost ----
+
+def test_a_connection_that_never_says_hello_is_closed_at_the_timeout():
+    chat = Harness(replace(UNLIMITED, hello_timeout=10))
+    (pat,) = chat.joined("pat")
+    silent = chat.connect()
+    chat.tick(9.9)
+    assert not chat.closed(silent)
+    chat.tick(0.2)
+    assert "no hello within 10 seconds" in error_of(chat.received(silent))
+    assert chat.closed(silent)
+    chat.tick(60)
+    assert not chat.closed(pat) and chat.received(pat) == []
+
+
+def test_the_connection_past_the_per_address_limit_is_refused():
+    chat = Harness(replace(UNLIMITED, max_per_ip=2))
+    first, second = chat.joined("first", "second")
+    third = chat.connect("third")
+    assert error_of(chat.received(third)) == "too many connections from your address"
+    assert chat.closed(third)
+    other = chat.connect("other", host="10.0.0.7")
+    assert chat.received(other) == [join("other")]
+    chat.chat(first, "still here")
+    assert chat.received(second)[-1] == chat_from("first", "still here")
+    chat.lose(second)
+    again = chat.connect("again")
+    assert chat.received(again) == [join("again")]
+
+
+@pytest.mark.parametrize("hosts, refused", [
+    (["2001:db8::1", "2001:db8::ffff:2"], True),        # one /64
+    (["2001:db8::1", "2001:db8:0:1::1"], False),        # two /64s
+    (["::ffff:10.0.0.1", "10.0.0.1"], True),            # one IPv4 address
+])
+def test_ipv6_addresses_count_by_their_64(hosts, refused):
+    chat = Harness(replace(UNLIMITED, max_per_ip=1))
+    chat.connect("a", host=hosts[0])
+    b = chat.connect("b", host=hosts[1])
+    assert chat.closed(b) == refused
+
+
+def test_a_flooder_is_slowed_not_dropped_and_loses_nothing():
+    chat = Harness(replace(UNLIMITED, rate=5, burst=20))
+    flooder, reader, bystander = chat.joined("flooder", "reader", "bystander")
+    chat.send(flooder, *[{"type": "chat", "message": f"flood {i}"} for i in range(100)])
+    assert flooder.paused                     # the transport stops reading it
+    seen = [m["message"] for m in chat.received(reader)]
+    assert len(seen) == 20
+    chat.chat(bystander, "meanwhile")
+    assert chat.received(reader) == [chat_from("bystander", "meanwhile")]
+    for _ in range(16):
+        chat.tick(1.0)
+        seen += [m["message"] for m in chat.received(reader)]
+    assert seen == [f"flood {i}" for i in range(100)]
+    assert not flooder.paused and not chat.closed(flooder)
+    assert chat.dropped == []
+
+
+def test_the_rate_refills_at_the_configured_pace():
+    chat = Harness(replace(UNLIMITED, rate=5, burst=20))
+    (flooder,) = chat.joined("flooder")
+    chat.send(flooder, *[{"type": "who"}] * 60)
+    assert len(chat.received(flooder)) == 20
+    chat.tick(2.0)
+    assert len(chat.received(flooder)) == 10
+
+
+def test_hello_is_free_and_a_rate_of_zero_means_no_limit():
+    chat = Harness(replace(UNLIMITED, rate=1, burst=1))
+    pat = chat.connect("pat")
+    chat.send(pat, {"type": "who"})
+    assert [m["type"] for m in chat.received(pat)] == ["join", "who"]
+    free = Harness()
+    (pat,) = free.joined("pat")
+    free.send(pat, *[{"type": "who"}] * 500)
+    assert len(free.received(pat)) == 500
+
+
+@pytest.mark.parametrize("packet", [
+    {"type": "enter", "room": "r" * 9000},
+    {"type": "enter", "room": "\x85" * 9000},
+    {"type": "x" * 60000},
+    {"type": "dm", "to": "y" * 60000, "message": "hi"},
+    {"type": "hello", "nick": "\x01" * 9000},
+])
+def test_no_error_is_larger_because_the_input_was(chat, packet):
+    (pat,) = chat.joined("pat")
+    chat.send(pat, packet)
+    assert len(error_of(chat.received(pat))) < 64 * 4 + 100
+
+
+def test_a_flood_of_bad_packets_logs_a_bounded_number_of_lines(chat, caplog):
+    caplog.set_level(logging.INFO)
+    (pat,) = chat.joined("pat")
+    chat.send(pat, *[{"type": "enter", "room": "x" * 9000}] * 1000)
+    lines = [r for r in caplog.records if "pat" in r.getMessage()]
+    assert len(lines) <= 10
+    assert all(len(r.getMessage()) < 400 and not r.exc_info for r in lines)
+
+
+def test_who_with_thousands_of_wide_names_comes_in_packets_that_fit():
+    chat = Harness()
+    names = [f"{i:04d}" + "\U0001F600" * 28 for i in range(600)]  # 32 characters, 116 bytes
+    outlets = chat.crowd(*names)
+    chat.send(outlets[0], {"type": "who"})
+    payloads = chat.packets(outlets[0])
+    assert len(payloads) > 1 and all(len(p) <= proto.MAX_PAYLOAD for p in payloads)
+    listed = [nick for p in payloads for nick in json.loads(p)["nicks"]]
+    assert sorted(listed) == sorted(names)
+
+
+def test_rooms_with_thousands_of_wide_names_come_in_packets_that_fit():
+    chat = Harness()
+    names = [f"{i:04d}" + "\U0001F600" * 28 for i in range(1200)]
+    outlets = chat.crowd(*[f"u{i}" for i in range(1200)])
+    for outlet, room in zip(outlets, names):
+        chat.send(outlet, {"type": "enter", "room": room})
+    chat.discard_output(outlets)
+    chat.send(outlets[0], {"type": "rooms"})
+    payloads = chat.packets(outlets[0])
+    assert len(payloads) > 1 and all(len(p) <= proto.MAX_PAYLOAD for p in payloads)
+    listed = [r["name"] for p in payloads for r in json.loads(p)["rooms"]]
+    assert sorted(listed) == sorted(names + ["lobby"])
+
+
+LOOK_ALIKES = [
+    ("Pat", "already taken"),
+    ("p\u0430t", "mixes Cyrillic and Latin"),
+    ("\u03c1at", "mixes Greek and Latin"),
+    ("\uff50\uff41\uff54", "already taken: it looks like pat"),
+    ("pat\ufe01", "invisible character (U+FE01)"),
+    ("pat\u034f", "invisible character (U+034F)"),
+    ("pat\u3164", "invisible character (U+3164)"),
+    ("pat\u2800", "invisible character (U+2800)"),
+    ("pat\u200b", "invisible character (U+200B)"),
+    ("\u0301pat", "start with a combining mark"),
+    ("pat\ue000", "private-use"),
+    ("pat\U000e0001", "invisible character"),
+]
+
+
+@pytest.mark.parametrize("nick, rule", LOOK_ALIKES)
+def test_every_look_alike_of_a_present_nick_is_refused_with_its_rule(chat, nick, rule):
+    chat.joined("pat")
+    impostor = chat.connect(nick)
+    message = error_of(chat.received(impostor))
+    assert rule in message
+    assert chat.closed(impostor)
+
+
+def test_a_name_wholly_in_another_script_that_looks_the_same_is_taken(chat):
+    chat.joined("pop")
+    impostor = chat.connect("\u0440\u043e\u0440")  # Cyrillic er, o, er
+    assert "taken: it looks like pop" in error_of(chat.received(impostor))
+
+
+def test_a_name_spelled_nfc_and_nfd_is_one_name(chat):
+    (first,) = chat.joined(unicodedata.normalize("NFC", "rené"))
+    second = chat.connect(unicodedata.normalize("NFD", "rené"))
+    assert "taken" in error_of(chat.received(second))
+
+
+def test_a_nick_is_kept_and_announced_in_nfc(chat):
+    rene = chat.connect(unicodedata.normalize("NFD", "René"))
+    assert chat.received(rene) == [join(unicodedata.normalize("NFC", "René"))]
+
+
+@pytest.mark.parametrize("nick", ["日本語テキスト", "中文名字", "한국어", "Latin漢字かな", "Ελληνικά",
+                                  "Русский", "naïve", "o'brien", "c++", "🙂🙃", "x" * 32])
+def test_names_in_one_script_or_an_allowed_mix_are_accepted(chat, nick):
+    outlet = chat.connect(nick)
+    assert chat.received(outlet) == [join(nick)]
+
+
+def test_a_dm_to_a_look_alike_reaches_the_one_user_with_that_name(chat):
+    pat, chris = chat.joined("pat", "chris")
+    chat.send(chris, {"type": "dm", "to": "p\u0430t", "message": "which pat?"})
+    assert chat.received(pat) == [dm("chris", "pat", "which pat?")]
+
+
+def test_room_names_follow_the_same_rules(chat):
+    pat, chris = chat.joined("pat", "chris")
+    chat.send(pat, {"type": "enter", "room": "games"})
+    chat.send(chris, {"type": "enter", "room": "g\u0430mes"})
+    assert "mixes Cyrillic and Latin" in error_of(chat.received(chris))
+    chat.send(chris, {"type": "enter", "room": "\uff47\uff41\uff4d\uff45\uff53"})
+    assert chat.received(chris)[-1] == enter("chris", "games")

@@ -1,0 +1,143 @@
+"""The attacker of the benchmark's abuse scenario, in a process of its own.
+
+Three attacks at once, each from one loopback address of its own, each
+bounded in time: a slowloris (up to 300 connections that never finish
+their hello, replaced as the server closes them), a flooder (maximum-size
+chats as fast as the server takes them; it reads its echoes so that only
+the rate limit slows it), and a who amplifier (963 who requests per write,
+again and again).  Counts what it managed and reports them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+import threading
+import time
+
+from loadgen import proto
+
+SLOWLORIS, FLOODER, AMPLIFIER = "127.0.0.66", "127.0.0.77", "127.0.0.88"
+SLOW_CONNECTIONS = 300
+
+
+class Attack:
+    def __init__(self, process: multiprocessing.Process, counts) -> None:
+        self.process = process
+        self.counts = counts
+
+    def report(self) -> dict:
+        return dict(self.counts)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.join(10)
+
+
+def start_attack(port: int, seconds: float) -> Attack:
+    manager = multiprocessing.Manager()
+    counts = manager.dict()
+    process = multiprocessing.Process(target=run_attack, args=(port, seconds, counts),
+                                      daemon=True)
+    process.start()
+    return Attack(process, counts)
+
+
+def run_attack(port: int, seconds: float, counts) -> None:
+    deadline = time.monotonic() + seconds
+    totals = {"slowloris_opened": 0, "slowloris_closed_by_server": 0,
+              "flood_chats_sent": 0, "flooder_connections": 0,
+              "who_requests_sent": 0, "amplifier_connections": 0}
+    lock = threading.Lock()
+
+    def add(key: str, amount: int = 1) -> None:
+        with lock:
+            totals[key] += amount
+            counts.update(totals)
+
+    threads = [threading.Thread(target=attack, args=(port, deadline, add), daemon=True)
+               for attack in (slowloris, flooder, amplifier)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()) + 2)
+
+
+def connect(port: int, source: str, timeout: float = 2.0) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def slowloris(port: int, deadline: float, add) -> None:
+    half_hello = proto.encode(proto.Hello("slowloris"))[:-4]
+    open_socks: list[socket.socket] = []
+    while time.monotonic() < deadline:
+        while len(open_socks) < SLOW_CONNECTIONS and time.monotonic() < deadline:
+            try:
+                sock = connect(port, SLOWLORIS)
+                sock.sendall(half_hello)
+                sock.setblocking(False)
+                open_socks.append(sock)
+                add("slowloris_opened")
+            except OSError:
+                break
+        time.sleep(0.5)
+        for sock in list(open_socks):
+            try:
+                if sock.recv(4096):
+                    continue  # an error packet: the close follows
+            except BlockingIOError:
+                continue
+            except OSError:
+                pass
+            open_socks.remove(sock)
+            sock.close()
+            add("slowloris_closed_by_server")
+    for sock in open_socks:
+        sock.close()
+
+
+def drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except OSError:
+        pass
+
+
+def flooder(port: int, deadline: float, add) -> None:
+    chat = proto.encode(proto.Chat("f" * (proto.MAX_PAYLOAD - 60)))
+    pester(port, FLOODER, "flooder", chat, "flood_chats_sent", 1, "flooder_connections",
+           deadline, add)
+
+
+def amplifier(port: int, deadline: float, add) -> None:
+    requests = proto.encode(proto.WhoRequest()) * 963
+    pester(port, AMPLIFIER, "amplifier", requests, "who_requests_sent", 963,
+           "amplifier_connections", deadline, add)
+
+
+def pester(port: int, source: str, nick: str, data: bytes, sent_key: str, per_send: int,
+           connections_key: str, deadline: float, add) -> None:
+    """Say hello, then send ``data`` again and again until the deadline
+    (reading whatever comes back); reconnect if the server drops us."""
+    while time.monotonic() < deadline:
+        try:
+            sock = connect(port, source)
+            sock.settimeout(None)  # blocks while the server is not reading us: the point
+            sock.sendall(proto.encode(proto.Hello(nick)))
+            add(connections_key)
+            threading.Thread(target=drain, args=(sock,), daemon=True).start()
+            while time.monotonic() < deadline:
+                sock.sendall(data)
+                add(sent_key, per_send)
+        except OSError:
+            time.sleep(0.2)
+        finally:
+            try:
+                sock.close()
+            except NameError:
+                pass
