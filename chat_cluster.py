@@ -4,24 +4,33 @@ The event loop never touches Redis.  It calls :class:`ClusterLink`'s
 methods, which only queue work (small command objects), and it drains
 :meth:`ClusterLink.take_events` (small event objects) when the link pokes
 it through the loop's wake-up socket.  Two threads do the Redis I/O: a
-writer (nick claims, publishes, presence, heartbeats, noticing dead nodes)
-and a reader (the pub/sub subscription).
+writer (nick claims, presence, appending events, heartbeats, noticing dead
+nodes) and a reader (reading the event stream).
 
 Redis keys (``P`` is the prefix, ``chat:`` by default):
 
 - ``P nodes``: set of node ids in the cluster.
-- ``P alive:ID``: a node's heartbeat, expiring after ``ttl`` seconds.
+- ``P alive:ID``: a node's heartbeat, expiring after three beats.
 - ``P users:ID``: hash nick -> room of the node's users.
-- ``P nick:KEY``: the node id owning a nick (KEY ignores case).  A claim
+- ``P nick:KEY``: the node id owning a nick (KEY: the name key).  A claim
   succeeds when the nick is free, already ours, or owned by a node whose
   heartbeat has expired, so a dead node's nicks free themselves.
-- ``P events``: the pub/sub channel; each message is JSON with ``node`` and
-  ``kind`` (join, leave, move, chat, emote, dm, presence).
+- ``P stream``: the event stream (XADD with an approximate MAXLEN); each
+  entry's field ``e`` is JSON with ``node`` and ``kind``.  Every node reads
+  it from the last ID it applied, so an outage loses nothing the stream
+  still holds.
+- ``P epoch``: a random value set once per Redis data set: a node that
+  finds another epoch on reconnection knows Redis lost its data.
 
-What can be lost: pub/sub is at-most-once.  While a node cannot reach Redis
-its users chat only among themselves; what they say is not replayed to the
-rest, and what the rest say meanwhile does not reach them.  Presence is
-re-read on reconnection, so joins and leaves are made good then.
+Guarantees.  Each node notices on its own when a node it knows stops
+beating (every node checks every node it has heard of, each beat), so
+every survivor announces each of a dead node's users once.  A node cut
+off from Redis keeps serving its users, buffers what they say (at most
+BUFFER_EVENTS events and BUFFER_SECONDS seconds, then it tells them what
+was dropped) and appends it when Redis is back, then reads what it
+missed: per-sender order, each event once.  Events read from Redis are
+validated like client packets; events from unregistered nodes, or about
+nicks the sending node does not own, are ignored.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import queue
 import shutil
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import deque
 from dataclasses import dataclass, field, fields
@@ -54,6 +64,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 MAX_BACKOFF = 2.0
+STREAM_MAXLEN = 100_000     # events kept in the stream (approximately)
+READ_COUNT = 1000           # events taken per XREAD
+BUFFER_EVENTS = 10_000      # kept while Redis is away...
+BUFFER_SECONDS = 60.0       # ...for at most this long
 
 
 def find_redis_server() -> str | None:
@@ -102,17 +116,20 @@ class NodeEvent:
 
     KIND: ClassVar[str]
     node: str = field(default="", kw_only=True)
+    seq: int = field(default=0, kw_only=True)  # the sender's count: duplicates are dropped
 
-    def to_wire(self, node: str) -> str:
-        obj = {"kind": self.KIND, "node": node}
-        obj.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "node"})
+    def to_wire(self, node: str, seq: int = 0) -> str:
+        obj = {"kind": self.KIND, "node": node, "seq": seq}
+        obj.update({f.name: getattr(self, f.name) for f in fields(self)
+                    if f.name not in ("node", "seq")})
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def checks(cls) -> dict[str, Callable[[Any, str], Any]]:
         """Each wire field (all but ``node``) and the check it must pass."""
         hints = get_type_hints(cls, include_extras=True)
-        return {f.name: hints[f.name].__metadata__[0] for f in fields(cls) if f.name != "node"}
+        return {f.name: hints[f.name].__metadata__[0] for f in fields(cls)
+                if f.name not in ("node", "seq")}
 
 
 @dataclass(frozen=True)
@@ -176,6 +193,9 @@ def parse_node_event(data: bytes | str) -> NodeEvent:
         raise proto.InvalidMessage("event is not JSON") from exc
     if not isinstance(obj, dict) or not isinstance(obj.get("node"), str):
         raise proto.InvalidMessage("event is not an object with a node")
+    seq = obj.get("seq", 0)
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise proto.InvalidMessage("event has a bad seq")
     cls = NODE_EVENTS.get(obj.get("kind"))  # type: ignore[arg-type]
     if cls is None:
         raise proto.InvalidMessage(f"unknown event kind {str(obj.get('kind'))[:40]!r}")
@@ -184,7 +204,7 @@ def parse_node_event(data: bytes | str) -> NodeEvent:
         if name not in obj:
             raise proto.InvalidMessage(f'"{cls.KIND}" event needs field "{name}"')
         values[name] = check(obj[name], name)
-    return cls(node=obj["node"], **values)
+    return cls(node=obj["node"], seq=seq, **values)
 
 
 # --------------------------------------------------------------------------
@@ -223,8 +243,21 @@ class Conflict:
     nick: str
 
 
+@dataclass(frozen=True)
+class Undelivered:
+    """What this node's users said while Redis was away and could not be
+    kept for the other nodes (the buffer's bound was passed)."""
+    count: int
+
+
+@dataclass(frozen=True)
+class DataLost:
+    """Redis lost its data (restarted without persistence): presence is
+    being read again and messages in flight may be gone."""
+
+
 EVENT_TYPES: tuple[type, ...] = (Claimed, Snapshot, NodeDead, LinkLost, LinkRestored,
-                                 Conflict, *NODE_EVENTS.values())
+                                 Conflict, Undelivered, DataLost, *NODE_EVENTS.values())
 
 
 # --------------------------------------------------------------------------
@@ -294,18 +327,14 @@ class ClearPresence(Command):
 
 @dataclass
 class Publish(Command):
-    event: NodeEvent
+    wire: str  # the event as JSON, numbered: a retry is recognised as one
 
     def queue(self, link, pipe) -> int:
-        pipe.publish(link.key("events"), self.event.to_wire(link.node_id))
+        link.append(pipe, self.wire)
         return 1
-    # while down: pub/sub cannot keep it; it is lost
 
-
-@dataclass
-class ReadSnapshot(Command):
-    def answer(self, link, results) -> None:
-        link.hand_over(Snapshot(link.read_presence()))
+    def while_down(self, link) -> None:
+        link.keep_for_later(self.wire)
 
 
 @dataclass
@@ -328,14 +357,26 @@ class ClusterLink:
         import redis  # the optional 'cluster' extra
 
         self._redis_module = redis
-        self._pubsub_class = resyncing_pubsub_class(redis)
         self.url = url
+        self.shown_url = masked_url(url)
         self.node_id = uuid.uuid4().hex[:12]
         self.heartbeat = heartbeat
         self.ttl_ms = int(heartbeat * 3000)
         self.prefix = prefix
         self.client = None                 # the writer's connection
         self.users: dict[str, str] = {}    # our users: nick -> room (writer's copy)
+        self.buffer: deque[tuple[float, str]] = deque()  # events kept while Redis is away
+        self.dropped = 0                   # ...and how many of them were given up
+        self.watched: set[str] = set()     # nodes heard of: each beat checks they live
+        self.registered: set[str] = set()  # nodes in the node set, as last read
+        self.epoch: str | None = None      # the Redis data set we know
+        self.cursor: str | None = None     # the last stream ID read (the reader's)
+        self.restart_reading = False       # Redis lost its data: read the new stream from 0
+        self.grace_until = 0.0             # after a reconnection, nodes may still be coming back
+        self._logged: set[tuple[str, str]] = set()
+        self._published = 0                # our events so far (the event loop's count)
+        self._applied: dict[str, int] = {}  # each node's last event handed over (reader's)
+        self._in_flight: list[Command] = []
         self._wake = wake
         self._outbox: queue.Queue[Command] = queue.Queue()
         self._inbox: deque = deque()
@@ -378,7 +419,8 @@ class ClusterLink:
         self.publish(RemoteMove(nick, old, new))
 
     def publish(self, event: NodeEvent) -> None:
-        self._outbox.put(Publish(event))
+        self._published += 1
+        self._outbox.put(Publish(event.to_wire(self.node_id, self._published)))
 
     def take_events(self) -> list:
         events = []
@@ -394,6 +436,23 @@ class ClusterLink:
     def hand_over(self, event: Any) -> None:
         self._inbox.append(event)
         self._wake()
+
+    def append(self, pipe, wire: str) -> None:
+        pipe.xadd(self.key("stream"), {"e": wire}, maxlen=STREAM_MAXLEN, approximate=True)
+
+    def keep_for_later(self, wire: str) -> None:
+        """Redis is away: keep an event for it, within the buffer's bounds."""
+        now = time.monotonic()
+        self.buffer.append((now, wire))
+        while self.buffer and (len(self.buffer) > BUFFER_EVENTS
+                               or self.buffer[0][0] < now - BUFFER_SECONDS):
+            self.buffer.popleft()
+            self.dropped += 1
+
+    def log_once(self, what: str, detail: str) -> None:
+        if (what, detail) not in self._logged and len(self._logged) < 1000:
+            self._logged.add((what, detail))
+            log.warning("cluster: %s: %s (logged once)", what, detail)
 
     def _connect(self):
         client = self._redis_module.Redis.from_url(
@@ -425,9 +484,13 @@ class ClusterLink:
             except Exception as exc:  # a dead link thread would silently split the chat
                 self._log_unexpected(exc)
                 if self.client is None and not self._connected and backoff == 0.1:
-                    log.warning("cluster: cannot reach Redis at %s (%s); retrying", self.url, exc)
+                    log.warning("cluster: cannot reach Redis at %s (%s); retrying",
+                                self.shown_url, exc)
                 self.client = None
                 self._went_down(str(exc))
+                in_flight, self._in_flight = self._in_flight, []
+                for command in in_flight:  # Redis may or may not have them: redo
+                    command.while_down(self)
                 if self._drain_while_down(backoff):
                     return
                 backoff = min(MAX_BACKOFF, backoff * 2)
@@ -449,14 +512,18 @@ class ClusterLink:
         if not commands:
             return
         pipe = self.client.pipeline(transaction=False)
+        self._in_flight = commands
         counts = [command.queue(self, pipe) for command in commands]
         results: Iterator = iter(pipe.execute())
+        self._in_flight = []
         for command, count in zip(commands, counts):
             command.answer(self, [next(results) for _ in range(count)])
 
     def _register(self) -> None:
-        """Join (or rejoin) the cluster: heartbeat, presence, nick claims."""
+        """Join (or rejoin) the cluster: heartbeat, presence, nick claims,
+        then what was kept while Redis was away, then everyone's presence."""
         client, node = self.client, self.node_id
+        self._check_epoch()
         client.set(self.key("alive:" + node), "1", px=self.ttl_ms)
         client.sadd(self.key("nodes"), node)
         users_key = self.key("users:" + node)
@@ -467,37 +534,62 @@ class ClusterLink:
             if not client.claim_nick(keys=[self.key("nick:" + proto.name_key(nick))],
                                      args=[node, self.key("alive:")]):
                 self.hand_over(Conflict(nick))
-        client.publish(self.key("events"), RemotePresence(dict(self.users)).to_wire(node))
+        pipe = client.pipeline(transaction=False)
+        self.append(pipe, RemotePresence(dict(self.users)).to_wire(node))  # unnumbered:
+        # presence may be applied twice
+        for _, wire in self.buffer:
+            self.append(pipe, wire)
+        pipe.execute()
+        self.buffer.clear()
+        if self.dropped:
+            self.hand_over(Undelivered(self.dropped))
+            self.dropped = 0
+        self.grace_until = time.monotonic() + self.ttl_ms / 1000 + MAX_BACKOFF
         self.hand_over(Snapshot(self.read_presence()))
         with self._state_lock:
             self._connected = True
             if self._was_lost:
                 self._was_lost = False
                 self.hand_over(LinkRestored())
-        log.info("cluster: node %s registered with %s", node, self.url)
+        log.info("cluster: node %s registered with %s", node, self.shown_url)
+
+    def _check_epoch(self) -> None:
+        """Notice a Redis that lost its data since we last saw it."""
+        client = self.client
+        client.set(self.key("epoch"), uuid.uuid4().hex, nx=True)
+        epoch = client.get(self.key("epoch")).decode()
+        if self.epoch is not None and epoch != self.epoch:
+            log.warning("cluster: Redis lost its data; reading presence again")
+            self.restart_reading = True
+            self.hand_over(DataLost())
+        self.epoch = epoch
 
     def _beat(self) -> None:
         """Refresh our heartbeat; notice nodes whose heartbeat expired.
 
-        If Redis lost our registration (it restarted between two beats) or
-        the reader saw the link drop, register again: that also re-reads
-        everyone's presence."""
+        Every node checks every node it has heard of, so each survivor
+        notices a death itself.  If Redis lost our registration (it
+        restarted between two beats) or the reader saw the link drop,
+        register again."""
         client = self.client
         pipe = client.pipeline(transaction=False)
         pipe.set(self.key("alive:" + self.node_id), "1", px=self.ttl_ms)
         pipe.sismember(self.key("nodes"), self.node_id)
-        _, registered = pipe.execute()
+        pipe.smembers(self.key("nodes"))
+        _, registered, members = pipe.execute()
         if not registered or not self._connected:
             self._register()
-        others = [n.decode() for n in client.smembers(self.key("nodes"))
-                  if n.decode() != self.node_id]
-        if not others:
+        self.registered = {n.decode() for n in members}
+        self.watched |= self.registered - {self.node_id}
+        if not self.watched or time.monotonic() < self.grace_until:
             return
+        others = sorted(self.watched)
         pipe = client.pipeline(transaction=False)
         for node in others:
             pipe.exists(self.key("alive:" + node))
         for node, alive in zip(others, pipe.execute()):
             if not alive:
+                self.watched.discard(node)
                 client.srem(self.key("nodes"), node)
                 client.delete(self.key("users:" + node))
                 self.hand_over(NodeDead(node))
@@ -511,13 +603,16 @@ class ClusterLink:
                 continue
             users = client.hgetall(self.key("users:" + node))
             snapshot[node] = {k.decode(): v.decode() for k, v in users.items()}
+            self.watched.add(node)
         return snapshot
 
     def deregister(self) -> None:
         client, node = self.client, self.node_id
         for nick in list(self.users):
             client.release_nick(keys=[self.key("nick:" + proto.name_key(nick))], args=[node])
-        client.publish(self.key("events"), RemotePresence({}).to_wire(node))
+        pipe = client.pipeline(transaction=False)
+        self.append(pipe, RemotePresence({}).to_wire(node))
+        pipe.execute()
         client.delete(self.key("users:" + node), self.key("alive:" + node))
         client.srem(self.key("nodes"), node)
 
@@ -536,8 +631,8 @@ class ClusterLink:
 
     def _drain_while_down(self, seconds: float) -> bool:
         """While Redis is unreachable each command does its while_down part
-        (claims succeed locally and are made again on reconnection,
-        publishes are dropped, presence is kept for later).  True after Stop."""
+        (claims succeed locally and are made again on reconnection, events
+        are kept for later, presence is kept).  True after Stop."""
         deadline = time.monotonic() + seconds
         while True:
             remaining = deadline - time.monotonic()
@@ -555,16 +650,17 @@ class ClusterLink:
         while self._running:
             try:
                 client = self._connect()
-                pubsub = self._pubsub_class(client.connection_pool,
-                                            ignore_subscribe_messages=True)
-                pubsub.resync = lambda: self._outbox.put(ReadSnapshot())
-                pubsub.subscribe(self.key("events"))  # on_connect asks for a snapshot
+                self._start_reading(client)
                 backoff = 0.1
                 while self._running:
-                    message = pubsub.get_message(timeout=0.5)
-                    if message is not None:
-                        self._receive(message["data"])
-                pubsub.close()
+                    if self.restart_reading:
+                        self.restart_reading = False
+                        self.cursor = "0-0"
+                    entries = client.xread({self.key("stream"): self.cursor},
+                                           count=READ_COUNT, block=500)
+                    for _, items in entries or ():
+                        self._receive(client, [fields.get(b"e", b"") for _, fields in items])
+                        self.cursor = items[-1][0].decode()
                 client.close()
             except Exception as exc:
                 self._log_unexpected(exc)
@@ -572,27 +668,102 @@ class ClusterLink:
                 time.sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
 
-    def _receive(self, data: bytes) -> None:
-        try:
-            event = parse_node_event(data)
-        except proto.ProtocolError as exc:
-            log.info("cluster: ignoring a malformed event: %s", exc)
-            return
-        if event.node != self.node_id:
-            self.hand_over(event)
+    def _start_reading(self, client) -> None:
+        """Where to read from: the end of the stream the first time; after a
+        reconnection, where we were, unless that is past the end of the
+        stream (Redis lost its data): then from its start."""
+        last = client.xrevrange(self.key("stream"), count=1)
+        end = last[0][0].decode() if last else "0-0"
+        if self.cursor is None:
+            self.cursor = end
+        elif stream_id(self.cursor) > stream_id(end):
+            self.cursor = "0-0"
+
+    def _receive(self, client, batch: list[bytes]) -> None:
+        """A batch of stream entries: parsed, checked, handed over in order."""
+        events = []
+        for data in batch:
+            try:
+                event = parse_node_event(data)
+            except proto.ProtocolError as exc:
+                self.log_once("ignoring a malformed event", str(exc)[:200])
+                continue
+            if event.node == self.node_id or not self._first_time(event):
+                continue
+            if not self._from_a_member(client, event.node):
+                self.log_once("ignoring events from an unregistered node", event.node[:40])
+                continue
+            events.append(event)
+        owners = self._owners(client, events)
+        for event in events:
+            vetted = self._owned(event, owners)
+            if vetted is not event:
+                self.log_once("ignoring a node's claims to nicks it does not own",
+                              event.node[:40])
+            if vetted is not None:
+                self.watched.add(event.node)
+                self.hand_over(vetted)
+
+    def _first_time(self, event: NodeEvent) -> bool:
+        """False for an event appended twice (a retry after Redis failed
+        mid-write): each node numbers its events."""
+        if not event.seq:
+            return True
+        if event.seq <= self._applied.get(event.node, 0):
+            return False
+        self._applied[event.node] = event.seq
+        return True
+
+    def _from_a_member(self, client, node: str) -> bool:
+        if node not in self.registered:
+            self.registered = {n.decode() for n in client.smembers(self.key("nodes"))}
+        return node in self.registered
+
+    @staticmethod
+    def _claimed_nicks(event: NodeEvent) -> list[str]:
+        if isinstance(event, RemoteJoin):
+            return [event.nick]
+        if isinstance(event, RemotePresence):
+            return list(event.users)
+        return []
+
+    def _owners(self, client, events: list[NodeEvent]) -> dict[str, str | None]:
+        """Who Redis says owns each nick that joins or presence claim, in
+        one round trip for the batch."""
+        nicks = sorted({nick for event in events for nick in self._claimed_nicks(event)})
+        if not nicks:
+            return {}
+        owners = client.mget([self.key("nick:" + proto.name_key(n)) for n in nicks])
+        return {nick: owner.decode() if owner is not None else None
+                for nick, owner in zip(nicks, owners)}
+
+    def _owned(self, event: NodeEvent, owners: dict[str, str | None]) -> NodeEvent | None:
+        """Joins and presence claim nicks: keep only those Redis says the
+        node owns (a leave, a move or a message is checked by the core
+        against the node it knows each nick to be on)."""
+        nicks = self._claimed_nicks(event)
+        owned = {nick for nick in nicks if owners.get(nick) == event.node}
+        if len(owned) == len(nicks):
+            return event
+        if isinstance(event, RemoteJoin):
+            return None
+        return RemotePresence({n: r for n, r in event.users.items() if n in owned},
+                              node=event.node)
 
 
-def resyncing_pubsub_class(redis_module):
-    """A PubSub that asks for presence to be read again each time redis-py
-    (re)connects it: it resubscribes by itself, but whatever was published
-    while it was away is lost."""
+def stream_id(text: str) -> tuple[int, int]:
+    milliseconds, _, sequence = text.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
-    class ResyncingPubSub(redis_module.client.PubSub):
-        def resync(self) -> None:
-            pass
 
-        def on_connect(self, connection) -> None:
-            super().on_connect(connection)
-            self.resync()
-
-    return ResyncingPubSub
+def masked_url(url: str) -> str:
+    """The Redis URL as it may be logged: any password replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

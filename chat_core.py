@@ -160,10 +160,12 @@ class ChatCore:
         self.link = link
         self.clients: dict[Outlet, Client] = {}
         self.by_nick: dict[str, Client] = {}
+        proto.name_problem(proto.LOBBY)  # load the name rules' data now, not at a hello
         self.lobby = Room(proto.LOBBY)
         self.rooms: dict[str, Room] = {self.lobby.key: self.lobby}
         self.remote: dict[str, RemoteUser] = {}   # name_key -> user elsewhere
         self.claims: dict[str, tuple[Client, str]] = {}  # name_key -> hello in progress
+        self.logged: set[tuple[str, str]] = set()  # cluster complaints already logged
         self.per_address: dict[str, int] = {}
         self.greeting: deque[tuple[float, Client]] = deque()  # hello deadlines, in order
         self.throttled: list[tuple[float, int, Client]] = []  # heap: when to read again
@@ -544,11 +546,12 @@ class ChatCore:
 
     @applies(cluster.RemoteLeave)
     def on_remote_leave(self, event: cluster.RemoteLeave) -> None:
-        self.remote_leave(event.nick)
+        if self.owned_by(event.nick, event.node):
+            self.remote_leave(event.nick)
 
     @applies(cluster.RemoteMove)
     def on_remote_move(self, event: cluster.RemoteMove) -> None:
-        user = self.remote.get(proto.name_key(event.nick))
+        user = self.owned_by(event.nick, event.node)
         if user is None:
             return
         user.room = event.new
@@ -560,16 +563,43 @@ class ChatCore:
 
     @applies(cluster.RemoteSpeech)
     def on_remote_speech(self, event: cluster.RemoteSpeech) -> None:
+        user = self.owned_by(event.nick, event.node)
         room = self.rooms.get(proto.name_key(event.room))
         cls = proto.ChatFrom if event.said == proto.ChatFrom.TYPE else proto.EmoteFrom
-        if room is not None:
-            self.outbox.broadcast(proto.encode(cls(event.nick, event.message)), room.key)
+        packet = self.remote_packet(cls(event.nick, event.message), event.node)
+        if user is not None and room is not None and packet:
+            self.outbox.broadcast(packet, room.key)
 
     @applies(cluster.RemoteDirect)
     def on_remote_direct(self, event: cluster.RemoteDirect) -> None:
         target = self.by_nick.get(proto.name_key(event.to))
-        if target is not None:
-            self.send(target, proto.DirectFrom(event.sender, target.nick, event.message))
+        if target is None or self.owned_by(event.sender, event.node) is None:
+            return
+        packet = self.remote_packet(proto.DirectFrom(event.sender, target.nick, event.message),
+                                    event.node)
+        if packet:
+            self.send(target, packet)
+
+    def owned_by(self, nick: str, node: str) -> RemoteUser | None:
+        """The remote user ``nick`` if ``node`` is where we know it to be;
+        an event about someone else's user is ignored (logged once)."""
+        user = self.remote.get(proto.name_key(nick))
+        if user is None or user.node != node:
+            self.log_once("ignoring an event about a nick the node does not own", node)
+            return None
+        return user
+
+    def remote_packet(self, message: proto.Message, node: str) -> bytes | None:
+        try:
+            return proto.encode(message)
+        except proto.PacketTooLarge:
+            self.log_once("ignoring an event too large to pass on", node)
+            return None
+
+    def log_once(self, what: str, node: str) -> None:
+        if (what, node) not in self.logged and len(self.logged) < 1000:
+            self.logged.add((what, node))
+            log.warning("cluster: %s (from %s; logged once)", what, node[:40])
 
     @applies(cluster.RemotePresence)
     def on_remote_presence(self, event: cluster.RemotePresence) -> None:
@@ -577,8 +607,9 @@ class ChatCore:
 
     @applies(cluster.Snapshot)
     def on_snapshot(self, event: cluster.Snapshot) -> None:
-        for node in {user.node for user in self.remote.values()} - set(event.nodes):
-            self.sync_node(node, {})
+        """Everyone's presence as Redis has it.  A node missing from it may
+        still be on its way back (after a Redis restart): its users stay
+        until the link says the node is dead."""
         for node, users in event.nodes.items():
             self.sync_node(node, users)
 
@@ -597,6 +628,18 @@ class ChatCore:
     def on_link_restored(self, event: cluster.LinkRestored) -> None:
         self.outbox.broadcast(proto.encode(proto.Info(
             "back in contact with the other chat servers")))
+
+    @applies(cluster.Undelivered)
+    def on_undelivered(self, event: cluster.Undelivered) -> None:
+        self.outbox.broadcast(proto.encode(proto.Info(
+            f"{event.count} messages said here while the other chat servers were "
+            "unreachable could not be passed on to them")))
+
+    @applies(cluster.DataLost)
+    def on_data_lost(self, event: cluster.DataLost) -> None:
+        self.outbox.broadcast(proto.encode(proto.Info(
+            "the chat servers' shared store restarted empty; messages sent just "
+            "before may have been lost")))
 
     @applies(cluster.Conflict)
     def on_conflict(self, event: cluster.Conflict) -> None:

@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import chat_protocol as proto
@@ -40,6 +41,7 @@ ACCEPTS_PER_TURN = 512
 LINGER_SECONDS = 2.0
 KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 6}  # dead after ~2 min
 WAKE = "wake"            # the selector key data of the wake-up socket
+REDIS_URL_VARIABLE = "CHAT_REDIS_URL"
 
 
 def announce(message: str, *args: object) -> None:
@@ -369,7 +371,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         default=defaults.max_queue, metavar="BYTES",
                         help="drop a client whose unsent output passes this (default 1 MiB)")
     parser.add_argument("--redis", metavar="URL",
-                        help="join a cluster through Redis, e.g. redis://127.0.0.1:6379/0")
+                        help="join a cluster through Redis, e.g. redis://127.0.0.1:6379/0 "
+                             f"(a URL with a password is better given by ${REDIS_URL_VARIABLE} "
+                             "or --redis-url-file: the command line is public)")
+    parser.add_argument("--redis-url-file", metavar="FILE",
+                        help="read the Redis URL from the first line of FILE")
     parser.add_argument("--reuse-port", action="store_true",
                         help="let several server processes share the port (SO_REUSEPORT)")
     parser.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
@@ -397,6 +403,49 @@ def open_listeners(host: str | None, port: int,
                                flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
     return [socket.create_server(address[:2], family=family, **options)]
+
+
+def cluster_url(args: argparse.Namespace) -> str | None:
+    """The Redis URL from --redis, --redis-url-file or the environment,
+    checked: a malformed URL or a refused password is a ValueError (a Redis
+    that does not answer yet is not: the link retries)."""
+    url = args.redis or os.environ.get(REDIS_URL_VARIABLE)
+    if args.redis_url_file:
+        try:
+            url = Path(args.redis_url_file).read_text().strip().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise ValueError(f"cannot read the Redis URL from {args.redis_url_file}: "
+                             f"{getattr(exc, 'strerror', None) or 'empty file'}") from None
+    if not url:
+        return None
+    try:
+        import redis
+    except ImportError:
+        raise ValueError("a cluster needs the redis package: pip install -e '.[cluster]'") \
+            from None
+    from chat_cluster import masked_url
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    except ValueError as exc:
+        raise ValueError(f"bad Redis URL {masked_url(url)!r}: {exc}") from None
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise ValueError(f"Redis at {masked_url(url)} refused the password") from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise ValueError(f"Redis at {masked_url(url)} needs a password") from None
+        raise ValueError(f"Redis at {masked_url(url)} answered: {exc}") from None
+    except redis.RedisError as exc:
+        log.warning("cluster: Redis at %s does not answer yet (%s); will keep trying",
+                    masked_url(url), exc)
+    finally:
+        client.close()
+    return url
+
+
+def parser_prog() -> str:
+    return os.path.basename(sys.argv[0]) or "chat_server.py"
 
 
 def raise_open_file_limit() -> int:
@@ -428,16 +477,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             else getattr(exc, "strerror", None) or str(exc)
         print(f"chat_server.py: cannot listen on {where}: {reason}", file=sys.stderr)
         return 1
-    if args.redis:
-        try:
-            import redis  # noqa: F401
-        except ImportError:
-            print("chat_server.py: --redis needs the redis package: "
-                  "pip install -e '.[cluster]'", file=sys.stderr)
-            return 1
+    try:
+        redis_url = cluster_url(args)
+    except ValueError as exc:
+        print(f"{parser_prog()}: {exc}", file=sys.stderr)
+        return 2
     limits = Limits(max_queue=args.max_queue, hello_timeout=args.hello_timeout,
                     max_per_ip=args.max_per_ip, rate=args.rate, burst=args.burst)
-    server = ChatServer(listeners, limits, redis_url=args.redis, heartbeat=args.heartbeat)
+    server = ChatServer(listeners, limits, redis_url=redis_url, heartbeat=args.heartbeat)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop())
     for listener in listeners:

