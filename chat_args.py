@@ -1,9 +1,27 @@
-"""Command-line argument types shared by the server and the client."""
+"""Command-line pieces shared by the server and the client: argument
+types, the program's name as invoked, and --version."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from importlib import metadata
 from typing import Callable
+
+
+def program_name() -> str:
+    """The name the user typed: chat-client through the console script,
+    chat_client.py when run as a file."""
+    return os.path.basename(sys.argv[0]) or "chat"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    try:
+        version = metadata.version("termchat")
+    except metadata.PackageNotFoundError:  # run from a checkout, not installed
+        version = "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
 
 
 def int_in_range(what: str, low: int, high: int | None = None) -> Callable[[str], int]:

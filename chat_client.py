@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import select
 import signal
 import socket
 import sys
@@ -19,10 +21,11 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TextIO
 
 import chat_protocol as proto
-from chat_args import int_in_range
+from chat_args import add_version, int_in_range, program_name
+from chatui_core import escape_controls
 import ui_backend
 
 Segment = tuple[str, "str | None"]
@@ -69,6 +72,11 @@ def format_message(message: proto.Message) -> list[Segment] | None:
     return None
 
 
+def mentions(text: str, nick: str) -> bool:
+    """Whether text names nick as a word of its own, ignoring case."""
+    return re.search(rf"(?<![\w]){re.escape(nick)}(?![\w])", text, re.IGNORECASE) is not None
+
+
 # --------------------------------------------------------------------------
 # Commands typed at the prompt
 
@@ -103,6 +111,21 @@ def _command_table() -> dict[str, Command]:
 
 COMMANDS = _command_table()
 
+KEYS = (
+    ("Left/Right, Ctrl-Left/Right", "move by character / word"),
+    ("Home/End, Ctrl-A/Ctrl-E", "start / end of the line"),
+    ("Backspace/Delete", "delete before / under the cursor"),
+    ("Ctrl-U/Ctrl-K/Ctrl-W", "delete to the start / to the end / the word before"),
+    ("Up/Down", "history"),
+    ("Tab", "complete a nick or a command; again to cycle"),
+    ("PageUp/PageDown", "scroll the output"),
+    ("Ctrl-L", "redraw"),
+    ("Ctrl-Z", "suspend (fg to come back)"),
+    ("Ctrl-C, Ctrl-D on an empty line", "quit"),
+)
+ANSWER_NOTICE_SECONDS = 3.0   # no answer to hello by then: say we are waiting
+ANSWER_GIVE_UP_SECONDS = 10.0  # ...and by then: give up
+
 
 class Quit(Exception):
     """The user asked to leave."""
@@ -111,11 +134,18 @@ class Quit(Exception):
 class ChatClient:
     """One connection to the server and the state the UI needs."""
 
-    def __init__(self, sock: socket.socket, nick: str, ui, timestamps: bool = False) -> None:
+    def __init__(self, sock: socket.socket, nick: str, ui, timestamps: bool = False,
+                 server: str = "the server", bell: bool = False,
+                 log: TextIO | None = None) -> None:
         self.sock = sock
         self.nick = nick
         self.ui = ui
         self.timestamps = timestamps
+        self.server = server               # HOST:PORT, for messages
+        self.ring_bell = bell
+        self.log = log                     # --log: every line shown, appended
+        self.no_answer: str | None = None  # the server never answered the hello
+        self._show_lock = threading.Lock()
         self.room = proto.LOBBY
         self.nicks: dict[str, str] = {}   # name_key -> nick, for completion
         self.accepted = False             # the server announced our join
@@ -188,11 +218,15 @@ class ChatClient:
         self.send(proto.EnterRoom(room))
 
     def show_help(self) -> None:
+        rows = [(c.usage, c.summary) for c in COMMANDS.values()]
+        rows.append(("//TEXT", "send TEXT starting with /"))
+        width = max(len(name) for name, _ in rows + list(KEYS))
         self.show(info("commands:"))
-        width = max(len(c.usage) for c in COMMANDS.values())
-        for command in COMMANDS.values():
-            self.show(info(f"  {command.usage.ljust(width)}  {command.summary}"))
-        self.show(info("  //TEXT" + " " * (width - 6) + "  send TEXT starting with /"))
+        for name, summary in rows:
+            self.show(info(f"  {name.ljust(width)}  {summary}"))
+        self.show(info("keys:"))
+        for name, summary in KEYS:
+            self.show(info(f"  {name.ljust(width)}  {summary}"))
 
     def usage(self, name: str) -> None:
         self.show(info(f"usage: {COMMANDS[name].usage}"))
@@ -225,12 +259,27 @@ class ChatClient:
         if self.timestamps:
             segments = [(time.strftime("%H:%M "), "dim")] + segments
         self.ui.print_message(segments)
+        if self.log is not None:
+            line = escape_controls("".join(text for text, _ in segments))
+            with self._show_lock:
+                self.log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
+                self.log.flush()
+
+    def mentions_me(self, message: proto.Message) -> bool:
+        """A chat or emote naming us, or a DM to us, from someone else."""
+        if isinstance(message, proto.DirectFrom):
+            return message.sender != self.nick and message.to == self.nick
+        if isinstance(message, (proto.ChatFrom, proto.EmoteFrom)) and message.nick != self.nick:
+            return mentions(message.message, self.nick)
+        return False
 
     # ---- receiver thread ----
 
     def receive_loop(self) -> None:
         decoder = proto.PacketDecoder()
         try:
+            if not self.await_answer():
+                return
             while True:
                 try:
                     data = self.sock.recv(1 << 16)
@@ -247,6 +296,26 @@ class ChatClient:
         finally:
             self.ui.stop_input()
 
+    def await_answer(self) -> bool:
+        """Wait for the server's first bytes: after a few seconds say we
+        are waiting; give up (False) if nothing comes at all."""
+        started = time.monotonic()
+        noticed = False
+        while True:
+            deadline = started + (ANSWER_GIVE_UP_SECONDS if noticed else ANSWER_NOTICE_SECONDS)
+            try:
+                ready, _, _ = select.select([self.sock], [], [],
+                                            max(0.0, deadline - time.monotonic()))
+            except InterruptedError:
+                continue
+            if ready:
+                return True
+            if noticed:
+                self.no_answer = f"no answer from {self.server}: is it a chat server?"
+                return False
+            self.show(info(f"waiting for {self.server} to answer..."))
+            noticed = True
+
     def receive(self, payload: bytes) -> None:
         try:
             message = proto.parse_server_message(payload)
@@ -254,8 +323,14 @@ class ChatClient:
             return  # a type this client does not know, or a malformed packet
         self.track(message)
         segments = format_message(message)
-        if segments is not None:
-            self.show(segments)
+        if segments is None:
+            return
+        if self.mentions_me(message):
+            segments = [(text, "mention" if style is None else style)
+                        for text, style in segments]
+            if self.ring_bell:
+                self.ui.bell()
+        self.show(segments)
 
     def track(self, message: proto.Message) -> None:
         """Keep the nicks (for Tab) and our room (for the prompt) current."""
@@ -288,8 +363,12 @@ def nick_argument(text: str) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="chat_client.py",
-                                     description="Terminal chat client.")
+    keys = "\n".join(f"  {name:34} {summary}" for name, summary in KEYS)
+    parser = argparse.ArgumentParser(
+        prog=program_name(), description="Terminal chat client.",
+        epilog=f"keys:\n{keys}\n\nType /help in the client for its commands.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(parser)
     parser.add_argument("nick", type=nick_argument, metavar="NICK", help="your nickname")
     parser.add_argument("host", metavar="HOST", help="server host name or address")
     parser.add_argument("port", type=int_in_range("port", 1, 65535), metavar="PORT",
@@ -299,6 +378,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-color", action="store_true",
                         help="no colours (also when NO_COLOR is set)")
     parser.add_argument("--timestamps", action="store_true", help="show the time of each line")
+    parser.add_argument("--bell", action="store_true",
+                        help="ring the terminal bell when someone names you or sends you a DM")
+    parser.add_argument("--log", metavar="FILE",
+                        help="append every line shown, with its date and time, to FILE")
     return parser.parse_args(argv)
 
 
@@ -310,7 +393,7 @@ def connect(host: str, port: int) -> socket.socket:
 
 
 def fail(message: str) -> int:
-    print(f"chat_client.py: {message}", file=sys.stderr)
+    print(f"{program_name()}: {message}", file=sys.stderr)
     return 1
 
 
@@ -318,8 +401,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         ui = ui_backend.load(args.ui)
+        ui_backend.check(ui)  # before anyone sees us join
     except ui_backend.BackendUnavailable as exc:
         return fail(str(exc))
+    try:
+        log = open(args.log, "a", encoding="utf-8") if args.log else None
+    except OSError as exc:
+        return fail(f"cannot open the log file {args.log}: {exc.strerror}")
     try:
         sock = connect(args.host, args.port)
         sock.sendall(proto.encode(proto.Hello(args.nick)))
@@ -327,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = getattr(exc, "strerror", None) or str(exc)
         return fail(f"cannot connect to {args.host}:{args.port}: {reason}")
     color = not args.no_color and not os.environ.get("NO_COLOR")
-    client = ChatClient(sock, args.nick, ui, timestamps=args.timestamps)
+    client = ChatClient(sock, args.nick, ui, timestamps=args.timestamps,
+                        server=f"{args.host}:{args.port}", bell=args.bell, log=log)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         ui_backend.start(ui, color=color)
@@ -361,6 +450,8 @@ def report_exit(client: ChatClient, user_ended: bool) -> int:
         return 1
     if client.rejected is not None:
         return fail(f"the server refused us: {client.rejected}")
+    if client.no_answer is not None:
+        return fail(client.no_answer)
     if not user_ended:
         return fail("disconnected from server")
     return 0

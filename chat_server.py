@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 import chat_protocol as proto
-from chat_args import float_at_least, int_in_range
+from chat_args import add_version, float_at_least, int_in_range, program_name
 from chat_core import ChatCore, Limits, format_address
 from chat_delivery import Delivery, Outlet
 
@@ -347,8 +347,8 @@ def set_keepalive(sock: socket.socket) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="chat_server.py", description="Multi-user chat server.")
+    parser = argparse.ArgumentParser(prog=program_name(), description="Multi-user chat server.")
+    add_version(parser)
     parser.add_argument("port", type=int_in_range("port", 0, 65535), metavar="PORT",
                         help="TCP port to listen on (0 picks a free one)")
     parser.add_argument("--host", metavar="ADDR",
@@ -444,10 +444,6 @@ def cluster_url(args: argparse.Namespace) -> str | None:
     return url
 
 
-def parser_prog() -> str:
-    return os.path.basename(sys.argv[0]) or "chat_server.py"
-
-
 def raise_open_file_limit() -> int:
     """Raise the soft open-file limit to the hard one; return the limit."""
     try:
@@ -475,12 +471,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{args.host or '*'}:{args.port}"
         reason = "address already in use" if getattr(exc, "errno", None) == errno.EADDRINUSE \
             else getattr(exc, "strerror", None) or str(exc)
-        print(f"chat_server.py: cannot listen on {where}: {reason}", file=sys.stderr)
+        print(f"{program_name()}: cannot listen on {where}: {reason}", file=sys.stderr)
         return 1
     try:
         redis_url = cluster_url(args)
     except ValueError as exc:
-        print(f"{parser_prog()}: {exc}", file=sys.stderr)
+        print(f"{program_name()}: {exc}", file=sys.stderr)
         return 2
     limits = Limits(max_queue=args.max_queue, hello_timeout=args.hello_timeout,
                     max_per_ip=args.max_per_ip, rate=args.rate, burst=args.burst)

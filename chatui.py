@@ -131,16 +131,15 @@ def _escape_sequence(text: str, i: int) -> tuple[int, str | None]:
     return length, _CSI_KEYS.get(final_char)
 
 
-SGR_COLORS = {index: f"3{index}" for index in range(1, 7)}
-
-
 def sgr_for(style: str | None, color: bool) -> str:
     if style == "dim":
         return CSI + "2m"
-    if not color:
+    if style == "mention":
+        return CSI + "1;7m"
+    index = core.style_key_color(style) if color else None
+    if index is None:
         return ""
-    index = core.style_key_color(style)
-    return CSI + SGR_COLORS[index] + "m" if index else ""
+    return f"{CSI}{30 + index if index < 8 else 90 + index - 8}m"
 
 
 class AnsiTerminal:
@@ -150,7 +149,7 @@ class AnsiTerminal:
         self.color = True
         self.input_fd = sys.stdin.fileno()
         self.output_fd = sys.stdout.fileno()
-        self._saved_modes: list | None = None
+        self._saved_modes: list | None = None  # set while the terminal is ours
         self._keys = KeyDecoder()
         self._height, self._width = self._query_size()
 
@@ -171,12 +170,13 @@ class AnsiTerminal:
         self._write("\x1b[?1049h\x1b[?2004h" + CSI + "H" + CSI + "2J")
 
     def restore(self) -> None:
+        if self._saved_modes is None:
+            return  # set-up never began: write nothing
         try:
             self._write(CSI + "r" + CSI + "0m\x1b[?2004l\x1b[?25h\x1b[?1049l")
         finally:
-            if self._saved_modes is not None:
-                termios.tcsetattr(self.input_fd, termios.TCSAFLUSH, self._saved_modes)
-                self._saved_modes = None
+            termios.tcsetattr(self.input_fd, termios.TCSAFLUSH, self._saved_modes)
+            self._saved_modes = None
 
     def _query_size(self) -> tuple[int, int]:
         try:
@@ -236,6 +236,9 @@ class AnsiTerminal:
             parts.append(sgr + text + (CSI + "0m" if sgr else ""))
         return "".join(parts)
 
+    def beep(self) -> None:
+        self._write("\a")
+
     def _write(self, text: str) -> None:
         data = text.encode("utf-8", "replace")
         while data:
@@ -247,5 +250,11 @@ def _readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
-init_windows, read_command, print_message, end_windows, stop_input = \
+def check_terminal() -> None:
+    """Raise core.TerminalUnsuitable, before anything is written, if this
+    terminal cannot run the UI."""
+    core.check_terminal_streams()
+
+
+init_windows, read_command, print_message, end_windows, stop_input, bell = \
     core.module_functions(AnsiTerminal)

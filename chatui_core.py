@@ -20,21 +20,45 @@ import os
 import select
 import signal
 import threading
+import unicodedata
 import zlib
 from typing import Callable, Iterable, Protocol, Sequence, Union
 
-from wcwidth import wcwidth
+import wcwidth
 
 # A piece of text with a style key: None (plain), "info", "error", "dim",
-# or "nick:NAME" (a stable colour chosen from the name).
+# "mention" (a line naming the user: bold and reversed), or "nick:NAME" (a
+# stable colour chosen from the name).
 Segment = tuple[str, Union[str, None]]
 Message = Union[str, Sequence[Segment]]
 Row = list[Segment]
 
-PALETTE_SIZE = 6
+INFO_COLOR, ERROR_COLOR = 6, 1          # cyan, red: never a nick's colour
+NICK_COLORS = (2, 3, 4, 5, 10, 11, 12, 13)  # green, yellow, blue, magenta, and bright ones
 SCROLLBACK_LINES = 10000
 SCROLLBACK_BYTES = 16 << 20  # of text: no sender can grow a client without limit
 ESCAPE_WAIT = 0.15  # seconds to wait for the rest of an escape sequence
+
+
+class TerminalUnsuitable(RuntimeError):
+    """This terminal cannot run the UI; ``other_ui_may_work`` says whether
+    the plain ANSI UI is worth suggesting."""
+
+    def __init__(self, message: str, other_ui_may_work: bool = False) -> None:
+        super().__init__(message)
+        self.other_ui_may_work = other_ui_may_work
+
+
+def check_terminal_streams() -> None:
+    """Both UIs need a terminal on standard input and output, and one that
+    can move its cursor."""
+    import sys
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise TerminalUnsuitable("standard input and output must be a terminal")
+    term = os.environ.get("TERM", "")
+    if term in ("", "dumb"):
+        raise TerminalUnsuitable(f"the terminal type TERM={term!r} cannot move the cursor; "
+                                 "set TERM to your terminal's type (e.g. xterm-256color)")
 
 
 # --------------------------------------------------------------------------
@@ -64,18 +88,33 @@ def escape_controls(text: str) -> str:
     return "".join(escape_char(char) if not char.isprintable() else char for char in text)
 
 
-def char_width(char: str) -> int:
-    width = wcwidth(char)
-    return width if width > 0 else 0
+def graphemes(text: str) -> list[str]:
+    """The user-perceived characters of text (Unicode grapheme clusters:
+    an emoji with its modifier, a flag, a ZWJ family, e + a combining
+    accent, a Hangul syllable written as jamo)."""
+    return list(wcwidth.iter_graphemes(text)) if text else []
+
+
+def cluster_width(cluster: str) -> int:
+    """Columns a grapheme cluster takes on a terminal that follows Unicode."""
+    return max(0, wcwidth.width(cluster, control_codes="ignore"))
 
 
 def display_width(text: str) -> int:
-    return sum(char_width(char) for char in text)
+    return sum(map(cluster_width, graphemes(text)))
+
+
+def boundaries(text: str) -> list[int]:
+    """The offsets where grapheme clusters start, and len(text)."""
+    offsets = [0]
+    for cluster in graphemes(text):
+        offsets.append(offsets[-1] + len(cluster))
+    return offsets
 
 
 def nick_color(nick: str) -> int:
-    """A stable palette index (1..6) for a nick."""
-    return zlib.crc32(nick.casefold().encode("utf-8")) % PALETTE_SIZE + 1
+    """A stable colour for a nick, never the information or error colour."""
+    return NICK_COLORS[zlib.crc32(nick.casefold().encode("utf-8")) % len(NICK_COLORS)]
 
 
 def as_segments(message: Message) -> list[Segment]:
@@ -88,8 +127,8 @@ def wrap_segments(segments: Sequence[Segment], width: int) -> list[Row]:
     """Wrap styled text into rows of at most ``width`` display columns,
     breaking after a space when one is in the row."""
     width = max(1, width)
-    cells = [(char, style, char_width(char))
-             for text, style in segments for char in text]
+    cells = [(cluster, style, cluster_width(cluster))
+             for text, style in segments for cluster in graphemes(text)]
     rows: list[Row] = []
     start = 0
     while True:
@@ -230,17 +269,33 @@ class LineEditor:
     # editing
     def insert(self, text: str) -> None:
         text = "".join(c for c in text.replace("\r\n", "\n").replace("\r", "\n")
-                       .replace("\t", "    ") if c == "\n" or c.isprintable())
+                       .replace("\t", "    ")  # keep joiners and selectors, not controls
+                       if c == "\n" or unicodedata.category(c) != "Cc")
         self.text = self.text[:self.cursor] + text + self.text[self.cursor:]
         self.cursor += len(text)
 
+    def _previous(self) -> int:
+        """Where the grapheme cluster before the cursor starts."""
+        return max((b for b in boundaries(self.text) if b < self.cursor), default=0)
+
+    def _next(self) -> int:
+        """Where the grapheme cluster after the cursor ends."""
+        return min((b for b in boundaries(self.text) if b > self.cursor),
+                   default=len(self.text))
+
     def backspace(self) -> None:
-        if self.cursor:
-            self.text = self.text[:self.cursor - 1] + self.text[self.cursor:]
-            self.cursor -= 1
+        start = self._previous()
+        self.text = self.text[:start] + self.text[self.cursor:]
+        self.cursor = start
 
     def delete(self) -> None:
-        self.text = self.text[:self.cursor] + self.text[self.cursor + 1:]
+        self.text = self.text[:self.cursor] + self.text[self._next():]
+
+    def left(self) -> None:
+        self.cursor = self._previous()
+
+    def right(self) -> None:
+        self.cursor = self._next()
 
     def move(self, position: int) -> None:
         self.cursor = max(0, min(len(self.text), position))
@@ -341,23 +396,27 @@ def input_view(prompt: str, text: str, cursor: int, width: int) -> tuple[str, st
     """What the input row shows: (prompt, visible text, cursor column).
 
     The text scrolls sideways to keep the cursor in view; one column is kept
-    free at the right for the cursor."""
+    free at the right for the cursor.  Works on grapheme clusters, so the
+    cursor never lands inside one."""
     prompt = escape_controls(prompt)
-    shown = [escape_char(c) if c != "\n" else "\u21b5" for c in text]
+    clusters = graphemes(text)
+    shown = ["\u21b5" if c == "\n" else escape_controls(c) for c in clusters]
+    widths = [display_width(c) for c in shown]
+    at = len(graphemes(text[:cursor]))  # the cluster the cursor is before
     available = width - 1 - display_width(prompt)
     if available < 8:  # a tiny terminal: give the text the whole row
         prompt, available = "", width - 1
-    start, used = cursor, 0
-    while start > 0 and used + display_width(shown[start - 1]) <= max(1, available - 4):
+    start, used = at, 0
+    while start > 0 and used + widths[start - 1] <= max(1, available - 4):
         start -= 1
-        used += display_width(shown[start])
-    if display_width("".join(shown[:cursor])) <= available:
+        used += widths[start]
+    if sum(widths[:at]) <= available:
         start = 0
     end, total = start, 0
-    while end < len(shown) and total + display_width(shown[end]) <= available:
-        total += display_width(shown[end])
+    while end < len(shown) and total + widths[end] <= available:
+        total += widths[end]
         end += 1
-    column = display_width(prompt) + display_width("".join(shown[start:cursor]))
+    column = display_width(prompt) + sum(widths[start:at])
     return prompt, "".join(shown[start:end]), column
 
 
@@ -389,6 +448,7 @@ class Terminal(Protocol):
     def waiting_for_more(self) -> bool: ...
     def draw(self, rows: list[Row] | None, prompt: str, text: str, column: int,
              full: bool) -> None: ...
+    def beep(self) -> None: ...
 
 
 class ChatScreen:
@@ -411,6 +471,7 @@ class ChatScreen:
         self._full_redraw = True
         self._previous_winch = None
         self._output_changed = True
+        self._bells = 0
 
     # ---- public API (module-level functions of the backends) ----
 
@@ -442,6 +503,12 @@ class ChatScreen:
         """Queue a line for the output region; safe from any thread."""
         with self._lock:
             self._pending.append(message)
+            self._wake()
+
+    def bell(self) -> None:
+        """Ring the terminal bell (from any thread)."""
+        with self._lock:
+            self._bells += 1
             self._wake()
 
     def stop_input(self) -> None:
@@ -515,6 +582,9 @@ class ChatScreen:
     def _absorb_pending(self) -> None:
         with self._lock:
             messages, self._pending = self._pending, collections.deque()
+            bells, self._bells = self._bells, 0
+        if bells:
+            self.terminal.beep()
         if not messages:
             return
         width = self.terminal.size()[1]
@@ -541,8 +611,7 @@ class ChatScreen:
             editor.insert(key)
             return None
         action = {
-            LEFT: lambda: editor.move(editor.cursor - 1),
-            RIGHT: lambda: editor.move(editor.cursor + 1),
+            LEFT: editor.left, RIGHT: editor.right,
             HOME: lambda: editor.move(0), CTRL_A: lambda: editor.move(0),
             END: lambda: editor.move(len(editor.text)),
             CTRL_E: lambda: editor.move(len(editor.text)),
@@ -568,7 +637,7 @@ class ChatScreen:
             if not editor.text:
                 raise EOFError("end of input")
             editor.delete()
-        elif len(key) == 1 and key.isprintable():
+        elif len(key) == 1 and unicodedata.category(key) != "Cc":
             editor.insert(key)
         return None
 
@@ -593,21 +662,19 @@ class ChatScreen:
 
 
 def style_key_color(style: str | None) -> int | None:
-    """Palette index for a style key (None: the terminal's default)."""
-    if style is None or style == "dim":
-        return None
+    """Colour number (0-15) for a style key (None: the terminal's default)."""
     if style == "error":
-        return 1
+        return ERROR_COLOR
     if style == "info":
-        return 6
-    if style.startswith("nick:"):
+        return INFO_COLOR
+    if style is not None and style.startswith("nick:"):
         return nick_color(style[5:])
     return None
 
 
 def module_functions(terminal_factory: Callable[[], Terminal]):
-    """The four functions every backend exposes (plus stop_input), bound to
-    one lazily created screen on the backend's terminal."""
+    """The four functions every backend exposes (plus stop_input and bell),
+    bound to one lazily created screen on the backend's terminal."""
     holder: dict[str, ChatScreen] = {}
 
     def screen() -> ChatScreen:
@@ -632,5 +699,8 @@ def module_functions(terminal_factory: Callable[[], Terminal]):
     def stop_input() -> None:
         screen().stop_input()
 
-    return init_windows, read_command, print_message, end_windows, stop_input
+    def bell() -> None:
+        screen().bell()
+
+    return init_windows, read_command, print_message, end_windows, stop_input, bell
 

@@ -20,8 +20,11 @@ from typing import Iterable
 import chatui_core as core
 
 
-class CursesUnavailable(RuntimeError):
+class CursesUnavailable(core.TerminalUnsuitable):
     """curses cannot run here (no ncurses library, or an unusable TERM)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, other_ui_may_work=True)
 
 
 OK, ERR = 0, -1
@@ -91,8 +94,9 @@ class CursesTerminal:
         if self.color and uc.has_colors():
             uc.start_color()
             uc.use_default_colors()
-            for index in range(1, core.PALETTE_SIZE + 1):
-                uc.init_pair(index, index, -1)
+            colors = uc.lib1.tigetnum(b"colors")
+            for index in (core.INFO_COLOR, core.ERROR_COLOR, *core.NICK_COLORS):
+                uc.init_pair(index, index if index < colors else index - 8, -1)
         else:
             self.color = False
         self._make_windows()
@@ -139,6 +143,9 @@ class CursesTerminal:
 
     def waiting_for_more(self) -> bool:
         return False  # ncurses waits for escape sequences itself (ESCDELAY)
+
+    def beep(self) -> None:
+        _uc.beep()
 
     def size(self) -> tuple[int, int]:
         return self._height, self._width
@@ -193,9 +200,16 @@ class CursesTerminal:
         uc.wmove(self._in, 0, 0)
         self._put(self._in, prompt, "bold")
         self._put(self._in, text, None)
-        uc.wmove(self._in, 0, min(self._width - 1, column))
+        column = min(self._width - 1, column)
+        uc.wmove(self._in, 0, column)
         uc.wnoutrefresh(self._in)
         uc.doupdate()
+        # ncurses moves the cursor relative to where its own (libc) widths
+        # say it is; terminals disagree on emoji and flags, so place it
+        # absolutely where Unicode's grapheme widths say (ncurses already
+        # believes it is there).
+        sys.stdout.write(f"\x1b[{self._height};{column + 1}H")
+        sys.stdout.flush()
 
     def _put(self, window, text: str, style: str | None) -> None:
         if not text:
@@ -206,6 +220,8 @@ class CursesTerminal:
             attr = uc.A_BOLD
         elif style == "dim":
             attr = uc.A_DIM
+        elif style == "mention":
+            attr = uc.A_BOLD | uc.A_REVERSE
         elif self.color:
             index = core.style_key_color(style)
             if index:
@@ -220,5 +236,20 @@ def _terminal_size() -> tuple[int, int]:
     return size.lines, size.columns
 
 
-init_windows, read_command, print_message, end_windows, stop_input = \
+def check_terminal() -> None:
+    """Raise core.TerminalUnsuitable, before anything is written, if curses
+    cannot run on this terminal: it needs ncurses, a TERM it knows, and
+    cursor addressing."""
+    core.check_terminal_streams()
+    uc = _load_curses()
+    error = ctypes.c_int(0)
+    term = os.environ.get("TERM", "")
+    if uc.lib1.setupterm(None, sys.stdout.fileno(), ctypes.byref(error)) != OK:
+        raise CursesUnavailable(f"curses does not know the terminal type TERM={term!r}")
+    uc.lib1.tigetstr.restype = ctypes.c_void_p
+    if uc.lib1.tigetstr(b"cup") in (None, 0, ctypes.c_void_p(-1).value):
+        raise core.TerminalUnsuitable(f"the terminal type TERM={term!r} cannot move the cursor")
+
+
+init_windows, read_command, print_message, end_windows, stop_input, bell = \
     core.module_functions(CursesTerminal)

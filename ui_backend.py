@@ -1,10 +1,11 @@
 """The one interface the client uses to reach a terminal UI.
 
-``load(name)`` returns a backend by name, chosen at run time.  Every backend
-module exposes the same functions: ``init_windows(color=True)``,
+``load(name)`` returns a backend by name, chosen at run time; ``check``
+tells whether it can run on this terminal before anything is sent or
+drawn.  Every backend module exposes the same functions: ``init_windows(color=True)``,
 ``read_command(prompt, complete=None)``, ``print_message(msg)``,
-``end_windows()`` and ``stop_input()``.  Adding a backend means adding its
-module and one line to BACKENDS.
+``end_windows()``, plus ``stop_input()``, ``bell()`` and ``check_terminal()``.
+Adding a backend means adding its module and one line to BACKENDS.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ BACKENDS = {
 }
 DEFAULT = "curses"
 FALLBACK = "ansi"  # needs nothing but a terminal: suggested when another fails
-FUNCTIONS = ("init_windows", "read_command", "print_message", "end_windows", "stop_input")
+FUNCTIONS = ("init_windows", "read_command", "print_message", "end_windows", "stop_input",
+             "bell", "check_terminal")
 
 
 class BackendUnavailable(RuntimeError):
@@ -37,6 +39,19 @@ def load(name: str = DEFAULT) -> ModuleType:
     if missing:
         raise unavailable(name, f"the {name} UI lacks {', '.join(missing)}")
     return module
+
+
+def check(module: ModuleType) -> None:
+    """Can the backend run on this terminal?  BackendUnavailable with one
+    accurate line if not (suggesting the ANSI UI only where it would help).
+    Writes nothing to the terminal."""
+    try:
+        module.check_terminal()
+    except Exception as exc:
+        name = next(n for n, m in BACKENDS.items() if m == module.__name__)
+        if getattr(exc, "other_ui_may_work", False):
+            raise unavailable(name, f"cannot start the terminal UI: {exc}") from exc
+        raise BackendUnavailable(f"cannot start the terminal UI: {exc}") from exc
 
 
 def start(module: ModuleType, color: bool = True) -> None:

@@ -185,6 +185,9 @@ class FakeTerminal:
     def waiting_for_more(self):
         return False
 
+    def beep(self):
+        self.calls.append("beep")
+
     def draw(self, rows, prompt, text, column, full):
         with self.drawn:
             if rows is not None:
@@ -319,3 +322,37 @@ def test_scrollback_is_bounded_in_lines_and_in_bytes():
     assert by_bytes.size <= 10_000 and len(by_bytes.lines) == 4
     assert by_bytes.lines[-1][0][0][0].startswith("099 ")
     assert core.row_text(by_bytes.view(80, 100)[0]) == "096 "  # the oldest line kept
+
+
+CLUSTERS = [("\U0001F44D\U0001F3FD", 2), ("\U0001F1EF\U0001F1F5", 2),
+            ("\U0001F468\u200d\U0001F469\u200d\U0001F467", 2), ("e\u0301", 1),
+            ("\u1100\u1161\u11a8", 2)]
+
+
+@pytest.mark.parametrize("cluster, width", CLUSTERS)
+def test_editing_moves_and_deletes_whole_grapheme_clusters(cluster, width):
+    editor = editor_with(f"a{cluster}x")
+    editor.backspace()
+    editor.backspace()
+    assert editor.text == "a"
+    editor = editor_with(f"a{cluster}x")
+    editor.left()
+    editor.left()
+    assert editor.cursor == 1
+    _, _, column = core.input_view("> ", editor.text, editor.cursor, 80)
+    assert column == 3
+    editor.right()
+    assert editor.cursor == 1 + len(cluster)
+    assert core.input_view("> ", editor.text, editor.cursor, 80)[2] == 3 + width
+    editor.delete()
+    assert editor.text == f"a{cluster}"
+    editor.move(1)
+    editor.delete()
+    assert editor.text == "a"
+
+
+@pytest.mark.parametrize("cluster, width", CLUSTERS)
+def test_widths_and_wrapping_count_clusters(cluster, width):
+    assert core.display_width(cluster * 3) == 3 * width
+    rows = core.wrap_segments([(cluster * 10, None)], 4)
+    assert all(core.row_text(row) == cluster * (4 // width) for row in rows[:-1])

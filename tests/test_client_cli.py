@@ -1,9 +1,12 @@
 """The client's command line and its packet-to-line formatting."""
 
+import os
+import re
 import socket
 import subprocess
 import sys
 
+import pexpect
 import pytest
 
 import chat_protocol as proto
@@ -14,6 +17,17 @@ from tests.support import ROOT
 def run_client(*args):
     return subprocess.run([sys.executable, "chat_client.py", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+def run_in_terminal(*args, env=None):
+    """The client in a pty (so it gets past its terminal check): its exit
+    status and everything it printed."""
+    child = pexpect.spawn(sys.executable, ["chat_client.py", *args], cwd=str(ROOT),
+                          env=dict(os.environ, TERM="xterm", **(env or {})),
+                          dimensions=(24, 80), timeout=30)
+    output = child.read().decode("utf-8", "replace")
+    child.close()
+    return child.exitstatus, output
 
 
 @pytest.mark.parametrize("args", [[], ["pat"], ["pat", "localhost"], ["pat", "localhost", "x"],
@@ -29,17 +43,43 @@ def test_connection_refused_is_one_line_and_exit_1():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # nothing listens here once closed
-    result = run_client("pat", "127.0.0.1", str(port))
-    assert result.returncode == 1
-    assert result.stderr.strip().count("\n") == 0
-    assert "cannot connect" in result.stderr and "refused" in result.stderr
+    status, output = run_in_terminal("pat", "127.0.0.1", str(port))
+    assert status == 1
+    assert output.strip().count("\n") == 0
+    assert "cannot connect" in output and "refused" in output
 
 
 def test_unknown_host_is_one_line_and_exit_1():
-    result = run_client("pat", "no-such-host.invalid", "3490")
-    assert result.returncode == 1
-    assert result.stderr.startswith("chat_client.py: cannot connect to no-such-host.invalid")
-    assert "Traceback" not in result.stderr
+    status, output = run_in_terminal("pat", "no-such-host.invalid", "3490")
+    assert status == 1
+    assert output.startswith("chat_client.py: cannot connect to no-such-host.invalid")
+    assert "Traceback" not in output
+
+
+def test_version_on_both_programs():
+    for program in ("chat_client.py", "chat_server.py"):
+        result = subprocess.run([sys.executable, program, "--version"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0
+        assert re.fullmatch(rf"{program} \S+\n", result.stdout), result.stdout
+
+
+def test_help_lists_the_keys():
+    result = run_client("--help")
+    assert result.returncode == 0
+    assert "keys:" in result.stdout and "PageUp/PageDown" in result.stdout
+
+
+@pytest.mark.parametrize("program, script", [("chat-client", "chat_client"),
+                                             ("chat-server", "chat_server")])
+def test_usage_lines_name_the_program_as_invoked(tmp_path, program, script):
+    launcher = tmp_path / program
+    launcher.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+                        f"import {script}\nsys.exit({script}.main())\n")
+    launcher.chmod(0o755)
+    result = subprocess.run([str(launcher)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"usage: {program} ")
 
 
 def text_of(message):
