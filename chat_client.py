@@ -145,6 +145,7 @@ class ChatClient:
         self.ring_bell = bell
         self.log = log                     # --log: every line shown, appended
         self.no_answer: str | None = None  # the server never answered the hello
+        self.quitting = False              # the user ended: closing is not news
         self._show_lock = threading.Lock()
         self.room = proto.LOBBY
         self.nicks: dict[str, str] = {}   # name_key -> nick, for completion
@@ -172,9 +173,11 @@ class ChatClient:
                 for part in line.split("\n"):
                     self.handle_line(part)
         except (Quit, KeyboardInterrupt):
+            self.quitting = True
             return True
         except EOFError:
-            return not self.disconnected
+            self.quitting = not self.disconnected
+            return self.quitting
 
     def handle_line(self, line: str) -> None:
         if not line.strip():
@@ -290,7 +293,8 @@ class ChatClient:
                 for payload in decoder.feed(data):
                     self.receive(payload)
             self.disconnected = True
-            self.show(info("disconnected from server"))
+            if not self.quitting:
+                self.show(info("disconnected from server"))
         except BaseException as exc:  # shown after the terminal is restored
             self.failure = exc
         finally:

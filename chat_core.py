@@ -106,7 +106,7 @@ class Client:
         self.state = State.GREETING
         self.nick: str | None = None
         self.room: Room | None = None
-        self.held: deque[bytes] = deque()  # payloads not handled yet, in order
+        self.held: deque[bytes] | None = None  # payloads not handled yet, in order
         self.held_bytes = 0
         self.paused = False     # the transport stopped reading for us
         self.tokens = float(burst)
@@ -201,6 +201,8 @@ class ChatCore:
         if not client.held and not self.limits.rate and client.state is State.JOINED:
             self.handle_all(client, payloads)  # the common case, kept cheap
             return
+        if client.held is None:
+            client.held = deque()  # made only when needed: most clients never need it
         client.held.extend(payloads)
         client.held_bytes += sum(map(len, payloads))
         if client.held_bytes + outlet.queued > self.limits.max_queue:
@@ -289,7 +291,7 @@ class ChatCore:
         except Exception:
             self.drop_after_bug(client)
         if not held:
-            client.held_bytes = 0
+            client.held, client.held_bytes = None, 0
         self.set_paused(client, bool(held) and client.state is not State.GONE)
 
     def handle_all(self, client: Client, payloads: list[bytes]) -> None:
@@ -514,8 +516,7 @@ class ChatCore:
         client.nick = None
 
     def held_off(self, client: Client) -> None:
-        client.held.clear()
-        client.held_bytes = 0
+        client.held, client.held_bytes = None, 0
 
     # ------------------------------------------------------------------
     # The cluster: what other nodes say, applied to this node's clients
@@ -620,26 +621,26 @@ class ChatCore:
 
     @applies(cluster.LinkLost)
     def on_link_lost(self, event: cluster.LinkLost) -> None:
-        self.outbox.broadcast(proto.encode(proto.Info(
-            "lost contact with the other chat servers; until it is back you are "
-            "chatting with the users of this server only")))
+        self.tell_everyone("lost contact with the other chat servers; until it is back "
+                           "you are chatting with the users of this server only")
 
     @applies(cluster.LinkRestored)
     def on_link_restored(self, event: cluster.LinkRestored) -> None:
-        self.outbox.broadcast(proto.encode(proto.Info(
-            "back in contact with the other chat servers")))
+        self.tell_everyone("back in contact with the other chat servers")
 
     @applies(cluster.Undelivered)
     def on_undelivered(self, event: cluster.Undelivered) -> None:
-        self.outbox.broadcast(proto.encode(proto.Info(
-            f"{event.count} messages said here while the other chat servers were "
-            "unreachable could not be passed on to them")))
+        self.tell_everyone(f"{event.count} messages said here while the other chat servers "
+                           "were unreachable could not be passed on to them")
 
     @applies(cluster.DataLost)
     def on_data_lost(self, event: cluster.DataLost) -> None:
-        self.outbox.broadcast(proto.encode(proto.Info(
-            "the chat servers' shared store restarted empty; messages sent just "
-            "before may have been lost")))
+        self.tell_everyone("the chat servers' shared store restarted empty; messages sent "
+                           "just before may have been lost")
+
+    def tell_everyone(self, text: str) -> None:
+        """An information line for every user of this node."""
+        self.outbox.broadcast(proto.encode(proto.Info(text)))
 
     @applies(cluster.Conflict)
     def on_conflict(self, event: cluster.Conflict) -> None:

@@ -137,10 +137,5 @@ def name_key(name: str) -> str:
     """Names that a reader cannot tell apart have the same key."""
     if len(name) > MAX_NAME_LENGTH * 4:  # not a name at all: matches no name
         return "\0" + name
-    return _cached_key(name)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _cached_key(name: str) -> str:
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
     return skeleton(folded)

@@ -332,35 +332,32 @@ def talk_through(users, disruption, lines=40, pace=0.05):
                 (receiver.nick, sender.nick, said)
 
 
-@pytest.mark.redis(persist=True)
-def test_redis_killed_and_restarted_with_aof_loses_nothing(nodes, client, redis_server):
+def one_user_on_each(nodes, client):
     a_node, b_node, c_node = nodes(3, "--rate", "0")
     users = [client(a_node, "ann"), client(b_node, "bob"), client(c_node, "cat")]
     users[0].expect(join("cat"))
     users[1].expect(join("cat"))
+    return users
 
-    def kill_and_restart():
+
+def outage(redis_server, seconds):
+    """Redis killed half a second from now, back `seconds` later."""
+    def run():
         time.sleep(0.5)
         redis_server.stop(signal.SIGKILL)
-        time.sleep(1.0)
+        time.sleep(seconds)
         redis_server.start()
+    return run
 
-    talk_through(users, kill_and_restart)
+
+@pytest.mark.redis(persist=True)
+def test_redis_killed_and_restarted_with_aof_loses_nothing(nodes, client, redis_server):
+    talk_through(one_user_on_each(nodes, client), outage(redis_server, 1.0))
 
 
 def test_redis_down_for_ten_seconds_loses_nothing(nodes, client, redis_server):
-    a_node, b_node, c_node = nodes(3, "--rate", "0")
-    users = [client(a_node, "ann"), client(b_node, "bob"), client(c_node, "cat")]
-    users[0].expect(join("cat"))
-    users[1].expect(join("cat"))
-
-    def ten_second_outage():
-        time.sleep(0.5)
-        redis_server.stop(signal.SIGKILL)
-        time.sleep(10)
-        redis_server.start()
-
-    talk_through(users, ten_second_outage, lines=60, pace=0.2)
+    users = one_user_on_each(nodes, client)
+    talk_through(users, outage(redis_server, 10.0), lines=60, pace=0.2)
     assert any("lost contact" in m.get("message", "") for m in users[0].received)
 
 

@@ -21,9 +21,10 @@ def test_two_clients_see_joins_chats_and_leaves_in_order(connect):
     chris = connect("chris")
     pat.expect_next(join("chris"))
     pat.chat("hello?")
+    chris.expect_next(chat_from("pat", "hello?"))  # two sockets: answer after it arrived
     chris.chat("hi!")
+    pat.expect_next(chat_from("pat", "hello?"))
     for client in (pat, chris):
-        client.expect_next(chat_from("pat", "hello?"))
         client.expect_next(chat_from("chris", "hi!"))
     chris.close()
     pat.expect_next(leave("chris"))
