@@ -26,6 +26,7 @@ import enum
 import heapq
 import ipaddress
 import itertools
+import secrets
 import json
 import logging
 from collections import deque
@@ -52,12 +53,46 @@ class Limits:
     burst: int = 20                # ...with this many at once
 
 
+@dataclass(frozen=True)
+class SessionSettings:
+    history: int = 20              # recent chats and emotes a session newcomer gets
+    resume_grace: float = 60.0     # seconds a lost session stays present
+
+
+LOG_ENTRIES = 100_000   # chat events kept for resumes...
+LOG_BYTES = 32 << 20    # ...and at most this many bytes of them
+
+
+class LogEntry:
+    """One chat event as sessions see it: its id and time, who it was for
+    (None: everyone; a room key; or the set of user keys of a DM), and,
+    for a move, who moved from where to where."""
+
+    __slots__ = ("number", "id", "time", "message", "target", "mover", "old", "new", "size")
+
+    def __init__(self, number: int, time: float, message: proto.Message, target,
+                 size: int, mover: str | None = None, old: str | None = None,
+                 new: str | None = None) -> None:
+        self.number, self.id, self.time = number, f"{number:016d}", time
+        self.message, self.target, self.size = message, target, size
+        self.mover, self.old, self.new = mover, old, new
+
+    def reaches(self, key: str, room: str) -> bool:
+        target = self.target
+        return target is None or target == room or (isinstance(target, frozenset)
+                                                    and key in target)
+
+    def packet(self, **extra: Any) -> bytes:
+        return proto.encode(self.message, id=self.id, time=self.time, **extra)
+
+
 class State(enum.Enum):
     """Where a connection is in its life; see TRANSITIONS."""
 
     GREETING = "greeting"  # connected, no hello yet
     CLAIMING = "claiming"  # said hello; the cluster is granting the nick
     JOINED = "joined"      # in the chat
+    DETACHED = "detached"  # a session whose connection was lost: still present
     CLOSING = "closing"    # an error was sent; closes once it is written
     GONE = "gone"
 
@@ -65,7 +100,8 @@ class State(enum.Enum):
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.GREETING: frozenset({State.CLAIMING, State.JOINED, State.CLOSING, State.GONE}),
     State.CLAIMING: frozenset({State.JOINED, State.CLOSING, State.GONE}),
-    State.JOINED: frozenset({State.CLOSING, State.GONE}),
+    State.JOINED: frozenset({State.DETACHED, State.CLOSING, State.GONE}),
+    State.DETACHED: frozenset({State.JOINED, State.GONE}),
     State.CLOSING: frozenset({State.GONE}),
     State.GONE: frozenset(),
 }
@@ -96,7 +132,7 @@ class Client:
     """The chat's view of one connection."""
 
     __slots__ = ("outlet", "peer", "address", "state", "nick", "room", "held", "held_bytes",
-                 "paused", "tokens", "refilled", "mistakes")
+                 "paused", "tokens", "refilled", "mistakes", "token", "joined_id", "missed", "expires")
 
     def __init__(self, outlet: Outlet, peer: str, address: str | None, now: float,
                  burst: int) -> None:
@@ -112,6 +148,10 @@ class Client:
         self.tokens = float(burst)
         self.refilled = now
         self.mistakes = 0
+        self.token: str | None = None  # a session's: what a resume presents
+        self.joined_id = 0             # the log entry of its join
+        self.missed = 0                # bytes it would have received while detached
+        self.expires = 0.0             # when a detached session ends
 
     def become(self, state: State) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -154,10 +194,22 @@ class ChatCore:
     """Nicks, rooms and every rule of the chat, driven by events."""
 
     def __init__(self, outbox: Outbox, limits: Limits = Limits(),
-                 link: cluster.ClusterLink | None = None) -> None:
+                 link: cluster.ClusterLink | None = None,
+                 sessions: SessionSettings = SessionSettings(),
+                 wall_offset: float = 0.0) -> None:
         self.outbox = outbox
         self.limits = limits
         self.link = link
+        self.settings = sessions
+        self.wall_offset = wall_offset  # event time + this = Unix time, for "time"
+        self.log: deque[LogEntry] = deque()
+        self.log_bytes = 0
+        self.next_number = 0
+        self.room_history: dict[str, deque[LogEntry]] = {}
+        self.sessions: dict[str, Client] = {}    # token -> session client
+        self.attached_sessions = 0               # those with a connection
+        self.detached: set[Client] = set()
+        self.expiring: deque[tuple[float, Client]] = deque()  # grace ends, in order
         self.clients: dict[Outlet, Client] = {}
         self.by_nick: dict[str, Client] = {}
         proto.name_problem(proto.LOBBY)  # load the name rules' data now, not at a hello
@@ -217,12 +269,19 @@ class ChatCore:
         client = self.clients.pop(outlet, None)
         if client is None:
             return
-        if client.nick is not None:
-            log.info("leave %s %s: %s", client.nick, client.peer, reason)
+        if client.state is State.JOINED and client.token is not None:
+            self.detach(client, reason)
         else:
-            log.info("disconnect %s: %s", client.peer, reason)
-        self.leave_chat(client)
-        client.become(State.GONE)
+            if client.nick is not None:
+                log.info("leave %s %s: %s", client.nick, client.peer, reason)
+            else:
+                log.info("disconnect %s: %s", client.peer, reason)
+            self.leave_chat(client)
+            client.become(State.GONE)
+        self.release_address(client)
+
+    def release_address(self, client: Client) -> None:
+        """The connection no longer counts against its address's limit."""
         if client.address is not None:
             remaining = self.per_address[client.address] - 1
             if remaining:
@@ -244,7 +303,11 @@ class ChatCore:
             _, _, client = heapq.heappop(self.throttled)
             if client.state is not State.GONE:
                 self.process(client, now)
-        due = [queue[0][0] for queue in (self.greeting, self.throttled) if queue]
+        while self.expiring and self.expiring[0][0] <= now:
+            _, client = self.expiring.popleft()
+            if client.state is State.DETACHED and client.expires <= now:
+                self.end_session(client, "did not come back in time")
+        due = [queue[0][0] for queue in (self.greeting, self.throttled, self.expiring) if queue]
         return min(due) if due else None
 
     def cluster_event(self, event: Any, now: float) -> None:
@@ -358,8 +421,54 @@ class ChatCore:
         PACKET_HANDLERS[type(message)](self, client, message)
 
     def send(self, client: Client, message: proto.Message | bytes) -> None:
+        if client.outlet is None:
+            return  # detached: what it missed is replayed from the log
         packet = message if isinstance(message, bytes) else proto.encode(message)
         self.outbox.send(client.outlet, packet)
+
+    # ---- chat events: numbered, logged for sessions, then delivered ----
+
+    def record(self, message: proto.Message, target, mover: str | None = None,
+               old: str | None = None, new: str | None = None) -> tuple[bytes, bytes | None]:
+        """Number and log a chat event; return its packet for base clients
+        and, while session clients are attached, the one with id and time."""
+        base = proto.encode(message)
+        self.next_number += 1
+        entry = LogEntry(self.next_number, round(self.now + self.wall_offset, 3), message,
+                         target, len(base), mover, old, new)
+        self.log.append(entry)
+        self.log_bytes += entry.size
+        while len(self.log) > LOG_ENTRIES or self.log_bytes > LOG_BYTES:
+            self.log_bytes -= self.log.popleft().size
+        if isinstance(message, (proto.ChatFrom, proto.EmoteFrom)) and isinstance(target, str):
+            history = self.room_history.get(target)
+            if history is None:
+                history = self.room_history[target] = deque(maxlen=self.settings.history)
+            history.append(entry)
+        if self.detached:
+            self.count_missed(entry)
+        return base, entry.packet() if self.attached_sessions else None
+
+    def announce(self, message: proto.Message, room: str | None = None, **move: str) -> None:
+        """A chat event for a room (everyone when None)."""
+        base, with_ids = self.record(message, room, **move)
+        self.outbox.broadcast(base, room, with_ids)
+
+    def send_event(self, recipients: list[Client], message: proto.Message) -> None:
+        """A chat event for some users only (a DM), each sent once."""
+        keys = frozenset(proto.name_key(c.nick) for c in recipients)
+        base, with_ids = self.record(message, keys)
+        for client in dict.fromkeys(recipients):
+            self.send(client, with_ids if with_ids and client.token else base)
+
+    def count_missed(self, entry: LogEntry) -> None:
+        """What a detached session would have received counts against the
+        output bound; past it the session ends."""
+        for client in list(self.detached):
+            if entry.reaches(proto.name_key(client.nick), client.room.key):
+                client.missed += entry.size
+                if client.missed > self.limits.max_queue:
+                    self.end_session(client, "missed more than the output bound")
 
     def encode_for(self, client: Client, message: proto.Message) -> bytes | None:
         """Encode a rebroadcast, or tell the sender it would not fit."""
@@ -383,6 +492,9 @@ class ChatCore:
         if client.state is not State.GREETING:
             self.send(client, proto.Error("already said hello"))
             return
+        if hello.resume is not None:
+            self.resume(client, hello)
+            return
         key = proto.name_key(hello.nick)
         holder = self.holder_of(key)
         if holder is not None:
@@ -392,7 +504,7 @@ class ChatCore:
             self.claims[key] = (client, hello.nick)
             self.link.claim(client, hello.nick, key)
         else:
-            self.complete_hello(client, hello.nick)
+            self.complete_hello(client, hello.nick, hello.session)
 
     def holder_of(self, key: str) -> str | None:
         """The nick that holds a name key here or elsewhere, if any."""
@@ -403,15 +515,113 @@ class ChatCore:
         claim = self.claims.get(key)
         return claim[1] if claim else None
 
-    def complete_hello(self, client: Client, nick: str) -> None:
+    def complete_hello(self, client: Client, nick: str, session: bool = False) -> None:
         client.become(State.JOINED)
         client.nick = nick
         self.by_nick[proto.name_key(nick)] = client
         self.enter(client, self.lobby)
-        self.outbox.broadcast(proto.encode(proto.Joined(nick)))
+        if session:
+            self.start_session(client)
+        self.announce(proto.Joined(nick))
+        client.joined_id = self.next_number
         if self.link:
             self.link.joined(nick, self.lobby.name)
         log.info("hello %s %s", nick, client.peer)
+        if session:
+            self.send(client, proto.SessionGranted(client.token, self.settings.resume_grace))
+            for entry in self.room_history.get(self.lobby.key, ()):
+                self.send(client, entry.packet(history=True))
+
+    # ---- sessions ----
+
+    def start_session(self, client: Client) -> None:
+        client.token = secrets.token_urlsafe(24)
+        self.sessions[client.token] = client
+        self.attached_sessions += 1
+        client.outlet.ids = True
+
+    def detach(self, client: Client, reason: str) -> None:
+        """A session client's connection is gone: it stays present, unseen."""
+        log.info("detach %s %s: %s", client.nick, client.peer, reason)
+        client.become(State.DETACHED)
+        self.attached_sessions -= 1
+        self.held_off(client)
+        client.outlet = None
+        client.missed = 0
+        client.expires = self.now + self.settings.resume_grace
+        self.detached.add(client)
+        self.expiring.append((client.expires, client))
+        self.release_address(client)
+
+    def end_session(self, client: Client, reason: str) -> None:
+        """A detached session is over: now the others see the leave."""
+        log.info("leave %s %s: %s", client.nick, client.peer, reason)
+        self.detached.discard(client)
+        self.leave_chat(client)
+        client.become(State.GONE)
+
+    def resume(self, client: Client, hello: proto.Hello) -> None:
+        """Take a session up again on this connection: ``resumed``, then
+        exactly what it missed after ``after``, then live traffic."""
+        session = self.sessions.get(hello.resume or "")
+        if session is not None and proto.name_key(session.nick) != proto.name_key(hello.nick):
+            session = None
+        missed = self.missed_since(session, hello.after) if session is not None else None
+        if missed is None:
+            if session is not None:
+                self.end_session_now(session, "could not be resumed")
+            self.send(client, proto.Error("session expired"))
+            return  # the connection stays open for a fresh hello
+        if session.state is State.JOINED:  # the old connection is not known dead yet
+            old = session.outlet
+            self.clients.pop(old, None)
+            self.detach(session, "resumed elsewhere")
+            self.outbox.close(old)
+        self.clients[client.outlet] = session
+        client.become(State.GONE)  # the greeting connection becomes the session's
+        session.outlet, session.peer = client.outlet, client.peer
+        session.address, client.address = client.address, None
+        self.detached.discard(session)
+        session.become(State.JOINED)
+        self.attached_sessions += 1
+        session.outlet.ids = True
+        self.send(session, proto.Resumed(len(missed)))
+        for entry in missed:
+            self.send(session, entry.packet())
+        self.outbox.move(session.outlet, session.room.key)
+        log.info("resume %s %s: %d missed", session.nick, session.peer, len(missed))
+
+    def missed_since(self, client: Client, after: str | None) -> list[LogEntry] | None:
+        """What ``client`` would have received after the entry ``after``, or
+        None when the log no longer reaches back that far."""
+        try:
+            last_seen = int(after) if after is not None else client.joined_id
+        except ValueError:
+            return None
+        if self.log and self.log[0].number > last_seen + 1:
+            return None
+        key = proto.name_key(client.nick)
+        entries = [e for e in self.log if e.number > last_seen]
+        room = next((e.old for e in entries if e.mover == key), client.room.key)
+        missed = []
+        for entry in entries:
+            if entry.mover == key:
+                room = entry.new
+            if entry.reaches(key, room):
+                missed.append(entry)
+        return missed
+
+    def end_session_now(self, client: Client, reason: str) -> None:
+        if client.state is State.DETACHED:
+            self.end_session(client, reason)
+
+    @handles(proto.Quit)
+    def on_quit(self, client: Client, _: proto.Quit) -> None:
+        """Leaving on purpose: the leave now, then the connection closes."""
+        log.info("quit %s %s", client.nick, client.peer)
+        self.leave_chat(client)
+        self.outbox.close(client.outlet)
+        client.become(State.CLOSING)
 
     @handles(proto.Chat)
     def on_chat(self, client: Client, chat: proto.Chat) -> None:
@@ -425,7 +635,7 @@ class ChatCore:
         packet = self.encode_for(client, message)
         if packet:
             room = client.room
-            self.outbox.broadcast(packet, room.key)
+            self.announce(message, room.key)
             if self.link:
                 self.link.publish(cluster.RemoteSpeech(message.TYPE, message.nick, room.name,
                                                        message.message))
@@ -439,15 +649,12 @@ class ChatCore:
             self.send(client, proto.Error(f"no such user: {proto.quote(dm.to)}"))
             return
         to = target.nick if target else remote.nick
-        packet = self.encode_for(client, proto.DirectFrom(client.nick, to, dm.message))
-        if not packet:
+        message = proto.DirectFrom(client.nick, to, dm.message)
+        if not self.encode_for(client, message):
             return
-        if target is not None:
-            self.send(target, packet)
-        else:
+        if target is None:
             self.link.publish(cluster.RemoteDirect(client.nick, to, dm.message))
-        if target is not client:
-            self.send(client, packet)
+        self.send_event([c for c in (target, client) if c is not None], message)
 
     @handles(proto.WhoRequest)
     def on_who(self, client: Client, _: proto.WhoRequest) -> None:
@@ -482,8 +689,9 @@ class ChatCore:
             return
         room = self.rooms.get(key) or Room(enter.room)
         self.enter(client, room)
-        self.outbox.broadcast(proto.encode(proto.ExitedRoom(client.nick, old.name)), old.key)
-        self.outbox.broadcast(proto.encode(proto.EnteredRoom(client.nick, room.name)), room.key)
+        move = {"mover": proto.name_key(client.nick), "old": old.key, "new": room.key}
+        self.announce(proto.ExitedRoom(client.nick, old.name), old.key, **move)
+        self.announce(proto.EnteredRoom(client.nick, room.name), room.key, **move)
         if self.link:
             self.link.moved(client.nick, old.name, room.name)
 
@@ -501,7 +709,8 @@ class ChatCore:
         if room is not None:
             room.members.add(client)
             self.rooms[room.key] = room
-        self.outbox.move(client.outlet, room.key if room else None)
+        if client.outlet is not None:
+            self.outbox.move(client.outlet, room.key if room else None)
 
     def leave_chat(self, client: Client) -> None:
         self.held_off(client)
@@ -510,7 +719,12 @@ class ChatCore:
         key = proto.name_key(client.nick)
         del self.by_nick[key]
         self.enter(client, None)
-        self.outbox.broadcast(proto.encode(proto.Left(client.nick)))
+        if client.token is not None:
+            del self.sessions[client.token]
+            client.token = None
+            if client.state is not State.DETACHED:
+                self.attached_sessions -= 1
+        self.announce(proto.Left(client.nick))
         if self.link:
             self.link.left(client.nick, key)
         client.nick = None
@@ -556,30 +770,31 @@ class ChatCore:
         if user is None:
             return
         user.room = event.new
+        move = {"mover": proto.name_key(user.nick), "old": proto.name_key(event.old),
+                "new": proto.name_key(event.new)}
         for room_name, message in ((event.old, proto.ExitedRoom(user.nick, event.old)),
                                    (event.new, proto.EnteredRoom(user.nick, event.new))):
             room = self.rooms.get(proto.name_key(room_name))
             if room is not None:
-                self.outbox.broadcast(proto.encode(message), room.key)
+                self.announce(message, room.key, **move)
 
     @applies(cluster.RemoteSpeech)
     def on_remote_speech(self, event: cluster.RemoteSpeech) -> None:
         user = self.owned_by(event.nick, event.node)
         room = self.rooms.get(proto.name_key(event.room))
         cls = proto.ChatFrom if event.said == proto.ChatFrom.TYPE else proto.EmoteFrom
-        packet = self.remote_packet(cls(event.nick, event.message), event.node)
-        if user is not None and room is not None and packet:
-            self.outbox.broadcast(packet, room.key)
+        message = cls(event.nick, event.message)
+        if user is not None and room is not None and self.remote_packet(message, event.node):
+            self.announce(message, room.key)
 
     @applies(cluster.RemoteDirect)
     def on_remote_direct(self, event: cluster.RemoteDirect) -> None:
         target = self.by_nick.get(proto.name_key(event.to))
         if target is None or self.owned_by(event.sender, event.node) is None:
             return
-        packet = self.remote_packet(proto.DirectFrom(event.sender, target.nick, event.message),
-                                    event.node)
-        if packet:
-            self.send(target, packet)
+        message = proto.DirectFrom(event.sender, target.nick, event.message)
+        if self.remote_packet(message, event.node):
+            self.send_event([target], message)
 
     def owned_by(self, nick: str, node: str) -> RemoteUser | None:
         """The remote user ``nick`` if ``node`` is where we know it to be;
@@ -667,12 +882,12 @@ class ChatCore:
         if key in self.by_nick:
             return  # ours: a stale claim elsewhere, settled by the nick lease
         self.remote[key] = RemoteUser(nick, node, room)
-        self.outbox.broadcast(proto.encode(proto.Joined(nick)))
+        self.announce(proto.Joined(nick))
 
     def remote_leave(self, nick: str) -> None:
         user = self.remote.pop(proto.name_key(nick), None)
         if user is not None:
-            self.outbox.broadcast(proto.encode(proto.Left(user.nick)))
+            self.announce(proto.Left(user.nick))
 
 
 def _check_tables() -> None:

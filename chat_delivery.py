@@ -34,7 +34,7 @@ class Outlet:
     """
 
     __slots__ = ("out", "queued", "room", "log_turn", "log_pos", "want_write",
-                 "paused", "closing", "gone")
+                 "paused", "closing", "gone", "ids")
 
     def __init__(self) -> None:
         self.out: list[bytes | memoryview] = []
@@ -46,6 +46,7 @@ class Outlet:
         self.paused = False
         self.closing = False          # an error was queued; no more output
         self.gone = False
+        self.ids = False              # a session client: broadcasts carry id and time
 
     def take_output(self) -> list[bytes | memoryview]:
         """Everything queued, oldest first; the queue is left empty."""
@@ -59,7 +60,7 @@ class Delivery:
     def __init__(self, max_queue: int) -> None:
         self.max_queue = max_queue
         self.turn = 0
-        self.log: list[tuple[str | None, bytes]] = []
+        self.log: list[tuple[str | None, bytes, bytes]] = []  # target, base, with ids
         self.rooms: dict[str, set[Outlet]] = {}
         self.joined: set[Outlet] = set()
         self.dirty: set[Outlet] = set()       # have output and no write interest
@@ -74,9 +75,11 @@ class Delivery:
         self.catch_up(outlet)
         self.enqueue(outlet, packet)
 
-    def broadcast(self, packet: bytes, room: str | None = None) -> None:
-        """Send to every connection in ``room`` (everyone joined when None)."""
-        self.log.append((room, packet))
+    def broadcast(self, packet: bytes, room: str | None = None,
+                  with_ids: bytes | None = None) -> None:
+        """Send to every connection in ``room`` (everyone joined when None);
+        session clients get ``with_ids`` (the packet with its id and time)."""
+        self.log.append((room, packet, with_ids or packet))
 
     def move(self, outlet: Outlet, room: str | None) -> None:
         """Put the connection in ``room`` (None: in no room, gets no
@@ -128,8 +131,9 @@ class Delivery:
 
     def pending_broadcasts(self, outlet: Outlet, start: int) -> bytes:
         room = outlet.room
-        return b"".join(packet for target, packet in self.log[start:]
-                        if target is None or target == room)
+        variant = 2 if outlet.ids else 1
+        return b"".join(entry[variant] for entry in self.log[start:]
+                        if entry[0] is None or entry[0] == room)
 
     def catch_up(self, outlet: Outlet) -> None:
         """Move the broadcasts of this turn meant for outlet into its queue,
@@ -178,21 +182,22 @@ class Delivery:
         return changed
 
     def _distribute(self) -> None:
-        targets = {room for room, _ in self.log}
+        targets = {entry[0] for entry in self.log}
         if None in targets:
             recipients: Iterable[Outlet] = list(self.joined)
         else:
             recipients = [outlet for room in targets
                           for outlet in self.rooms.get(room, ())]  # type: ignore[arg-type]
-        whole_turn: dict[str | None, bytes] = {}
+        whole_turn: dict[tuple[str | None, bool], bytes] = {}
         turn = self.turn
         for outlet in recipients:
             if outlet.log_turn == turn:
                 chunk = self.pending_broadcasts(outlet, outlet.log_pos)
             else:
-                chunk = whole_turn.get(outlet.room)
+                kind = (outlet.room, outlet.ids)
+                chunk = whole_turn.get(kind)
                 if chunk is None:
-                    chunk = whole_turn[outlet.room] = self.pending_broadcasts(outlet, 0)
+                    chunk = whole_turn[kind] = self.pending_broadcasts(outlet, 0)
             if chunk:
                 self.enqueue(outlet, chunk)
         self.log = []

@@ -154,6 +154,12 @@ def _check_nonempty(value: Any, field: str) -> str:
     return text
 
 
+def _check_number(value: Any, field: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise InvalidMessage(f'field "{field}" must be a number')
+    return value
+
+
 def _check_text_list(value: Any, field: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise InvalidMessage(f'field "{field}" must be a list')
@@ -188,17 +194,22 @@ class Message:
     """Base of every message; subclasses are frozen dataclasses.
 
     ``TYPE`` is the wire ``type``; ``CHECKS`` maps each field to the function
-    that validates it when the message is parsed off the wire.
+    that validates it when the message is parsed off the wire; ``OPTIONAL``
+    does the same for fields that may be absent (they keep their default,
+    and are left out of the encoding while they have it).
     """
 
     __slots__ = ()
     TYPE: ClassVar[str]
     CHECKS: ClassVar[dict[str, Any]] = {}
+    OPTIONAL: ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"type": self.TYPE}
         for field in fields(self):  # type: ignore[arg-type]
             value = getattr(self, field.name)
+            if field.name in self.OPTIONAL and value == field.default:
+                continue
             obj[_wire_name(field.name)] = to_json(value)
         return obj
 
@@ -219,11 +230,36 @@ def to_json(value: Any) -> Any:
 # Client -> server
 
 
+def _check_bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidMessage(f'field "{field}" must be true or false')
+    return value
+
+
+def _check_token(value: Any, field: str) -> str:
+    text = _check_text(value, field)
+    if len(text) > 200:
+        raise InvalidMessage(f'field "{field}" is too long')
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
+    """The first packet.  ``session`` asks for a resumable session;
+    ``resume`` and ``after`` take one up again after a lost connection."""
     TYPE = "hello"
     CHECKS = {"nick": _check_name}
+    OPTIONAL = {"session": _check_bool, "resume": _check_token, "after": _check_token}
     nick: str
+    session: bool = False
+    resume: str | None = None
+    after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Quit(Message):
+    """Leaving on purpose: the others see the leave at once."""
+    TYPE = "quit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +382,21 @@ class ExitedRoom(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class SessionGranted(Message):
+    TYPE = "session"
+    CHECKS = {"token": _check_text, "grace": lambda value, field: _check_number(value, field)}
+    token: str
+    grace: float
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed(Message):
+    TYPE = "resumed"
+    CHECKS = {"missed": lambda value, field: int(_check_number(value, field))}
+    missed: int
+
+
+@dataclass(frozen=True, slots=True)
 class RoomList(Message):
     TYPE = "rooms"
     CHECKS = {"rooms": _check_room_counts}
@@ -354,12 +405,12 @@ class RoomList(Message):
 
 CLIENT_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Chat, SendDirect, Emote, WhoRequest, EnterRoom, RoomsRequest)
+    for cls in (Hello, Chat, SendDirect, Emote, WhoRequest, EnterRoom, RoomsRequest, Quit)
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (ChatFrom, Joined, Left, Error, Info, DirectFrom, EmoteFrom, WhoList,
-                EnteredRoom, ExitedRoom, RoomList)
+                EnteredRoom, ExitedRoom, RoomList, SessionGranted, Resumed)
 }
 
 
@@ -373,6 +424,9 @@ def _build(registry: dict[str, type[Message]], obj: dict[str, Any]) -> Message:
         if wire not in obj:
             raise InvalidMessage(f'"{cls.TYPE}" message needs field "{wire}"')
         values[name] = check(obj[wire], wire)
+    for name, check in cls.OPTIONAL.items():
+        if obj.get(name) is not None:
+            values[name] = check(obj[name], name)
     return cls(**values)
 
 
@@ -386,9 +440,12 @@ def parse_server_message(payload: bytes) -> Message:
     return _build(SERVER_MESSAGES, decode_object(payload))
 
 
-def encode(message: Message) -> bytes:
-    """One whole packet for ``message``; PacketTooLarge if it cannot fit."""
-    return encode_object(message.to_dict())
+def encode(message: Message, **extra: Any) -> bytes:
+    """One whole packet for ``message`` (plus ``extra`` fields, such as a
+    session's id and time); PacketTooLarge if it cannot fit."""
+    obj = message.to_dict()
+    obj.update(extra)
+    return encode_object(obj)
 
 
 def fits_in_packet(message: Message) -> bool:

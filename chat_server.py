@@ -28,7 +28,7 @@ from typing import Sequence
 
 import chat_protocol as proto
 from chat_args import add_version, float_at_least, int_in_range, program_name
-from chat_core import ChatCore, Limits, format_address
+from chat_core import ChatCore, Limits, SessionSettings, format_address
 from chat_delivery import Delivery, Outlet
 
 log = logging.getLogger("chat_server")
@@ -71,7 +71,8 @@ class ChatServer:
     """The selector loop around one chat core."""
 
     def __init__(self, listeners: Sequence[socket.socket], limits: Limits = Limits(),
-                 redis_url: str | None = None, heartbeat: float = 1.0) -> None:
+                 redis_url: str | None = None, heartbeat: float = 1.0,
+                 sessions: SessionSettings = SessionSettings()) -> None:
         self.listeners = list(listeners)
         self.selector = selectors.DefaultSelector()
         self.connections: set[Connection] = set()
@@ -84,7 +85,8 @@ class ChatServer:
             from chat_cluster import ClusterLink
             self.link = ClusterLink(redis_url, self.wake, heartbeat)
         self.delivery = Delivery(limits.max_queue)
-        self.core = ChatCore(self.delivery, limits, self.link)
+        self.core = ChatCore(self.delivery, limits, self.link, sessions,
+                             wall_offset=time.time() - time.monotonic())
         self.core_due: float | None = None  # when the core next wants a tick
 
     # ------------------------------------------------------------------
@@ -370,6 +372,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     limits.add_argument("--max-queue", type=int_in_range("size", 1),
                         default=defaults.max_queue, metavar="BYTES",
                         help="drop a client whose unsent output passes this (default 1 MiB)")
+    parser.add_argument("--history", type=int_in_range("count", 0, 1000), default=20,
+                        metavar="N", help="recent messages a session client gets on joining "
+                                          "(default 20)")
+    parser.add_argument("--resume-grace", type=float_at_least("grace", 0), default=60.0,
+                        metavar="SECONDS", help="how long a session client whose connection "
+                                                "was lost stays present (default 60)")
     parser.add_argument("--redis", metavar="URL",
                         help="join a cluster through Redis, e.g. redis://127.0.0.1:6379/0 "
                              f"(a URL with a password is better given by ${REDIS_URL_VARIABLE} "
@@ -480,7 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     limits = Limits(max_queue=args.max_queue, hello_timeout=args.hello_timeout,
                     max_per_ip=args.max_per_ip, rate=args.rate, burst=args.burst)
-    server = ChatServer(listeners, limits, redis_url=redis_url, heartbeat=args.heartbeat)
+    sessions = SessionSettings(history=args.history, resume_grace=args.resume_grace)
+    server = ChatServer(listeners, limits, redis_url=redis_url, heartbeat=args.heartbeat,
+                        sessions=sessions)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop())
     for listener in listeners:

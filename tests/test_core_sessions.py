@@ -1,0 +1,174 @@
+"""Sessions in the chat core, in memory: a dropped connection costs the user
+nothing, and base clients see exactly the base protocol."""
+
+from dataclasses import replace
+
+import pytest
+
+from chat_core import SessionSettings
+from tests.core_harness import UNLIMITED, Harness
+from tests.support import chat_from, join, leave
+
+
+@pytest.fixture
+def chat():
+    return Harness()
+
+
+def hello(nick, **fields):
+    return {"type": "hello", "nick": nick, **fields}
+
+
+def start_session(chat, nick):
+    """A session client past its join: (outlet, token, its packets so far)."""
+    outlet = chat.connect()
+    chat.send(outlet, hello(nick, session=True))
+    got = chat.received(outlet)
+    assert got[0]["type"] == "join" and got[1]["type"] == "session"
+    return outlet, got[1]["token"], got
+
+
+def bare(messages):
+    """Packets without the session fields, for comparing what was said."""
+    return [{k: v for k, v in m.items() if k not in ("id", "time", "history")}
+            for m in messages]
+
+
+def test_a_session_client_gets_its_token_and_ids_and_base_clients_get_none(chat):
+    (base,) = chat.joined("base")
+    outlet, token, got = start_session(chat, "pat")
+    assert got[0]["nick"] == "pat" and set(got[0]) == {"type", "nick", "id", "time"}
+    assert got[1] == {"type": "session", "token": token, "grace": 60.0} and len(token) >= 22
+    chat.chat(base, "hello")
+    said = chat.received(outlet)[0]
+    assert bare([said]) == [chat_from("base", "hello")] and said["id"] > got[0]["id"]
+    assert chat.received(base) == [join("pat"), chat_from("base", "hello")]
+
+
+def test_newcomers_get_the_last_n_messages_of_their_room_marked_as_history():
+    chat = Harness(sessions=SessionSettings(history=3))
+    a, b = chat.joined("a", "b")
+    chat.send(b, {"type": "enter", "room": "elsewhere"})
+    for i in range(5):
+        chat.chat(a, f"line {i}")
+    chat.chat(b, "not in the lobby")
+    _, _, got = start_session(chat, "pat")
+    history = got[2:]
+    assert bare(history) == [chat_from("a", f"line {i}") for i in (2, 3, 4)]
+    assert all(m["history"] is True for m in history)
+    ids = [m["id"] for m in history]
+    assert ids == sorted(ids)
+
+
+def test_a_lost_connection_is_unseen_and_a_resume_gets_exactly_what_was_missed(chat):
+    chris, lee = chat.joined("chris", "lee")
+    pat, token, got = start_session(chat, "pat")
+    last = got[0]["id"]
+    chat.received(chris), chat.received(lee)
+    chat.lose(pat, "connection reset")
+    chat.chat(chris, "while you were out")
+    chat.send(lee, {"type": "dm", "to": "pat", "message": "psst"})
+    chat.send(lee, {"type": "enter", "room": "games"})
+    chat.send(lee, {"type": "emote", "message": "is in games"})   # pat does not get this
+    chat.send(chris, {"type": "who"})
+    assert chat.received(chris)[-1] == {"type": "who", "room": "lobby", "nicks": ["chris", "pat"]}
+    again = chat.connect()
+    chat.send(again, hello("pat", session=True, resume=token, after=last))
+    got = chat.received(again)
+    assert got[0] == {"type": "resumed", "missed": 3}
+    assert bare(got[1:]) == [chat_from("chris", "while you were out"),
+                             {"type": "dm", "from": "lee", "to": "pat", "message": "psst"},
+                             {"type": "exit", "nick": "lee", "room": "lobby"}]
+    chat.chat(chris, "live again")
+    assert bare(chat.received(again)) == [chat_from("chris", "live again")]
+    for other in (chris, lee):
+        assert not any(m["type"] in ("join", "leave") for m in chat.received(other))
+
+
+def test_a_resume_replays_the_movers_own_room_changes_in_order(chat):
+    (chris,) = chat.joined("chris")
+    pat, token, got = start_session(chat, "pat")
+    chat.send(pat, {"type": "enter", "room": "games"})
+    chat.chat(chris, "lobby talk")
+    chat.send(pat, {"type": "chat", "message": "in games"})
+    chat.lose(pat)                    # before pat read any of it
+    again = chat.connect()
+    chat.send(again, hello("pat", session=True, resume=token, after=got[0]["id"]))
+    assert bare(chat.received(again)[1:]) == [
+        {"type": "enter", "nick": "pat", "room": "games"}, chat_from("pat", "in games")]
+
+
+def test_the_grace_ending_announces_the_leave_and_frees_the_nick():
+    chat = Harness(sessions=SessionSettings(resume_grace=60))
+    (chris,) = chat.joined("chris")
+    pat, token, _ = start_session(chat, "pat")
+    chat.received(chris)
+    chat.lose(pat)
+    chat.tick(59)
+    assert chat.received(chris) == []
+    chat.tick(2)
+    assert chat.received(chris) == [leave("pat")]
+    again = chat.connect()
+    chat.send(again, hello("pat", session=True, resume=token, after="0"))
+    assert chat.received(again) == [{"type": "error", "message": "session expired"}]
+    chat.send(again, hello("pat"))
+    assert chat.received(again) == [join("pat")]
+
+
+def test_a_second_loss_gets_a_full_grace_of_its_own():
+    chat = Harness(sessions=SessionSettings(resume_grace=10))
+    (chris,) = chat.joined("chris")
+    pat, token, got = start_session(chat, "pat")
+    chat.lose(pat)
+    chat.tick(8)
+    again = chat.connect()
+    chat.send(again, hello("pat", session=True, resume=token, after=got[0]["id"]))
+    chat.lose(again)
+    chat.tick(4)                       # 12 s after the first loss, 4 after the second
+    assert leave("pat") not in chat.received(chris)
+
+
+def test_quit_leaves_at_once(chat):
+    (chris,) = chat.joined("chris")
+    pat, token, _ = start_session(chat, "pat")
+    chat.received(chris)
+    chat.send(pat, {"type": "quit"})
+    assert chat.received(chris) == [leave("pat")]
+    assert chat.closed(pat)
+
+
+@pytest.mark.parametrize("token", ["not-a-token", ""])
+def test_a_bad_token_gets_session_expired_and_a_fresh_hello_still_works(chat, token):
+    outlet = chat.connect()
+    chat.send(outlet, hello("pat", session=True, resume=token, after="1"))
+    assert chat.received(outlet) == [{"type": "error", "message": "session expired"}]
+    assert not chat.closed(outlet)
+    chat.send(outlet, hello("pat"))
+    assert chat.received(outlet) == [join("pat")]
+
+
+def test_a_detached_session_that_misses_too_much_ends():
+    chat = Harness(replace(UNLIMITED, max_queue=5_000))
+    (chris,) = chat.joined("chris")
+    pat, token, _ = start_session(chat, "pat")
+    chat.lose(pat)
+    seen = []
+    for i in range(10):
+        chat.chat(chris, f"{i} " + "x" * 900)
+        seen += chat.received(chris)
+    assert leave("pat") in seen and chat.dropped == []
+
+
+def test_a_resume_on_a_connection_not_yet_known_dead_takes_it_over(chat):
+    (chris,) = chat.joined("chris")
+    pat, token, got = start_session(chat, "pat")
+    chat.received(chris)
+    chat.chat(chris, "said before the blip")
+    again = chat.connect()
+    chat.send(again, hello("pat", session=True, resume=token, after=got[0]["id"]))
+    assert bare(chat.received(again)) == [{"type": "resumed", "missed": 1},
+                                          chat_from("chris", "said before the blip")]
+    assert chat.closed(pat)
+    chat.chat(chris, "after")
+    assert bare(chat.received(again)) == [chat_from("chris", "after")]
+    assert not any(m["type"] in ("join", "leave") for m in chat.received(chris))
