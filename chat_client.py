@@ -123,6 +123,7 @@ KEYS = (
     ("Ctrl-Z", "suspend (fg to come back)"),
     ("Ctrl-C, Ctrl-D on an empty line", "quit"),
 )
+RECONNECT_FIRST, RECONNECT_MAX = 0.5, 15.0  # seconds between tries: doubling
 ANSWER_NOTICE_SECONDS = 3.0   # no answer to hello by then: say we are waiting
 ANSWER_GIVE_UP_SECONDS = 10.0  # ...and by then: give up
 
@@ -132,12 +133,28 @@ class Quit(Exception):
 
 
 class ChatClient:
-    """One connection to the server and the state the UI needs."""
+    """The connection to the server (opened again when it is lost) and the
+    state the UI needs.
+
+    The client always asks for a session.  When the connection drops it
+    keeps the screen and the half-typed line, says so, and reconnects with
+    backoff until the user quits: with the session's token and the last id
+    it showed when it has one (the server replays what was missed), with a
+    fresh hello otherwise.  A server that never grants a session gets only
+    base packets: no quit, no resume.
+    """
 
     def __init__(self, sock: socket.socket, nick: str, ui, timestamps: bool = False,
                  server: str = "the server", bell: bool = False,
-                 log: TextIO | None = None) -> None:
+                 log: TextIO | None = None,
+                 reconnect: Callable[[], socket.socket] | None = None) -> None:
         self.sock = sock
+        self.open_connection = reconnect   # a new connection to the same server
+        self.token: str | None = None      # the session's, once the server grants one
+        self.last_id: str | None = None    # of the last packet shown
+        self.phase = "joining"             # joining, live, resuming, fresh
+        self.connected = True
+        self.stopping = threading.Event()  # the user quit: stop reconnecting
         self.nick = nick
         self.ui = ui
         self.timestamps = timestamps
@@ -173,11 +190,24 @@ class ChatClient:
                 for part in line.split("\n"):
                     self.handle_line(part)
         except (Quit, KeyboardInterrupt):
-            self.quitting = True
+            self.leave()
             return True
         except EOFError:
-            self.quitting = not self.disconnected
-            return self.quitting
+            if self.disconnected:  # the receiver ended (refused, no answer, a crash)
+                return False
+            self.leave()
+            return True
+
+    def leave(self) -> None:
+        """The user quits: say so to a session server (the others see the
+        leave at once) and stop reconnecting."""
+        self.quitting = True
+        self.stopping.set()
+        if self.token is not None and self.connected:
+            try:
+                self.send_now(proto.Quit())
+            except OSError:
+                pass
 
     def handle_line(self, line: str) -> None:
         if not line.strip():
@@ -244,12 +274,19 @@ class ChatClient:
         self.send(message)
 
     def send(self, message: proto.Message) -> None:
-        try:
-            with self._send_lock:
-                self.sock.sendall(proto.encode(message))
-        except OSError:
-            self.disconnected = True
-            raise EOFError("connection lost") from None
+        """Send a packet the user asked for; while the connection is down,
+        say it was not sent (it stays in the history)."""
+        if self.connected:
+            try:
+                self.send_now(message)
+                return
+            except OSError:
+                self.connected = False  # the receiver notices and reconnects
+        self.show([("*** not connected: that was not sent (Up brings it back)", "error")])
+
+    def send_now(self, message: proto.Message) -> None:
+        with self._send_lock:
+            self.sock.sendall(proto.encode(message))
 
     def complete(self, word: str, at_line_start: bool) -> list[str]:
         folded = word.casefold()
@@ -258,9 +295,10 @@ class ChatClient:
         nicks = sorted(self.nicks.values(), key=str.casefold)
         return [nick for nick in nicks if nick.casefold().startswith(folded)]
 
-    def show(self, segments: list[Segment]) -> None:
+    def show(self, segments: list[Segment], when: float | None = None) -> None:
         if self.timestamps:
-            segments = [(time.strftime("%H:%M "), "dim")] + segments
+            stamp = time.localtime(when) if when is not None else None
+            segments = [(time.strftime("%H:%M ", stamp), "dim")] + segments
         self.ui.print_message(segments)
         if self.log is not None:
             line = escape_controls("".join(text for text, _ in segments))
@@ -279,26 +317,57 @@ class ChatClient:
     # ---- receiver thread ----
 
     def receive_loop(self) -> None:
-        decoder = proto.PacketDecoder()
         try:
             if not self.await_answer():
                 return
             while True:
-                try:
-                    data = self.sock.recv(1 << 16)
-                except OSError:
-                    data = b""
-                if not data:
-                    break
-                for payload in decoder.feed(data):
-                    self.receive(payload)
-            self.disconnected = True
-            if not self.quitting:
-                self.show(info("disconnected from server"))
+                self.read_until_closed()
+                if self.quitting or self.rejected is not None:
+                    return
+                if not self.reconnect():
+                    return
         except BaseException as exc:  # shown after the terminal is restored
             self.failure = exc
         finally:
+            self.disconnected = True
             self.ui.stop_input()
+
+    def read_until_closed(self) -> None:
+        decoder = proto.PacketDecoder()
+        while True:
+            try:
+                data = self.sock.recv(1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                self.connected = False
+                return
+            for payload in decoder.feed(data):
+                self.receive(payload)
+
+    def reconnect(self) -> bool:
+        """Open the connection again, with backoff, until it works or the
+        user quits (False); say hello with the session to resume, if any."""
+        if self.phase == "live":
+            self.show(info("connection lost; reconnecting..."))
+        delay = RECONNECT_FIRST
+        while not self.stopping.wait(delay):
+            delay = min(RECONNECT_MAX, delay * 2)
+            try:
+                sock = self.open_connection()
+            except OSError:
+                continue
+            with self._send_lock:
+                self.sock = sock
+            self.phase = "resuming" if self.token else "fresh"
+            try:
+                self.send_now(proto.Hello(self.nick, session=True, resume=self.token,
+                                          after=self.last_id))
+            except OSError:
+                continue
+            self.connected = True
+            return True
+        return False
 
     def await_answer(self) -> bool:
         """Wait for the server's first bytes: after a few seconds say we
@@ -322,19 +391,47 @@ class ChatClient:
 
     def receive(self, payload: bytes) -> None:
         try:
-            message = proto.parse_server_message(payload)
+            message, meta = proto.parse_server_packet(payload)
         except proto.ProtocolError:
             return  # a type this client does not know, or a malformed packet
+        if "id" in meta:
+            self.last_id = meta["id"]
+        if self.follow_session(message):
+            return
         self.track(message)
         segments = format_message(message)
         if segments is None:
             return
-        if self.mentions_me(message):
+        if meta.get("history"):
+            segments = [(text, "dim") for text, _ in segments]
+        elif self.mentions_me(message):
             segments = [(text, "mention" if style is None else style)
                         for text, style in segments]
             if self.ring_bell:
                 self.ui.bell()
-        self.show(segments)
+        self.show(segments, meta.get("time"))
+        if isinstance(message, proto.Joined) and message.nick == self.nick \
+                and self.phase == "fresh":
+            self.phase = "live"
+            self.show(info("reconnected; messages sent while you were away are lost"))
+
+    def follow_session(self, message: proto.Message) -> bool:
+        """The session's own packets; True when nothing more is to be shown."""
+        if isinstance(message, proto.SessionGranted):
+            self.token = message.token
+            return True
+        if isinstance(message, proto.Resumed):
+            self.phase = "live"
+            self.show(info("reconnected"))
+            return True
+        if isinstance(message, proto.Error) and self.phase == "resuming":
+            self.token, self.last_id, self.phase = None, None, "fresh"  # start anew
+            try:
+                self.send_now(proto.Hello(self.nick, session=True))
+            except OSError:
+                pass
+            return True
+        return False
 
     def track(self, message: proto.Message) -> None:
         """Keep the nicks (for Tab) and our room (for the prompt) current."""
@@ -343,6 +440,8 @@ class ChatClient:
             self.nicks[proto.name_key(message.nick)] = message.nick
         if isinstance(message, proto.Joined) and message.nick == self.nick:
             self.accepted = True
+            if self.phase == "joining":
+                self.phase = "live"
         elif isinstance(message, proto.Left):
             self.nicks.pop(proto.name_key(message.nick), None)
         elif isinstance(message, proto.WhoList):
@@ -350,7 +449,7 @@ class ChatClient:
                 self.nicks[proto.name_key(nick)] = nick
         elif isinstance(message, proto.EnteredRoom) and message.nick == self.nick:
             self.room = message.room
-        elif isinstance(message, proto.Error) and not self.accepted:
+        elif isinstance(message, proto.Error) and self.phase in ("joining", "fresh"):
             self.rejected = message.message
 
 
@@ -414,13 +513,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"cannot open the log file {args.log}: {exc.strerror}")
     try:
         sock = connect(args.host, args.port)
-        sock.sendall(proto.encode(proto.Hello(args.nick)))
+        sock.sendall(proto.encode(proto.Hello(args.nick, session=True)))
     except (OSError, UnicodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         return fail(f"cannot connect to {args.host}:{args.port}: {reason}")
     color = not args.no_color and not os.environ.get("NO_COLOR")
     client = ChatClient(sock, args.nick, ui, timestamps=args.timestamps,
-                        server=f"{args.host}:{args.port}", bell=args.bell, log=log)
+                        server=f"{args.host}:{args.port}", bell=args.bell, log=log,
+                        reconnect=lambda: connect(args.host, args.port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         ui_backend.start(ui, color=color)

@@ -437,7 +437,23 @@ def parse_client_message(payload: bytes) -> Message:
 
 def parse_server_message(payload: bytes) -> Message:
     """Validate a payload a server sent; raise ProtocolError if it is bad."""
-    return _build(SERVER_MESSAGES, decode_object(payload))
+    return parse_server_packet(payload)[0]
+
+
+
+def parse_server_packet(payload: bytes) -> tuple[Message, dict[str, Any]]:
+    """Like parse_server_message, plus the session fields the packet
+    carries (id, time, history), checked; unknown fields are ignored."""
+    obj = decode_object(payload)
+    message = _build(SERVER_MESSAGES, obj)
+    meta: dict[str, Any] = {}
+    if isinstance(obj.get("id"), str) and len(obj["id"]) <= 200:
+        meta["id"] = obj["id"]
+    if isinstance(obj.get("time"), (int, float)) and not isinstance(obj.get("time"), bool):
+        meta["time"] = float(obj["time"])
+    if obj.get("history") is True:
+        meta["history"] = True
+    return message, meta
 
 
 def encode(message: Message, **extra: Any) -> bytes:

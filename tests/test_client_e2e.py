@@ -13,7 +13,8 @@ import pexpect
 import pytest
 
 import chat_protocol as proto
-from tests.support import DEFAULT_TIMEOUT, ROOT, chat_from, join, leave, wait_for
+from tests.support import (DEFAULT_TIMEOUT, ROOT, RawClient, ServerProcess, chat_from, join,
+                           leave, wait_for)
 from tests.terminal import TerminalClient, cooked_mode_with_echo, with_chris
 
 
@@ -66,8 +67,8 @@ def test_hello_first_then_exact_chat_packet_and_quit_sends_nothing(terminal, scr
     term = terminal("pat", port=scripted.port)
     wait_for(lambda: scripted.packets(), describe=term.describe)
     raw = bytes(scripted.received)
-    assert json.loads(raw[2:2 + int.from_bytes(raw[:2], "big")]) == {"type": "hello",
-                                                                      "nick": "pat"}
+    assert json.loads(raw[2:2 + int.from_bytes(raw[:2], "big")]) == {
+        "type": "hello", "nick": "pat", "session": True}  # always asks; this server never grants
     scripted.send({"type": "join", "nick": "pat"})
     term.wait_for_text("*** pat has joined the chat")
     term.say("hello, world")
@@ -170,14 +171,27 @@ def test_ctrl_d_with_text_deletes_instead_of_quitting(terminal, connect):
     chris.expect(chat_from("pat", "bc"))
 
 
-def test_server_going_away_ends_the_client(server, terminal):
-    term = terminal("pat", then_stty=True)
+def test_a_restarted_server_is_reconnected_to_with_the_line_kept(server, terminal):
+    term = terminal("pat")
     term.wait_for_prompt()
+    term.type("half")
+    port = server.port
     server.stop()
-    status, stty = term.wait_exit_status_line()
-    assert status == 1
-    assert "disconnected from server" in term.text
-    assert cooked_mode_with_echo(stty), stty
+    term.wait_for_text("*** connection lost; reconnecting...")
+    term.wait_for_prompt("half")
+    term.key("enter")
+    term.wait_for_text("*** not connected: that was not sent (Up brings it back)")
+    again = ServerProcess(port=port)
+    try:
+        watcher = RawClient(again.port, "watcher")
+        term.wait_for_text("*** reconnected; messages sent while you were away are lost",
+                           timeout=20)
+        term.key("up")
+        term.wait_for_prompt("half")
+        term.key("enter")
+        watcher.expect(chat_from("pat", "half"))
+    finally:
+        again.cleanup()
 
 
 CRASH_ON_INPUT = """

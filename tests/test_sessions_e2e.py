@@ -1,0 +1,99 @@
+"""The terminal client's sessions in a real pty (both UIs): a dropped
+connection is resumed unseen, with the missed messages shown once."""
+
+import socket
+import threading
+
+from tests.support import chat_from, join, wait_for
+from tests.test_client_e2e import scripted  # noqa: F401  (fixture)
+
+
+class CuttableProxy:
+    """Forwards loopback connections to a port; cut() resets them all and
+    stops listening until reopen(), as a network outage would."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.port = 0
+        self.pairs = []
+        self.listener = None
+        self.reopen()
+
+    def reopen(self):
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.pairs.append((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self):
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept()
+        except OSError:
+            pass
+        self.listener.close()
+        for pair in self.pairs:
+            for sock in pair:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked reading it
+                except OSError:
+                    pass
+                sock.close()
+        self.pairs = []
+
+
+def test_a_dropped_connection_resumes_unseen_with_the_missed_lines(server, terminal, connect):
+    proxy = CuttableProxy(server.port)
+    try:
+        term = terminal("pat", port=proxy.port)
+        term.wait_for_text("*** pat has joined the chat")
+        chris = connect("chris")
+        term.wait_for_text("*** chris has joined the chat")
+        term.type("half typed")
+        proxy.cut()
+        term.wait_for_text("*** connection lost; reconnecting...")
+        wait_for(lambda: "detach pat" in server.log_text(), describe=server.log_text)
+        chris.chat("while you were away")
+        chris.send({"type": "dm", "to": "pat", "message": "psst"})
+        proxy.reopen()
+        term.wait_for_text("*** reconnected", timeout=20)
+        term.wait_for_text("chris -> pat: psst")
+        assert term.text.count("chris: while you were away") == 1
+        assert "lost" not in term.lines[-3]
+        term.wait_for_prompt("half typed")
+        term.key("enter")
+        chris.expect(chat_from("pat", "half typed"))
+        assert [m for m in chris.received if m.get("nick") == "pat"
+                and m["type"] in ("join", "leave")] == []
+        assert join("pat") not in chris.received
+    finally:
+        proxy.cut()
+
+
+def test_q_sends_quit_to_a_server_that_granted_a_session(terminal, scripted):  # noqa: F811
+    term = terminal("pat", port=scripted.port)
+    wait_for(lambda: scripted.packets(), describe=term.describe)
+    scripted.send({"type": "join", "nick": "pat", "id": "1", "time": 1.0})
+    scripted.send({"type": "session", "token": "secret-token", "grace": 60})
+    term.wait_for_text("*** pat has joined the chat")
+    term.say("/q")
+    assert term.wait_exit() == 0
+    wait_for(lambda: {"type": "quit"} in scripted.packets(), describe=term.describe)
+    assert "secret-token" not in term.text
