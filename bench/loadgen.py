@@ -162,7 +162,7 @@ class Swarm:
         self.last_receive_ns = 0
 
     def connect(self, nick: str, reading: bool = True, rcvbuf: int = 0,
-                source: str | None = None) -> Client:
+                source: str | None = None, hello: proto.Message | None = None) -> Client:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -170,7 +170,7 @@ class Swarm:
             sock.bind((source, 0))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.connect(("127.0.0.1", self.port))
-        sock.sendall(proto.encode(proto.Hello(nick)))
+        sock.sendall(proto.encode(hello or proto.Hello(nick)))
         sock.setblocking(False)
         client = Client(sock, nick)
         client.reading = reading
@@ -234,6 +234,16 @@ class Swarm:
             wait = tick() if tick else 0.05
             self.poll(0.05 if wait is None else wait)
         return True
+
+    def drop(self, client: Client) -> None:
+        """Reset one connection (RST, as a dead network would look)."""
+        try:
+            self.selector.unregister(client.sock)
+        except (KeyError, ValueError):
+            pass
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        client.sock.close()
+        client.closed = True
 
     def close(self) -> None:
         for client in self.clients:

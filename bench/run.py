@@ -26,7 +26,7 @@ from attack import start_attack  # noqa: E402
 from loadgen import (ROOT, Cluster, Server, Swarm, chat_size, join_size,  # noqa: E402
                      own_cpu_seconds, proto, raise_open_file_limit)
 
-SCENARIOS = ("connect", "fanout", "latency", "slow-reader", "abuse", "client")
+SCENARIOS = ("connect", "fanout", "latency", "slow-reader", "abuse", "resume", "client")
 DEFAULT_SIZES = {"connect": [1000, 5000, 10000], "fanout": [10, 100, 1000]}
 FDS_PER_CLIENT = 1  # each process (generator, server) holds one socket per client
 
@@ -309,6 +309,67 @@ def scenario_abuse(clients: int = 100, crowd: int = 200, rate: int = 200,
         server.stop()
 
 
+def scenario_resume(clients: int = 1000, before: int = 100, during: int = 100) -> dict:
+    """Session clients, all reset at once while someone keeps talking, then
+    all resuming: how long until every one has resumed, and did each see
+    every message exactly once across its two connections?"""
+    raise_open_file_limit()
+    server = Server()
+    swarm = Swarm(server.port)
+    try:
+        seen: dict[str, list[bytes]] = {}
+        tokens: dict[str, str] = {}
+        last: dict[str, str] = {}
+        resumed: set[str] = set()
+
+        def record(client, payloads, now_ns) -> None:
+            for payload in payloads:
+                obj = json.loads(payload)
+                if "id" in obj:
+                    last[client.nick] = obj["id"]
+                if obj["type"] == "session":
+                    tokens[client.nick] = obj["token"]
+                elif obj["type"] == "resumed":
+                    resumed.add(client.nick)
+                elif obj["type"] == "chat":
+                    seen[client.nick].append(obj["message"])
+
+        def session_client(nick: str, **resume) -> None:
+            client = swarm.connect(nick, hello=proto.Hello(nick, session=True, **resume))
+            client.decoder = proto.PacketDecoder()
+            client.on_payloads = record
+            seen.setdefault(nick, [])
+
+        nicks = [f"s{i:05d}" for i in range(clients)]
+        for nick in nicks:
+            session_client(nick)
+        talker = swarm.connect("talker", reading=False)
+        if not swarm.run_until(lambda: len(tokens) == clients, 60):
+            return {"error": "not every client got its session"}
+        said = [f"message {i:05d}" for i in range(before + during)]
+        swarm.send(talker, b"".join(proto.encode(proto.Chat(t)) for t in said[:before]))
+        swarm.run_until(lambda: all(len(seen[n]) >= before // 2 for n in nicks), 30)
+        for client in list(swarm.clients):
+            if client.nick != "talker":
+                swarm.drop(client)
+        swarm.send(talker, b"".join(proto.encode(proto.Chat(t)) for t in said[before:]))
+        started = time.perf_counter()
+        for nick in nicks:
+            session_client(nick, resume=tokens[nick], after=last[nick])
+        all_back = swarm.run_until(lambda: len(resumed) == clients, 120)
+        back_in = time.perf_counter() - started
+        swarm.run_until(lambda: all(len(seen[n]) >= len(said) for n in nicks), 60)
+        missed = sum(len(set(said) - set(seen[n])) for n in nicks)
+        duplicated = sum(len(seen[n]) - len(set(seen[n])) for n in nicks)
+        return {"clients": clients, "all_resumed": all_back,
+                "seconds_until_all_resumed": round(back_in, 3),
+                "messages_each": len(said), "missed": missed, "duplicated": duplicated,
+                "in_order": all(seen[n] == said for n in nicks)}
+    finally:
+        swarm.close()
+        server.stop()
+
+
 def paced_text(sender: int, seq: int, sent_ns: int) -> str:
     return f"{sender:03d} {seq:07d} {sent_ns:019d} {PAD}"
 
@@ -423,6 +484,9 @@ def main(argv=None) -> int:
                     report(name, figures)
         elif scenario == "abuse":
             results[scenario] = scenario_abuse(seconds=args.seconds)
+            report(scenario, results[scenario])
+        elif scenario == "resume":
+            results[scenario] = scenario_resume()
             report(scenario, results[scenario])
         elif scenario in ("latency", "slow-reader"):
             figures = scenario_latency(rate=args.rate, seconds=args.seconds,
