@@ -5,7 +5,7 @@ bounded in time: a slowloris (up to 300 connections that never finish
 their hello, replaced as the server closes them), a flooder (maximum-size
 chats as fast as the server takes them; it reads its echoes so that only
 the rate limit slows it), and a who amplifier (963 who requests per write,
-again and again).  Counts what it managed and reports them.
+again and again, in the benchmark's crowded room).  Counts what it managed and reports them.
 """
 
 from __future__ import annotations
@@ -114,21 +114,21 @@ def flooder(port: int, deadline: float, add) -> None:
            deadline, add)
 
 
-def amplifier(port: int, deadline: float, add) -> None:
+def amplifier(port: int, deadline: float, add, room: str = "crowd") -> None:
     requests = proto.encode(proto.WhoRequest()) * 963
     pester(port, AMPLIFIER, "amplifier", requests, "who_requests_sent", 963,
-           "amplifier_connections", deadline, add)
+           "amplifier_connections", deadline, add, first=proto.encode(proto.EnterRoom(room)))
 
 
 def pester(port: int, source: str, nick: str, data: bytes, sent_key: str, per_send: int,
-           connections_key: str, deadline: float, add) -> None:
-    """Say hello, then send ``data`` again and again until the deadline
-    (reading whatever comes back); reconnect if the server drops us."""
+           connections_key: str, deadline: float, add, first: bytes = b"") -> None:
+    """Say hello (and ``first``), then send ``data`` again and again until
+    the deadline (reading whatever comes back); reconnect if dropped."""
     while time.monotonic() < deadline:
         try:
             sock = connect(port, source)
             sock.settimeout(None)  # blocks while the server is not reading us: the point
-            sock.sendall(proto.encode(proto.Hello(nick)))
+            sock.sendall(proto.encode(proto.Hello(nick)) + first)
             add(connections_key)
             threading.Thread(target=drain, args=(sock,), daemon=True).start()
             while time.monotonic() < deadline:

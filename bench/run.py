@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attack import start_attack  # noqa: E402
+from attack import start_attack  # noqa: E402  (after the path is set)
 from loadgen import (ROOT, Cluster, Server, Swarm, chat_size, join_size,  # noqa: E402
                      own_cpu_seconds, proto, raise_open_file_limit)
 
@@ -273,13 +273,14 @@ def paced_run(server, swarm: Swarm, readers: list, senders: list, rate: float,
     return figures, seen, rss_samples
 
 
-def scenario_abuse(clients: int = 100, crowd: int = 200, rate: int = 200,
+def scenario_abuse(clients: int = 100, crowd: int = 1000, rate: int = 200,
                    seconds: float = 5.0, senders: int = 50) -> dict:
     """Ordinary users beside a slowloris, a flooder and a who amplifier,
     against the server's default limits.  Each ordinary client has its own
     loopback address (as users on the internet would); the attackers use
-    one address each.  Latency and drops are measured without, then with
-    the attack."""
+    one address each.  A crowd of idle users sits in a room of its own,
+    where the amplifier asks who is there.  Latency and drops of the
+    ordinary users are measured without, then with the attack."""
     raise_open_file_limit()
     server = Server(limits=True)
     swarm = Swarm(server.port)
@@ -290,6 +291,9 @@ def scenario_abuse(clients: int = 100, crowd: int = 200, rate: int = 200,
         if not join_everyone(swarm, nicks, sources=sources):
             return {"error": "joins did not all arrive"}
         readers = swarm.clients[:clients]
+        for member in swarm.clients[clients:]:  # who there is costly; the flood is not theirs
+            swarm.send(member, proto.encode(proto.EnterRoom(CROWD_ROOM)))
+        settle(swarm)
         results = {"clients": clients, "crowd": crowd, "offered_messages_per_second": rate}
         for phase in ("quiet", "attack"):
             if phase == "attack":
@@ -368,6 +372,9 @@ def scenario_resume(clients: int = 1000, before: int = 100, during: int = 100) -
     finally:
         swarm.close()
         server.stop()
+
+
+CROWD_ROOM = "crowd"
 
 
 def paced_text(sender: int, seq: int, sent_ns: int) -> str:
