@@ -3,6 +3,8 @@ selectors loop, plus the server process it measures.
 
 Receivers count bytes rather than parse packets where the size of every
 expected packet is known, so the generator stays cheap next to the server.
+The servers log at WARNING into a temporary file that is removed at the end;
+CHAT_BENCH_LOG_LEVEL=INFO and CHAT_BENCH_KEEP_LOGS=1 keep more, for digging.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Server:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "chat_server.py"), str(port), "--host", "127.0.0.1",
-             "--log-level", "WARNING", *extra],
+             "--log-level", os.environ.get("CHAT_BENCH_LOG_LEVEL", "WARNING"), *extra],
             stdout=subprocess.DEVNULL, stderr=self.log, cwd=ROOT)
         self.port = int(self._wait_for(r"listening on \S+:(\d+)"))
 
@@ -76,7 +78,8 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-        self.log_path.unlink(missing_ok=True)
+        if not os.environ.get("CHAT_BENCH_KEEP_LOGS"):
+            self.log_path.unlink(missing_ok=True)
 
 
 class Cluster:

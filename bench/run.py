@@ -298,7 +298,7 @@ def scenario_abuse(clients: int = 100, crowd: int = 1000, rate: int = 200,
         for phase in ("quiet", "attack"):
             if phase == "attack":
                 attack = start_attack(server.port, seconds + 10)
-                time.sleep(1.0)  # let it ramp up
+                swarm.run_until(lambda: False, 1.0)  # let it ramp up, reading meanwhile
             figures, _, _ = paced_run(server, swarm, readers, readers[:senders], rate, seconds)
             results[phase] = {key: figures[key] for key in (
                 "p50_ms", "p99_ms", "max_ms", "exactly_once_in_order", "readers_dropped",
