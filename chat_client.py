@@ -155,6 +155,7 @@ class ChatClient:
         self.phase = "joining"             # joining, live, resuming, fresh
         self.connected = True
         self.stopping = threading.Event()  # the user quit: stop reconnecting
+        self.retry_delay = RECONNECT_FIRST  # grows until a reconnection goes live
         self.nick = nick
         self.ui = ui
         self.timestamps = timestamps
@@ -347,12 +348,14 @@ class ChatClient:
 
     def reconnect(self) -> bool:
         """Open the connection again, with backoff, until it works or the
-        user quits (False); say hello with the session to resume, if any."""
+        user quits (False); say hello with the session to resume, if any.
+        A hello refused after a reconnection (the nick still held, say by a
+        dead cluster node not yet noticed) is retried the same way."""
         if self.phase == "live":
             self.show(info("connection lost; reconnecting..."))
-        delay = RECONNECT_FIRST
-        while not self.stopping.wait(delay):
-            delay = min(RECONNECT_MAX, delay * 2)
+            self.retry_delay = RECONNECT_FIRST
+        while not self.stopping.wait(self.retry_delay):
+            self.retry_delay = min(RECONNECT_MAX, self.retry_delay * 2)
             try:
                 sock = self.open_connection()
             except OSError:
@@ -449,8 +452,8 @@ class ChatClient:
                 self.nicks[proto.name_key(nick)] = nick
         elif isinstance(message, proto.EnteredRoom) and message.nick == self.nick:
             self.room = message.room
-        elif isinstance(message, proto.Error) and self.phase in ("joining", "fresh"):
-            self.rejected = message.message
+        elif isinstance(message, proto.Error) and self.phase == "joining":
+            self.rejected = message.message  # after a reconnection: retried instead
 
 
 # --------------------------------------------------------------------------

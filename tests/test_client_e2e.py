@@ -194,6 +194,29 @@ def test_a_restarted_server_is_reconnected_to_with_the_line_kept(server, termina
         again.cleanup()
 
 
+def test_a_nick_held_after_a_reconnection_is_waited_for_not_fatal(server, terminal):
+    term = terminal("pat")
+    term.wait_for_prompt()
+    port = server.port
+    server.stop()
+    term.wait_for_text("*** connection lost; reconnecting...")
+    again = ServerProcess(port=port)
+    try:
+        squatter = RawClient(again.port, "pat")
+        squatter.expect(join("pat"))
+        term.wait_for_text("already taken", timeout=20)
+        squatter.close()
+        term.wait_for_text("*** reconnected; messages sent while you were away are lost",
+                           timeout=30)
+        term.say("back")
+        watcher = RawClient(again.port, "watcher")
+        watcher.expect(join("watcher"))
+        term.say("still here")
+        watcher.expect(chat_from("pat", "still here"))
+    finally:
+        again.cleanup()
+
+
 CRASH_ON_INPUT = """
 import sys
 import chat_client
