@@ -61,7 +61,9 @@ def format_message(message: proto.Message) -> list[Segment] | None:
     if isinstance(message, proto.EmoteFrom):
         return [("[", None), nick_segment(message.nick), (f" {message.message}]", None)]
     if isinstance(message, proto.WhoList):
-        return info(f"in {message.room}: {', '.join(message.nicks)}")
+        away = message.away or {}
+        names = [f"{nick} (away)" if nick in away else nick for nick in message.nicks]
+        return info(f"in {message.room}: {', '.join(names)}")
     if isinstance(message, proto.EnteredRoom):
         return info(f"{message.nick} entered room {message.room}")
     if isinstance(message, proto.ExitedRoom):
@@ -105,6 +107,12 @@ def _command_table() -> dict[str, Command]:
                           lambda c, a: c.enter_room(proto.LOBBY)),
         "/rooms": Command("/rooms", "list rooms and how many are in each",
                           lambda c, a: c.send(proto.RoomsRequest())),
+        "/away": Command("/away [TEXT]", "say you are away (no TEXT: back)",
+                         lambda c, a: c.send(proto.Away(a))),
+        "/ignore": Command("/ignore [NICK]", "hide NICK's messages (no NICK: list)",
+                           lambda c, a: c.ignore(a)),
+        "/unignore": Command("/unignore NICK", "show NICK's messages again",
+                             lambda c, a: c.unignore(a)),
         "/help": Command("/help", "show this list", lambda c, a: c.show_help()),
     }
 
@@ -156,6 +164,7 @@ class ChatClient:
         self.connected = True
         self.stopping = threading.Event()  # the user quit: stop reconnecting
         self.retry_delay = RECONNECT_FIRST  # grows until a reconnection goes live
+        self.ignored: dict[str, str] = {}   # name_key -> nick, hidden here
         self.nick = nick
         self.ui = ui
         self.timestamps = timestamps
@@ -250,6 +259,31 @@ class ChatClient:
             self.show(info(f"room name {problem}; usage: /join ROOM"))
             return
         self.send(proto.EnterRoom(room))
+
+    def ignore(self, nick: str) -> None:
+        """Hide a nick's chat, emotes and DMs here (the server knows nothing)."""
+        if not nick:
+            names = sorted(self.ignored.values(), key=str.casefold)
+            self.show(info(f"ignoring: {', '.join(names)}" if names else "ignoring nobody"))
+            return
+        self.ignored[proto.name_key(nick)] = nick
+        self.show(info(f"ignoring {nick}"))
+
+    def unignore(self, nick: str) -> None:
+        if not nick:
+            self.usage("/unignore")
+        elif self.ignored.pop(proto.name_key(nick), None) is None:
+            self.show(info(f"not ignoring {nick}"))
+        else:
+            self.show(info(f"no longer ignoring {nick}"))
+
+    def hides(self, message: proto.Message) -> bool:
+        """Whether an ignored nick said this (chat, emote or DM)."""
+        if isinstance(message, (proto.ChatFrom, proto.EmoteFrom)):
+            return proto.name_key(message.nick) in self.ignored
+        if isinstance(message, proto.DirectFrom):
+            return proto.name_key(message.sender) in self.ignored
+        return False
 
     def show_help(self) -> None:
         rows = [(c.usage, c.summary) for c in COMMANDS.values()]
@@ -402,6 +436,8 @@ class ChatClient:
         if self.follow_session(message):
             return
         self.track(message)
+        if self.hides(message):
+            return
         segments = format_message(message)
         if segments is None:
             return

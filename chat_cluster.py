@@ -172,6 +172,14 @@ class RemoteDirect(NodeEvent):
 
 
 @dataclass(frozen=True)
+class RemoteAway(NodeEvent):
+    """A user is away with a message (empty: back)."""
+    KIND = "away"
+    nick: Name
+    message: Text
+
+
+@dataclass(frozen=True)
 class RemotePresence(NodeEvent):
     """The whole list of a node's users (nick -> room)."""
     KIND = "presence"
@@ -180,7 +188,7 @@ class RemotePresence(NodeEvent):
 
 NODE_EVENTS: dict[str, type[NodeEvent]] = {
     cls.KIND: cls for cls in (RemoteJoin, RemoteLeave, RemoteMove, RemoteSpeech,
-                              RemoteDirect, RemotePresence)
+                              RemoteDirect, RemoteAway, RemotePresence)
 }
 NODE_EVENT_CHECKS = {cls: cls.checks() for cls in NODE_EVENTS.values()}
 

@@ -40,6 +40,7 @@ from chat_delivery import Outlet
 log = logging.getLogger("chat_core")
 
 MISTAKES_LOGGED = 5  # a client's mistakes logged before the rest go unlogged
+MAX_AWAY = 300       # characters of an away message
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Client:
     """The chat's view of one connection."""
 
     __slots__ = ("outlet", "peer", "address", "state", "nick", "room", "held", "held_bytes",
-                 "paused", "tokens", "refilled", "mistakes", "token", "joined_id", "missed", "expires")
+                 "paused", "tokens", "refilled", "mistakes", "token", "joined_id", "missed", "expires", "away")
 
     def __init__(self, outlet: Outlet, peer: str, address: str | None, now: float,
                  burst: int) -> None:
@@ -152,6 +153,7 @@ class Client:
         self.joined_id = 0             # the log entry of its join
         self.missed = 0                # bytes it would have received while detached
         self.expires = 0.0             # when a detached session ends
+        self.away: str | None = None   # the away message, while away
 
     def become(self, state: State) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -165,10 +167,11 @@ class Client:
 class RemoteUser:
     """A user on another node of the cluster."""
 
-    __slots__ = ("nick", "node", "room")
+    __slots__ = ("nick", "node", "room", "away")
 
     def __init__(self, nick: str, node: str, room: str) -> None:
         self.nick, self.node, self.room = nick, node, room
+        self.away: str | None = None
 
 
 # The one dispatch table from message class to handler, filled by @handles
@@ -655,14 +658,38 @@ class ChatCore:
         if target is None:
             self.link.publish(cluster.RemoteDirect(client.nick, to, dm.message))
         self.send_event([c for c in (target, client) if c is not None], message)
+        away = (target or remote).away
+        if away and target is not client:
+            self.send(client, proto.Info(f"{to} is away: {away}"))
+
+    @handles(proto.Away)
+    def on_away(self, client: Client, away: proto.Away) -> None:
+        """Away with a message; an empty one means back."""
+        text = away.message.strip()
+        if len(text) > MAX_AWAY:
+            self.send(client, proto.Error(f"away message too long (at most {MAX_AWAY} "
+                                          "characters)"))
+            return
+        client.away = text or None
+        self.send(client, proto.Info(f"you are away: {text}" if text else "you are back"))
+        if self.link:
+            self.link.publish(cluster.RemoteAway(client.nick, text))
 
     @handles(proto.WhoRequest)
     def on_who(self, client: Client, _: proto.WhoRequest) -> None:
         room = client.room
-        nicks = [c.nick for c in room.members]
-        nicks += [u.nick for u in self.remote.values() if proto.name_key(u.room) == room.key]
-        nicks.sort(key=display_order)
-        for packet in list_packets(lambda part: proto.WhoList(room.name, part), nicks):
+        users = list(room.members)
+        users += [u for u in self.remote.values() if proto.name_key(u.room) == room.key]
+        users.sort(key=lambda user: display_order(user.nick))
+        away = {user.nick: user.away for user in users if user.away}
+
+        def who(part: tuple) -> proto.WhoList:
+            marks = {nick: away[nick] for nick in part if nick in away}
+            return proto.WhoList(room.name, part, marks or None)
+
+        for packet in list_packets(who, [user.nick for user in users],
+                                   lambda nick: len(json_text(nick)) + 2 + len(
+                                       json_text(away[nick])) if nick in away else 0):
             self.send(client, packet)
 
     @handles(proto.RoomsRequest)
@@ -817,6 +844,12 @@ class ChatCore:
             self.logged.add((what, node))
             log.warning("cluster: %s (from %s; logged once)", what, node[:40])
 
+    @applies(cluster.RemoteAway)
+    def on_remote_away(self, event: cluster.RemoteAway) -> None:
+        user = self.owned_by(event.nick, event.node)
+        if user is not None:
+            user.away = event.message[:MAX_AWAY] or None
+
     @applies(cluster.RemotePresence)
     def on_remote_presence(self, event: cluster.RemotePresence) -> None:
         self.sync_node(event.node, event.users)
@@ -933,16 +966,21 @@ def address_key(host: str) -> str:
     return str(address)
 
 
-def list_packets(make: Callable[[tuple], proto.Message], items: list) -> list[bytes]:
+def json_text(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def list_packets(make: Callable[[tuple], proto.Message], items: list,
+                 extra: Callable[[Any], int] = lambda item: 0) -> list[bytes]:
     """A list reply (who, rooms) as whole packets: as many items in each as
-    fit in 65,535 bytes of UTF-8, every item once, in order."""
-    room = proto.MAX_PAYLOAD + proto.HEADER_SIZE - len(proto.encode(make(())))
+    fit in 65,535 bytes of UTF-8, every item once, in order.  ``extra`` is
+    what an item adds elsewhere in the packet (a who's away message)."""
+    room = proto.MAX_PAYLOAD + proto.HEADER_SIZE - len(proto.encode(make(()))) - 16
     packets: list[bytes] = []
     part: list = []
     used = 0
     for item in items:
-        size = len(json.dumps(proto.to_json(item), ensure_ascii=False,
-                              separators=(",", ":")).encode("utf-8"))
+        size = len(json_text(proto.to_json(item))) + extra(item)
         if part and used + 1 + size > room:
             packets.append(proto.encode(make(tuple(part))))
             part, used = [], 0

@@ -160,6 +160,12 @@ def _check_number(value: Any, field: str) -> float:
     return value
 
 
+def _check_text_map(value: Any, field: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise InvalidMessage(f'field "{field}" must be an object')
+    return {_check_text(k, field): _check_text(v, field) for k, v in value.items()}
+
+
 def _check_text_list(value: Any, field: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise InvalidMessage(f'field "{field}" must be a list')
@@ -254,6 +260,14 @@ class Hello(Message):
     session: bool = False
     resume: str | None = None
     after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Away(Message):
+    """Away with a message, or back when it is empty."""
+    TYPE = "away"
+    CHECKS = {"message": _check_text}
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,10 +373,13 @@ class EmoteFrom(Message):
 
 @dataclass(frozen=True, slots=True)
 class WhoList(Message):
+    """``away``: nick -> away message, for those in the list who are away."""
     TYPE = "who"
     CHECKS = {"room": _check_text, "nicks": _check_text_list}
+    OPTIONAL = {"away": lambda value, field: _check_text_map(value, field)}
     room: str
     nicks: tuple[str, ...]
+    away: dict | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +422,8 @@ class RoomList(Message):
 
 CLIENT_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Chat, SendDirect, Emote, WhoRequest, EnterRoom, RoomsRequest, Quit)
+    for cls in (Hello, Chat, SendDirect, Emote, WhoRequest, EnterRoom, RoomsRequest, Quit,
+                Away)
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls

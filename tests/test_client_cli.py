@@ -95,6 +95,8 @@ def text_of(message):
     (proto.DirectFrom("pat", "chris", "psst"), "pat -> chris: psst"),
     (proto.EmoteFrom("pat", "waves"), "[pat waves]"),
     (proto.WhoList("lobby", ("chris", "pat")), "*** in lobby: chris, pat"),
+    (proto.WhoList("lobby", ("chris", "pat"), {"chris": "lunch"}),
+     "*** in lobby: chris (away), pat"),
     (proto.EnteredRoom("pat", "games"), "*** pat entered room games"),
     (proto.ExitedRoom("pat", "lobby"), "*** pat left room lobby"),
     (proto.RoomList((proto.RoomCount("lobby", 3), proto.RoomCount("games", 1))),

@@ -469,3 +469,19 @@ def test_a_malformed_redis_url_is_refused_at_start_up(url):
 def run_server(*args, input=None):
     return subprocess.run([sys.executable, "chat_server.py", "0", "--host", "127.0.0.1", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=30, input=input)
+
+
+def test_away_is_seen_in_who_on_every_node(nodes, client):
+    a_node, b_node = nodes(2)
+    ann, bob = client(a_node, "ann"), client(b_node, "bob")
+    ann.expect(join("bob"))
+    bob.send({"type": "away", "message": "lunch"})
+    bob.expect({"type": "info", "message": "you are away: lunch"})
+
+    def ann_sees_it():
+        ann.send({"type": "who"})
+        return ann.expect(lambda m: m["type"] == "who").get("away") == {"bob": "lunch"}
+
+    wait_for(ann_sees_it, timeout=10, interval=0.1)
+    ann.send({"type": "dm", "to": "bob", "message": "there?"})
+    ann.expect({"type": "info", "message": "bob is away: lunch"})

@@ -79,3 +79,24 @@ def test_unknown_command_is_answered_locally(terminal, connect):
     term.say("//dance is a chat")
     chris.expect(chat_from("pat", "/dance is a chat"))
     assert not any(m.get("message", "").startswith("dance") for m in chris.received)
+
+
+def test_away_and_ignore(terminal, connect):
+    term, chris = ready(terminal, connect)
+    term.say("/away lunch")
+    term.wait_for_text("*** you are away: lunch")
+    chris.send({"type": "dm", "to": "pat", "message": "there?"})
+    chris.expect({"type": "info", "message": "pat is away: lunch"})
+    term.say("/who")
+    term.wait_for_text("*** in lobby: chris, pat (away)")
+    term.say("/ignore chris")
+    term.wait_for_text("*** ignoring chris")
+    chris.chat("you cannot see this")
+    chris.send({"type": "emote", "message": "waves unseen"})
+    term.say("/ignore")
+    term.wait_for_text("*** ignoring: chris")
+    term.say("/unignore chris")
+    term.wait_for_text("*** no longer ignoring chris")
+    chris.chat("now you can")
+    term.wait_for_text("chris: now you can")
+    assert "cannot see" not in term.text and "waves unseen" not in term.text

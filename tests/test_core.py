@@ -634,3 +634,41 @@ def test_room_names_follow_the_same_rules(chat):
     assert "mixes Cyrillic and Latin" in error_of(chat.received(chris))
     chat.send(chris, {"type": "enter", "room": "\uff47\uff41\uff4d\uff45\uff53"})
     assert chat.received(chris)[-1] == enter("chris", "games")
+
+
+# ---- away ----
+
+def test_away_shows_in_who_and_tells_a_dms_sender(chat):
+    pat, chris = chat.joined("pat", "chris")
+    chat.send(chris, {"type": "away", "message": "lunch"})
+    assert chat.received(chris) == [{"type": "info", "message": "you are away: lunch"}]
+    chat.send(pat, {"type": "who"})
+    assert chat.received(pat) == [{"type": "who", "room": "lobby", "nicks": ["chris", "pat"],
+                                   "away": {"chris": "lunch"}}]
+    chat.send(pat, {"type": "dm", "to": "chris", "message": "there?"})
+    assert chat.received(pat) == [dm("pat", "chris", "there?"),
+                                  {"type": "info", "message": "chris is away: lunch"}]
+    chat.send(chris, {"type": "away", "message": ""})
+    assert chat.received(chris)[-1] == {"type": "info", "message": "you are back"}
+    chat.send(pat, {"type": "who"})
+    assert "away" not in chat.received(pat)[-1]
+
+
+def test_an_overlong_away_message_is_refused(chat):
+    (pat,) = chat.joined("pat")
+    chat.send(pat, {"type": "away", "message": "z" * 301})
+    assert "too long" in error_of(chat.received(pat))
+
+
+def test_away_travels_to_other_nodes_and_comes_back_from_them(node):
+    pat = node.connect("pat")
+    grant(node, pat, "pat")
+    node.received(pat)
+    node.send(pat, {"type": "away", "message": "brb"})
+    assert ("publish", cluster.RemoteAway("pat", "brb")) in node.core.link.calls
+    for event in (cluster.RemoteJoin("bob", "lobby", node="b1"),
+                  cluster.RemoteAway("bob", "out", node="b1"),
+                  cluster.RemoteAway("pat", "forged", node="b1")):
+        node.core.cluster_event(event, node.now)
+    node.send(pat, {"type": "who"})
+    assert node.received(pat)[-1]["away"] == {"bob": "out", "pat": "brb"}
