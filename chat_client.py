@@ -68,6 +68,8 @@ def format_message(message: proto.Message) -> list[Segment] | None:
         return info(f"{message.nick} entered room {message.room}")
     if isinstance(message, proto.ExitedRoom):
         return info(f"{message.nick} left room {message.room}")
+    if isinstance(message, proto.NickChanged):
+        return info(f"{message.old} is now known as {message.nick}")
     if isinstance(message, proto.RoomList):
         rooms = ", ".join(f"{room.name} ({room.count})" for room in message.rooms)
         return info(f"rooms: {rooms}")
@@ -107,6 +109,7 @@ def _command_table() -> dict[str, Command]:
                           lambda c, a: c.enter_room(proto.LOBBY)),
         "/rooms": Command("/rooms", "list rooms and how many are in each",
                           lambda c, a: c.send(proto.RoomsRequest())),
+        "/nick": Command("/nick NEW", "change your nick", lambda c, a: c.change_nick(a)),
         "/away": Command("/away [TEXT]", "say you are away (no TEXT: back)",
                          lambda c, a: c.send(proto.Away(a))),
         "/ignore": Command("/ignore [NICK]", "hide NICK's messages (no NICK: list)",
@@ -259,6 +262,14 @@ class ChatClient:
             self.show(info(f"room name {problem}; usage: /join ROOM"))
             return
         self.send(proto.EnterRoom(room))
+
+    def change_nick(self, nick: str) -> None:
+        nick = proto.normalize(nick)
+        problem = proto.name_problem(nick) if nick else "is missing"
+        if problem:
+            self.show(info(f"nick {problem}; usage: /nick NEW"))
+            return
+        self.send(proto.ChangeNick(nick))
 
     def ignore(self, nick: str) -> None:
         """Hide a nick's chat, emotes and DMs here (the server knows nothing)."""
@@ -483,6 +494,11 @@ class ChatClient:
                 self.phase = "live"
         elif isinstance(message, proto.Left):
             self.nicks.pop(proto.name_key(message.nick), None)
+        elif isinstance(message, proto.NickChanged):
+            self.nicks.pop(proto.name_key(message.old), None)
+            self.nicks[proto.name_key(message.nick)] = message.nick
+            if message.old == self.nick:
+                self.nick = message.nick  # the prompt and any reconnection use it
         elif isinstance(message, proto.WhoList):
             for nick in message.nicks:
                 self.nicks[proto.name_key(nick)] = nick

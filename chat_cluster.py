@@ -63,6 +63,15 @@ RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+RENAME_SCRIPT = """
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
+  return 0
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
 MAX_BACKOFF = 2.0
 STREAM_MAXLEN = 100_000     # events kept in the stream (approximately)
 READ_COUNT = 1000           # events taken per XREAD
@@ -172,6 +181,14 @@ class RemoteDirect(NodeEvent):
 
 
 @dataclass(frozen=True)
+class RemoteRename(NodeEvent):
+    """A user of the node is now known as ``new``."""
+    KIND = "rename"
+    old: Name
+    new: Name
+
+
+@dataclass(frozen=True)
 class RemoteAway(NodeEvent):
     """A user is away with a message (empty: back)."""
     KIND = "away"
@@ -188,7 +205,7 @@ class RemotePresence(NodeEvent):
 
 NODE_EVENTS: dict[str, type[NodeEvent]] = {
     cls.KIND: cls for cls in (RemoteJoin, RemoteLeave, RemoteMove, RemoteSpeech,
-                              RemoteDirect, RemoteAway, RemotePresence)
+                              RemoteDirect, RemoteAway, RemoteRename, RemotePresence)
 }
 NODE_EVENT_CHECKS = {cls: cls.checks() for cls in NODE_EVENTS.values()}
 
@@ -223,6 +240,16 @@ def parse_node_event(data: bytes | str) -> NodeEvent:
 class Claimed:
     token: Any
     nick: str
+    granted: bool
+
+
+@dataclass(frozen=True)
+class Renamed:
+    """The answer to a rename: the new nick was claimed and the old freed
+    in one step (granted), or someone else holds it."""
+    token: Any
+    old: str
+    new: str
     granted: bool
 
 
@@ -264,7 +291,7 @@ class DataLost:
     being read again and messages in flight may be gone."""
 
 
-EVENT_TYPES: tuple[type, ...] = (Claimed, Snapshot, NodeDead, LinkLost, LinkRestored,
+EVENT_TYPES: tuple[type, ...] = (Claimed, Renamed, Snapshot, NodeDead, LinkLost, LinkRestored,
                                  Conflict, Undelivered, DataLost, *NODE_EVENTS.values())
 
 
@@ -301,6 +328,39 @@ class ClaimNick(Command):
 
     def while_down(self, link) -> None:
         link.hand_over(Claimed(self.token, self.nick, True))  # claimed again on reconnection
+
+
+@dataclass
+class RenameNick(Command):
+    """Claim the new nick and free the old one in one step (a Lua script),
+    move the user in our presence, and tell the other nodes."""
+    token: Any
+    old: str
+    new: str
+    wire: str  # the RemoteRename event, numbered like any publish
+
+    def queue(self, link, pipe) -> int:
+        link.client.rename_nick(keys=[link.key("nick:" + proto.name_key(self.old)),
+                                     link.key("nick:" + proto.name_key(self.new))],
+                                args=[link.node_id, link.key("alive:")], client=pipe)
+        return 1
+
+    def answer(self, link, results) -> None:
+        granted = bool(results[0])
+        if granted:
+            room = link.users.pop(self.old, None) or "lobby"
+            link.users[self.new] = room
+            pipe = link.client.pipeline(transaction=False)
+            pipe.hdel(link.key("users:" + link.node_id), self.old)
+            pipe.hset(link.key("users:" + link.node_id), self.new, room)
+            link.append(pipe, self.wire)
+            pipe.execute()
+        link.hand_over(Renamed(self.token, self.old, self.new, granted))
+
+    def while_down(self, link) -> None:  # as a claim: made good on reconnection
+        link.users[self.new] = link.users.pop(self.old, None) or "lobby"
+        link.keep_for_later(self.wire)
+        link.hand_over(Renamed(self.token, self.old, self.new, True))
 
 
 @dataclass
@@ -414,6 +474,11 @@ class ClusterLink:
     def claim(self, token: Any, nick: str, key: str) -> None:
         self._outbox.put(ClaimNick(token, nick, key))
 
+    def rename(self, token: Any, old: str, new: str) -> None:
+        self._published += 1
+        wire = RemoteRename(old, new).to_wire(self.node_id, self._published)
+        self._outbox.put(RenameNick(token, old, new, wire))
+
     def joined(self, nick: str, room: str) -> None:
         self._outbox.put(SetPresence(nick, room))
         self.publish(RemoteJoin(nick, room))
@@ -467,6 +532,7 @@ class ClusterLink:
             self.url, socket_connect_timeout=2, socket_timeout=5)
         client.ping()
         client.claim_nick = client.register_script(CLAIM_SCRIPT)
+        client.rename_nick = client.register_script(RENAME_SCRIPT)
         client.release_nick = client.register_script(RELEASE_SCRIPT)
         return client
 

@@ -603,14 +603,18 @@ class ChatCore:
             return None
         if self.log and self.log[0].number > last_seen + 1:
             return None
-        key = proto.name_key(client.nick)
         entries = [e for e in self.log if e.number > last_seen]
-        room = next((e.old for e in entries if e.mover == key), client.room.key)
+        keys = {proto.name_key(client.nick)}  # and the names it had meanwhile
+        for entry in reversed(entries):
+            if isinstance(entry.message, proto.NickChanged) and \
+                    proto.name_key(entry.message.nick) in keys:
+                keys.add(proto.name_key(entry.message.old))
+        room = next((e.old for e in entries if e.mover in keys), client.room.key)
         missed = []
         for entry in entries:
-            if entry.mover == key:
+            if entry.mover in keys:
                 room = entry.new
-            if entry.reaches(key, room):
+            if any(entry.reaches(key, room) for key in keys):
                 missed.append(entry)
         return missed
 
@@ -661,6 +665,58 @@ class ChatCore:
         away = (target or remote).away
         if away and target is not client:
             self.send(client, proto.Info(f"{to} is away: {away}"))
+
+    @handles(proto.ChangeNick)
+    def on_change_nick(self, client: Client, change: proto.ChangeNick) -> None:
+        """A new nick, by the same rules as at hello (a taken one is an
+        error; the connection stays).  In a cluster the new nick is claimed
+        and the old one freed in one step before anyone sees the change."""
+        old, new = client.nick, change.nick
+        if new == old:
+            self.send(client, proto.Error(f"you are already {old}"))
+            return
+        key = proto.name_key(new)
+        holder = self.holder_of(key)
+        if holder is not None and key != proto.name_key(old):
+            self.send(client, proto.Error(taken_message(new, holder)))
+        elif self.link:
+            self.claims[key] = (client, new)
+            self.link.rename(client, old, new)
+        else:
+            self.rename(client, new)
+
+    def rename(self, client: Client, new: str) -> None:
+        old = client.nick
+        del self.by_nick[proto.name_key(old)]
+        self.by_nick[proto.name_key(new)] = client
+        client.nick = new
+        self.announce(proto.NickChanged(old, new))
+        log.info("nick %s is now %s %s", old, new, client.peer)
+
+    @applies(cluster.Renamed)
+    def on_renamed(self, event: cluster.Renamed) -> None:
+        client = event.token
+        key = proto.name_key(event.new)
+        if self.claims.get(key, (None,))[0] is client:
+            del self.claims[key]
+        if client.state is not State.JOINED or client.nick != event.old:
+            if event.granted:
+                self.link.left(event.new, key)  # nobody will use it after all
+        elif not event.granted:
+            holder = self.holder_of(key) or event.new
+            self.send(client, proto.Error(taken_message(event.new, holder)))
+        else:
+            self.rename(client, event.new)
+
+    @applies(cluster.RemoteRename)
+    def on_remote_rename(self, event: cluster.RemoteRename) -> None:
+        user = self.owned_by(event.old, event.node)
+        if user is None:
+            return
+        del self.remote[proto.name_key(event.old)]
+        user.nick = event.new
+        self.remote[proto.name_key(event.new)] = user
+        self.announce(proto.NickChanged(event.old, event.new))
 
     @handles(proto.Away)
     def on_away(self, client: Client, away: proto.Away) -> None:

@@ -263,6 +263,13 @@ class Hello(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeNick(Message):
+    TYPE = "nick"
+    CHECKS = {"nick": _check_name}
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
 class Away(Message):
     """Away with a message, or back when it is empty."""
     TYPE = "away"
@@ -399,6 +406,14 @@ class ExitedRoom(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class NickChanged(Message):
+    TYPE = "nick"
+    CHECKS = {"old": _check_text, "nick": _check_text}
+    old: str
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionGranted(Message):
     TYPE = "session"
     CHECKS = {"token": _check_text, "grace": lambda value, field: _check_number(value, field)}
@@ -423,12 +438,12 @@ class RoomList(Message):
 CLIENT_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Hello, Chat, SendDirect, Emote, WhoRequest, EnterRoom, RoomsRequest, Quit,
-                Away)
+                Away, ChangeNick)
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (ChatFrom, Joined, Left, Error, Info, DirectFrom, EmoteFrom, WhoList,
-                EnteredRoom, ExitedRoom, RoomList, SessionGranted, Resumed)
+                EnteredRoom, ExitedRoom, RoomList, SessionGranted, Resumed, NickChanged)
 }
 
 

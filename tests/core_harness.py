@@ -29,6 +29,9 @@ class FakeLink:
     def joined(self, nick: str, room: str) -> None:
         self.calls.append(("joined", nick, room))
 
+    def rename(self, token: Any, old: str, new: str) -> None:
+        self.calls.append(("rename", token, old, new))
+
     def left(self, nick: str, key: str) -> None:
         self.calls.append(("left", nick))
 

@@ -485,3 +485,17 @@ def test_away_is_seen_in_who_on_every_node(nodes, client):
     wait_for(ann_sees_it, timeout=10, interval=0.1)
     ann.send({"type": "dm", "to": "bob", "message": "there?"})
     ann.expect({"type": "info", "message": "bob is away: lunch"})
+
+
+def test_a_rename_is_seen_on_every_node_and_frees_the_old_nick(nodes, client):
+    a_node, b_node = nodes(2)
+    ann, bob = client(a_node, "ann"), client(b_node, "bob")
+    ann.expect(join("bob"))
+    bob.send({"type": "nick", "nick": "rob"})
+    for user in (ann, bob):
+        user.expect({"type": "nick", "old": "bob", "nick": "rob"})
+    ann.send({"type": "dm", "to": "rob", "message": "hi rob"})
+    bob.expect({"type": "dm", "from": "ann", "to": "rob", "message": "hi rob"})
+    ann.send({"type": "nick", "nick": "ROB"})
+    assert "taken" in ann.expect(lambda m: m["type"] == "error")["message"]
+    client(a_node, "bob")  # the old nick is free everywhere

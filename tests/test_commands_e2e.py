@@ -100,3 +100,14 @@ def test_away_and_ignore(terminal, connect):
     chris.chat("now you can")
     term.wait_for_text("chris: now you can")
     assert "cannot see" not in term.text and "waves unseen" not in term.text
+
+
+def test_nick_changes_the_prompt_and_everyone_sees_it(terminal, connect):
+    term, chris = ready(terminal, connect)
+    term.say("/nick pam")
+    term.wait_for_text("*** pat is now known as pam")
+    chris.expect({"type": "nick", "old": "pat", "nick": "pam"})
+    term.nick = "pam"
+    term.wait_for_prompt()
+    term.say("hello as pam")
+    chris.expect(chat_from("pam", "hello as pam"))

@@ -672,3 +672,57 @@ def test_away_travels_to_other_nodes_and_comes_back_from_them(node):
         node.core.cluster_event(event, node.now)
     node.send(pat, {"type": "who"})
     assert node.received(pat)[-1]["away"] == {"bob": "out", "pat": "brb"}
+
+
+# ---- nick changes ----
+
+def nick(old, new):
+    return {"type": "nick", "old": old, "nick": new}
+
+
+def test_a_rename_is_announced_to_everyone_and_frees_the_old_nick(chat):
+    pat, chris = chat.joined("pat", "chris")
+    chat.send(chris, {"type": "enter", "room": "games"})
+    chat.received(pat), chat.received(chris)
+    chat.send(pat, {"type": "nick", "nick": "pam"})
+    assert chat.received(pat) == [nick("pat", "pam")]
+    assert chat.received(chris) == [nick("pat", "pam")]
+    chat.chat(pat, "as pam")
+    assert chat.received(pat) == [chat_from("pam", "as pam")]
+    newcomer = chat.connect("pat")
+    assert chat.received(newcomer) == [join("pat")]
+
+
+@pytest.mark.parametrize("new, rule", [("chris", "already taken"), ("CHRIS", "already taken"),
+                                       ("\u0441hris", "mixes Cyrillic and Latin"),
+                                       ("two words", "spaces"), ("pat", "already pat")])
+def test_a_rename_to_a_taken_or_bad_nick_is_an_error_and_nothing_else(chat, new, rule):
+    pat, chris = chat.joined("pat", "chris")
+    chat.send(pat, {"type": "nick", "nick": new})
+    assert rule in error_of(chat.received(pat))
+    assert not chat.closed(pat) and chat.received(chris) == []
+
+
+def test_changing_only_the_case_of_ones_own_nick_is_allowed(chat):
+    (pat,) = chat.joined("pat")
+    chat.send(pat, {"type": "nick", "nick": "Pat"})
+    assert chat.received(pat) == [nick("pat", "Pat")]
+
+
+def test_in_a_cluster_the_rename_waits_for_the_claim(node):
+    pat = node.connect("pat")
+    grant(node, pat, "pat")
+    node.received(pat)
+    node.send(pat, {"type": "nick", "nick": "pam"})
+    client = node.core.clients[pat]
+    assert ("rename", client, "pat", "pam") in node.core.link.calls
+    assert node.received(pat) == []
+    node.core.cluster_event(cluster.Renamed(client, "pat", "pam", False), node.now)
+    assert "taken" in error_of(node.received(pat))
+    node.core.cluster_event(cluster.Renamed(client, "pat", "pam", True), node.now)
+    assert node.received(pat) == [nick("pat", "pam")]
+    for event in (cluster.RemoteJoin("bob", "lobby", node="b1"),
+                  cluster.RemoteRename("bob", "rob", node="b1"),
+                  cluster.RemoteRename("pam", "stolen", node="b1")):
+        node.core.cluster_event(event, node.now)
+    assert node.received(pat) == [join("bob"), nick("bob", "rob")]

@@ -172,3 +172,19 @@ def test_a_resume_on_a_connection_not_yet_known_dead_takes_it_over(chat):
     chat.chat(chris, "after")
     assert bare(chat.received(again)) == [chat_from("chris", "after")]
     assert not any(m["type"] in ("join", "leave") for m in chat.received(chris))
+
+
+def test_a_renamed_session_resumes_with_what_was_sent_to_both_names(chat):
+    (chris,) = chat.joined("chris")
+    pat, token, got = start_session(chat, "pat")
+    chat.send(chris, {"type": "dm", "to": "pat", "message": "to pat"})
+    chat.send(pat, {"type": "nick", "nick": "pam"})
+    chat.send(chris, {"type": "dm", "to": "pam", "message": "to pam"})
+    chat.lose(pat)
+    again = chat.connect()
+    chat.send(again, hello("pam", session=True, resume=token, after=got[0]["id"]))
+    assert bare(chat.received(again)) == [
+        {"type": "resumed", "missed": 3},
+        {"type": "dm", "from": "chris", "to": "pat", "message": "to pat"},
+        {"type": "nick", "old": "pat", "nick": "pam"},
+        {"type": "dm", "from": "chris", "to": "pam", "message": "to pam"}]
