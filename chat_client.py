@@ -68,6 +68,9 @@ def format_message(message: proto.Message) -> list[Segment] | None:
         return info(f"{message.nick} entered room {message.room}")
     if isinstance(message, proto.ExitedRoom):
         return info(f"{message.nick} left room {message.room}")
+    if isinstance(message, proto.Kicked):
+        reason = f" ({message.reason})" if message.reason else ""
+        return info(f"{message.nick} was kicked by {message.by}{reason}")
     if isinstance(message, proto.NickChanged):
         return info(f"{message.old} is now known as {message.nick}")
     if isinstance(message, proto.RoomList):
@@ -110,6 +113,12 @@ def _command_table() -> dict[str, Command]:
         "/rooms": Command("/rooms", "list rooms and how many are in each",
                           lambda c, a: c.send(proto.RoomsRequest())),
         "/nick": Command("/nick NEW", "change your nick", lambda c, a: c.change_nick(a)),
+        "/op": Command("/op PASSWORD", "become an operator",
+                       lambda c, a: c.send(proto.BecomeOperator(a)) if a else c.usage("/op")),
+        "/kick": Command("/kick NICK [REASON]", "operators: remove a user",
+                         lambda c, a: c.kick(a)),
+        "/ban": Command("/ban [NICK MINUTES [REASON]]", "operators: ban a user's address "
+                        "and kick them; alone: list the bans", lambda c, a: c.ban(a)),
         "/away": Command("/away [TEXT]", "say you are away (no TEXT: back)",
                          lambda c, a: c.send(proto.Away(a))),
         "/ignore": Command("/ignore [NICK]", "hide NICK's messages (no NICK: list)",
@@ -158,7 +167,8 @@ class ChatClient:
     def __init__(self, sock: socket.socket, nick: str, ui, timestamps: bool = False,
                  server: str = "the server", bell: bool = False,
                  log: TextIO | None = None,
-                 reconnect: Callable[[], socket.socket] | None = None) -> None:
+                 reconnect: Callable[[], socket.socket] | None = None,
+                 password: str | None = None) -> None:
         self.sock = sock
         self.open_connection = reconnect   # a new connection to the same server
         self.token: str | None = None      # the session's, once the server grants one
@@ -168,6 +178,7 @@ class ChatClient:
         self.stopping = threading.Event()  # the user quit: stop reconnecting
         self.retry_delay = RECONNECT_FIRST  # grows until a reconnection goes live
         self.ignored: dict[str, str] = {}   # name_key -> nick, hidden here
+        self.password = password            # the server password, if it has one
         self.nick = nick
         self.ui = ui
         self.timestamps = timestamps
@@ -262,6 +273,24 @@ class ChatClient:
             self.show(info(f"room name {problem}; usage: /join ROOM"))
             return
         self.send(proto.EnterRoom(room))
+
+    def kick(self, argument: str) -> None:
+        nick, _, reason = argument.partition(" ")
+        if not nick:
+            self.usage("/kick")
+            return
+        self.send(proto.KickRequest(nick, reason.strip()))
+
+    def ban(self, argument: str) -> None:
+        if not argument:
+            self.send(proto.BanRequest())
+            return
+        nick, _, rest = argument.partition(" ")
+        minutes, _, reason = rest.strip().partition(" ")
+        if not minutes.isdigit() or not 1 <= int(minutes) <= 525_600:
+            self.usage("/ban")
+            return
+        self.send(proto.BanRequest(nick, int(minutes), reason.strip()))
 
     def change_nick(self, nick: str) -> None:
         nick = proto.normalize(nick)
@@ -410,7 +439,7 @@ class ChatClient:
             self.phase = "resuming" if self.token else "fresh"
             try:
                 self.send_now(proto.Hello(self.nick, session=True, resume=self.token,
-                                          after=self.last_id))
+                                          after=self.last_id, password=self.password))
             except OSError:
                 continue
             self.connected = True
@@ -477,7 +506,7 @@ class ChatClient:
         if isinstance(message, proto.Error) and self.phase == "resuming":
             self.token, self.last_id, self.phase = None, None, "fresh"  # start anew
             try:
-                self.send_now(proto.Hello(self.nick, session=True))
+                self.send_now(proto.Hello(self.nick, session=True, password=self.password))
             except OSError:
                 pass
             return True
@@ -540,6 +569,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="ring the terminal bell when someone names you or sends you a DM")
     parser.add_argument("--log", metavar="FILE",
                         help="append every line shown, with its date and time, to FILE")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help="the server's password, from the file's first line")
     return parser.parse_args(argv)
 
 
@@ -566,16 +597,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         log = open(args.log, "a", encoding="utf-8") if args.log else None
     except OSError as exc:
         return fail(f"cannot open the log file {args.log}: {exc.strerror}")
+    password = None
+    if args.password_file:
+        try:
+            password = open(args.password_file, encoding="utf-8").readline().strip()
+        except OSError as exc:
+            return fail(f"cannot read the password file {args.password_file}: {exc.strerror}")
     try:
         sock = connect(args.host, args.port)
-        sock.sendall(proto.encode(proto.Hello(args.nick, session=True)))
+        sock.sendall(proto.encode(proto.Hello(args.nick, session=True, password=password)))
     except (OSError, UnicodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         return fail(f"cannot connect to {args.host}:{args.port}: {reason}")
     color = not args.no_color and not os.environ.get("NO_COLOR")
     client = ChatClient(sock, args.nick, ui, timestamps=args.timestamps,
                         server=f"{args.host}:{args.port}", bell=args.bell, log=log,
-                        reconnect=lambda: connect(args.host, args.port))
+                        reconnect=lambda: connect(args.host, args.port), password=password)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         ui_backend.start(ui, color=color)

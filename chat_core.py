@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import hmac
 import ipaddress
 import itertools
 import secrets
@@ -59,6 +60,18 @@ class SessionSettings:
     history: int = 20              # recent chats and emotes a session newcomer gets
     resume_grace: float = 60.0     # seconds a lost session stays present
 
+
+@dataclass(frozen=True)
+class Access:
+    """Who may come in and who may moderate: the server password (hello
+    must carry it), the operators' password, the message of the day."""
+    server_password: str | None = None
+    op_password: str | None = None
+    motd: tuple[str, ...] = ()
+
+
+WRONG_PASSWORDS = 5          # per address...
+WRONG_PASSWORD_WINDOW = 60.0  # ...in this many seconds, then refused for a while
 
 LOG_ENTRIES = 100_000   # chat events kept for resumes...
 LOG_BYTES = 32 << 20    # ...and at most this many bytes of them
@@ -133,7 +146,8 @@ class Client:
     """The chat's view of one connection."""
 
     __slots__ = ("outlet", "peer", "address", "state", "nick", "room", "held", "held_bytes",
-                 "paused", "tokens", "refilled", "mistakes", "token", "joined_id", "missed", "expires", "away")
+                 "paused", "tokens", "refilled", "mistakes", "token", "joined_id", "missed", "expires", "away", "operator",
+                 "ban_key")
 
     def __init__(self, outlet: Outlet, peer: str, address: str | None, now: float,
                  burst: int) -> None:
@@ -154,6 +168,8 @@ class Client:
         self.missed = 0                # bytes it would have received while detached
         self.expires = 0.0             # when a detached session ends
         self.away: str | None = None   # the away message, while away
+        self.operator = False          # said the operators' password
+        self.ban_key = address          # what a ban of this user holds out
 
     def become(self, state: State) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -199,11 +215,14 @@ class ChatCore:
     def __init__(self, outbox: Outbox, limits: Limits = Limits(),
                  link: cluster.ClusterLink | None = None,
                  sessions: SessionSettings = SessionSettings(),
-                 wall_offset: float = 0.0) -> None:
+                 wall_offset: float = 0.0, access: Access = Access()) -> None:
         self.outbox = outbox
         self.limits = limits
         self.link = link
         self.settings = sessions
+        self.access = access
+        self.bans: dict[str, tuple[float, str]] = {}       # address key -> (until, reason)
+        self.wrong_passwords: dict[str, deque[float]] = {}  # address key -> when
         self.wall_offset = wall_offset  # event time + this = Unix time, for "time"
         self.log: deque[LogEntry] = deque()
         self.log_bytes = 0
@@ -238,6 +257,13 @@ class ChatCore:
         client = Client(outlet, peer, key, now, self.limits.burst)
         self.clients[outlet] = client
         log.info("connect %s", peer)
+        ban = self.bans.get(key)
+        if ban is not None and ban[0] > now:
+            client.address = None
+            minutes = max(1, round((ban[0] - now) / 60))
+            self.reject(client, f"you are banned from this server for {minutes} more "
+                                f"minutes" + (f" ({ban[1]})" if ban[1] else ""))
+            return
         count = self.per_address.get(key, 0)
         if self.limits.max_per_ip and count >= self.limits.max_per_ip:
             client.address = None
@@ -498,6 +524,11 @@ class ChatCore:
         if hello.resume is not None:
             self.resume(client, hello)
             return
+        refusal = self.password_refusal(client, self.access.server_password, hello.password,
+                                        "server")
+        if refusal:
+            self.reject(client, refusal)
+            return
         key = proto.name_key(hello.nick)
         holder = self.holder_of(key)
         if holder is not None:
@@ -534,6 +565,8 @@ class ChatCore:
             self.send(client, proto.SessionGranted(client.token, self.settings.resume_grace))
             for entry in self.room_history.get(self.lobby.key, ()):
                 self.send(client, entry.packet(history=True))
+        for line in self.access.motd:
+            self.send(client, proto.Info(line))
 
     # ---- sessions ----
 
@@ -584,6 +617,7 @@ class ChatCore:
         client.become(State.GONE)  # the greeting connection becomes the session's
         session.outlet, session.peer = client.outlet, client.peer
         session.address, client.address = client.address, None
+        session.ban_key = client.ban_key
         self.detached.discard(session)
         session.become(State.JOINED)
         self.attached_sessions += 1
@@ -717,6 +751,104 @@ class ChatCore:
         user.nick = event.new
         self.remote[proto.name_key(event.new)] = user
         self.announce(proto.NickChanged(event.old, event.new))
+
+    # ---- passwords and moderation ----
+
+    def password_refusal(self, client: Client, expected: str | None, given: str | None,
+                         what: str) -> str | None:
+        """Why a password is refused (None: accepted, or none is needed).
+        Compared in constant time; an address that keeps guessing wrong is
+        refused for a while without being checked."""
+        if expected is None:
+            return None
+        failures = self.wrong_passwords.setdefault(client.ban_key or client.peer, deque())
+        while failures and failures[0] < self.now - WRONG_PASSWORD_WINDOW:
+            failures.popleft()
+        if len(failures) >= WRONG_PASSWORDS:
+            return "too many wrong passwords; try again in a minute"
+        if given is None:
+            return f"this server needs a {what} password"
+        if hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+            return None
+        failures.append(self.now)
+        return f"wrong {what} password"
+
+    @handles(proto.BecomeOperator)
+    def on_become_operator(self, client: Client, op: proto.BecomeOperator) -> None:
+        if self.access.op_password is None:
+            self.send(client, proto.Error("this server has no operators"))
+            return
+        refusal = self.password_refusal(client, self.access.op_password, op.password,
+                                        "operator")
+        if refusal:
+            self.send(client, proto.Error(refusal))
+            return
+        client.operator = True
+        self.send(client, proto.Info("you are an operator now"))
+        log.info("operator %s %s", client.nick, client.peer)
+
+    def operators_target(self, client: Client, nick: str | None, what: str) -> Client | None:
+        """The local user an operator's request is about, or None after
+        telling the client why not."""
+        if not client.operator:
+            self.send(client, proto.Error(f"only operators can {what}"))
+            return None
+        target = self.by_nick.get(proto.name_key(nick or ""))
+        if target is None:
+            where = " here" if proto.name_key(nick or "") in self.remote else ""
+            self.send(client, proto.Error(f"no such user{where}: {proto.quote(nick or '')}"))
+            return None
+        return target
+
+    @handles(proto.KickRequest)
+    def on_kick(self, client: Client, kick: proto.KickRequest) -> None:
+        target = self.operators_target(client, kick.nick, "kick")
+        if target is not None:
+            self.kick(target, client.nick, kick.reason)
+
+    @handles(proto.BanRequest)
+    def on_ban(self, client: Client, ban: proto.BanRequest) -> None:
+        if ban.nick is None:
+            self.list_bans(client)
+            return
+        if ban.minutes is None:
+            self.send(client, proto.Error('"ban" needs field "minutes"'))
+            return
+        target = self.operators_target(client, ban.nick, "ban")
+        if target is None:
+            return
+        key = target.ban_key or target.peer
+        self.bans[key] = (self.now + ban.minutes * 60, ban.reason)
+        log.info("ban %s (%s) for %d minutes by %s: %s", key, target.nick, ban.minutes,
+                 client.nick, proto.quote(ban.reason, 200))
+        why = f"banned for {ban.minutes} minutes" + (f": {ban.reason}" if ban.reason else "")
+        self.kick(target, client.nick, why)
+
+    def list_bans(self, client: Client) -> None:
+        if not client.operator:
+            self.send(client, proto.Error("only operators can see the bans"))
+            return
+        live = sorted((until, key, reason) for key, (until, reason) in self.bans.items()
+                      if until > self.now)
+        if not live:
+            self.send(client, proto.Info("no bans"))
+        for until, key, reason in live:
+            minutes = max(1, round((until - self.now) / 60))
+            self.send(client, proto.Info(f"ban: {key} for {minutes} more minutes"
+                                         + (f" ({reason})" if reason else "")))
+
+    def kick(self, target: Client, by: str, reason: str) -> None:
+        """Everyone hears of it, then the user leaves (no grace: a kicked
+        session is over) and the connection closes."""
+        log.info("kick %s by %s: %s", target.nick, by, proto.quote(reason, 200))
+        self.announce(proto.Kicked(target.nick, by, proto.quote(reason, 300)))
+        outlet = target.outlet
+        if target.state is State.DETACHED:
+            self.end_session(target, f"kicked by {by}")
+            return
+        self.leave_chat(target)
+        self.outbox.close(outlet)
+        target.become(State.CLOSING)
 
     @handles(proto.Away)
     def on_away(self, client: Client, away: proto.Away) -> None:

@@ -255,11 +255,13 @@ class Hello(Message):
     ``resume`` and ``after`` take one up again after a lost connection."""
     TYPE = "hello"
     CHECKS = {"nick": _check_name}
-    OPTIONAL = {"session": _check_bool, "resume": _check_token, "after": _check_token}
+    OPTIONAL = {"session": _check_bool, "resume": _check_token, "after": _check_token,
+                "password": _check_token}
     nick: str
     session: bool = False
     resume: str | None = None
     after: str | None = None
+    password: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +269,39 @@ class ChangeNick(Message):
     TYPE = "nick"
     CHECKS = {"nick": _check_name}
     nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class BecomeOperator(Message):
+    TYPE = "op"
+    CHECKS = {"password": _check_token}
+    password: str
+
+
+def _check_minutes(value: Any, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 525_600:
+        raise InvalidMessage(f'field "{field}" must be a whole number of minutes, 1 to 525600')
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class KickRequest(Message):
+    TYPE = "kick"
+    CHECKS = {"nick": _check_text}
+    OPTIONAL = {"reason": _check_text}
+    nick: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BanRequest(Message):
+    """Ban the user's address for ``minutes`` and kick them; with no nick,
+    list the bans."""
+    TYPE = "ban"
+    OPTIONAL = {"nick": _check_text, "minutes": _check_minutes, "reason": _check_text}
+    nick: str | None = None
+    minutes: int | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +441,15 @@ class ExitedRoom(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Kicked(Message):
+    TYPE = "kick"
+    CHECKS = {"nick": _check_text, "by": _check_text, "reason": _check_text}
+    nick: str
+    by: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class NickChanged(Message):
     TYPE = "nick"
     CHECKS = {"old": _check_text, "nick": _check_text}
@@ -438,12 +482,13 @@ class RoomList(Message):
 CLIENT_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Hello, Chat, SendDirect, Emote, WhoRequest, EnterRoom, RoomsRequest, Quit,
-                Away, ChangeNick)
+                Away, ChangeNick, BecomeOperator, KickRequest, BanRequest)
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (ChatFrom, Joined, Left, Error, Info, DirectFrom, EmoteFrom, WhoList,
-                EnteredRoom, ExitedRoom, RoomList, SessionGranted, Resumed, NickChanged)
+                EnteredRoom, ExitedRoom, RoomList, SessionGranted, Resumed, NickChanged,
+                Kicked)
 }
 
 

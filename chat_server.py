@@ -28,7 +28,7 @@ from typing import Sequence
 
 import chat_protocol as proto
 from chat_args import add_version, float_at_least, int_in_range, program_name
-from chat_core import ChatCore, Limits, SessionSettings, format_address
+from chat_core import Access, ChatCore, Limits, SessionSettings, format_address
 from chat_delivery import Delivery, Outlet
 
 log = logging.getLogger("chat_server")
@@ -72,7 +72,8 @@ class ChatServer:
 
     def __init__(self, listeners: Sequence[socket.socket], limits: Limits = Limits(),
                  redis_url: str | None = None, heartbeat: float = 1.0,
-                 sessions: SessionSettings = SessionSettings()) -> None:
+                 sessions: SessionSettings = SessionSettings(),
+                 access: Access = Access()) -> None:
         self.listeners = list(listeners)
         self.selector = selectors.DefaultSelector()
         self.connections: set[Connection] = set()
@@ -86,7 +87,7 @@ class ChatServer:
             self.link = ClusterLink(redis_url, self.wake, heartbeat)
         self.delivery = Delivery(limits.max_queue)
         self.core = ChatCore(self.delivery, limits, self.link, sessions,
-                             wall_offset=time.time() - time.monotonic())
+                             wall_offset=time.time() - time.monotonic(), access=access)
         self.core_due: float | None = None  # when the core next wants a tick
 
     # ------------------------------------------------------------------
@@ -378,6 +379,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume-grace", type=float_at_least("grace", 0), default=60.0,
                         metavar="SECONDS", help="how long a session client whose connection "
                                                 "was lost stays present (default 60)")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help="a server password (the file's first line): hello must carry it")
+    parser.add_argument("--op-password-file", metavar="FILE",
+                        help="the operators' password (the file's first line), for /op")
+    parser.add_argument("--motd", metavar="FILE",
+                        help="a message of the day, sent to each user after joining")
     parser.add_argument("--redis", metavar="URL",
                         help="join a cluster through Redis, e.g. redis://127.0.0.1:6379/0 "
                              f"(a URL with a password is better given by ${REDIS_URL_VARIABLE} "
@@ -452,6 +459,35 @@ def cluster_url(args: argparse.Namespace) -> str | None:
     return url
 
 
+MOTD_LINES = 50
+
+
+def read_access(args: argparse.Namespace) -> Access:
+    """Passwords and the message of the day from their files (secrets never
+    come from the command line); a file that cannot be read is a ValueError."""
+    def first_line(path: str | None, what: str) -> str | None:
+        if path is None:
+            return None
+        lines = read_lines(path, what)
+        if not lines or not lines[0].strip():
+            raise ValueError(f"the {what} file {path} is empty")
+        return lines[0].strip()
+
+    motd = tuple(line.rstrip() for line in read_lines(args.motd, "message of the day")
+                 [:MOTD_LINES]) if args.motd else ()
+    return Access(server_password=first_line(args.password_file, "password"),
+                  op_password=first_line(args.op_password_file, "operator password"),
+                  motd=tuple(line for line in motd if line))
+
+
+def read_lines(path: str, what: str) -> list[str]:
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the {what} file {path}: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+
+
 def raise_open_file_limit() -> int:
     """Raise the soft open-file limit to the hard one; return the limit."""
     try:
@@ -489,8 +525,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = Limits(max_queue=args.max_queue, hello_timeout=args.hello_timeout,
                     max_per_ip=args.max_per_ip, rate=args.rate, burst=args.burst)
     sessions = SessionSettings(history=args.history, resume_grace=args.resume_grace)
+    try:
+        access = read_access(args)
+    except ValueError as exc:
+        print(f"{program_name()}: {exc}", file=sys.stderr)
+        return 2
     server = ChatServer(listeners, limits, redis_url=redis_url, heartbeat=args.heartbeat,
-                        sessions=sessions)
+                        sessions=sessions, access=access)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop())
     for listener in listeners:

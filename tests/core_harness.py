@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import chat_protocol as proto
-from chat_core import ChatCore, Limits, SessionSettings
+from chat_core import Access, ChatCore, Limits, SessionSettings
 from chat_delivery import Delivery, Outlet
 
 UNLIMITED = Limits(hello_timeout=0, max_per_ip=0, rate=0)
@@ -47,9 +47,9 @@ class Harness:
     played here.  Limits are off unless a test gives some."""
 
     def __init__(self, limits: Limits = UNLIMITED, link: FakeLink | None = None,
-                 sessions: SessionSettings = SessionSettings()) -> None:
+                 sessions: SessionSettings = SessionSettings(), access: Access = Access()) -> None:
         self.delivery = Delivery(limits.max_queue)
-        self.core = ChatCore(self.delivery, limits, link, sessions)
+        self.core = ChatCore(self.delivery, limits, link, sessions, access=access)
         self.now = 0.0
         self._decoders: dict[Outlet, proto.PacketDecoder] = {}
         self.dropped: list[Outlet] = []

@@ -95,6 +95,8 @@ def text_of(message):
     (proto.DirectFrom("pat", "chris", "psst"), "pat -> chris: psst"),
     (proto.EmoteFrom("pat", "waves"), "[pat waves]"),
     (proto.WhoList("lobby", ("chris", "pat")), "*** in lobby: chris, pat"),
+    (proto.Kicked("lee", "op", "spam"), "*** lee was kicked by op (spam)"),
+    (proto.NickChanged("pat", "pam"), "*** pat is now known as pam"),
     (proto.WhoList("lobby", ("chris", "pat"), {"chris": "lunch"}),
      "*** in lobby: chris (away), pat"),
     (proto.EnteredRoom("pat", "games"), "*** pat entered room games"),

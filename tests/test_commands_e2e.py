@@ -1,7 +1,11 @@
 """Client commands end to end under both UIs: what is sent and what shows."""
 
-from tests.support import chat_from
-from tests.terminal import with_chris as ready
+from pathlib import Path
+
+import pytest
+
+from tests.support import ServerProcess, chat_from
+from tests.terminal import TerminalClient, with_chris as ready
 
 
 def test_message_and_msg_send_a_dm(terminal, connect):
@@ -63,13 +67,16 @@ def test_bad_room_name_is_refused_locally(terminal, connect):
     term.wait_for_text("usage: /join ROOM")
 
 
-def test_help_lists_every_command(terminal, connect):
-    term, _ = ready(terminal, connect)
+def test_help_lists_every_command(terminal):
+    term = terminal("pat", rows=50)
+    term.wait_for_text("pat has joined")
     term.say("/help")
-    term.wait_for_text("/rooms")
+    term.wait_for_text("Ctrl-D on an empty line")
     for command in ("/q", "/message NICK TEXT", "/msg", "/me TEXT", "/who",
-                    "/join ROOM", "/leave", "/rooms", "/help"):
-        assert command in term.text
+                    "/join ROOM", "/leave", "/rooms", "/nick NEW", "/away [TEXT]",
+                    "/ignore [NICK]", "/unignore NICK", "/op PASSWORD", "/kick NICK [REASON]",
+                    "/ban [NICK MINUTES [REASON]]", "/help", "keys:", "PageUp/PageDown"):
+        assert command in term.text, command
 
 
 def test_unknown_command_is_answered_locally(terminal, connect):
@@ -111,3 +118,33 @@ def test_nick_changes_the_prompt_and_everyone_sees_it(terminal, connect):
     term.wait_for_prompt()
     term.say("hello as pam")
     chris.expect(chat_from("pam", "hello as pam"))
+
+
+@pytest.mark.server_args("--op-password-file", str(Path(__file__).parent / "data" / "ops"))
+def test_op_and_kick(terminal, connect):
+    term, chris = ready(terminal, connect)
+    term.say("/op opsecret")
+    term.wait_for_text("*** you are an operator now")
+    term.say("/kick chris too chatty")
+    term.wait_for_text("*** chris was kicked by pat (too chatty)")
+    term.wait_for_text("*** chris has left the chat")
+    chris.expect_closed()
+
+
+def test_the_client_reads_the_server_password_from_a_file(server_with_password, ui, tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("sesame\n")
+    term = TerminalClient("pat", server_with_password.port, ui,
+                          extra=("--password-file", str(secret)))
+    try:
+        term.wait_for_text("*** pat has joined the chat")
+    finally:
+        term.close()
+
+
+@pytest.fixture
+def server_with_password(tmp_path):
+    (tmp_path / "server-pw").write_text("sesame\n")
+    process = ServerProcess("--password-file", str(tmp_path / "server-pw"))
+    yield process
+    process.cleanup()

@@ -14,6 +14,7 @@ import pytest
 import chat_cluster as cluster
 import chat_core
 import chat_protocol as proto
+from chat_core import Access
 from tests.core_harness import UNLIMITED, FakeLink, Harness
 from tests.support import chat_from, join, leave
 
@@ -726,3 +727,89 @@ def test_in_a_cluster_the_rename_waits_for_the_claim(node):
                   cluster.RemoteRename("pam", "stolen", node="b1")):
         node.core.cluster_event(event, node.now)
     assert node.received(pat) == [join("bob"), nick("bob", "rob")]
+
+
+# ---- passwords, message of the day, operators ----
+
+def guarded(**access):
+    return Harness(access=Access(**access))
+
+
+def test_a_server_password_is_needed_and_checked():
+    chat = guarded(server_password="sesame")
+    missing = chat.connect("pat")
+    assert "needs a server password" in error_of(chat.received(missing))
+    assert chat.closed(missing)
+    wrong = chat.connect()
+    chat.send(wrong, {"type": "hello", "nick": "pat", "password": "open"})
+    assert error_of(chat.received(wrong)) == "wrong server password"
+    right = chat.connect()
+    chat.send(right, {"type": "hello", "nick": "pat", "password": "sesame"})
+    assert chat.received(right) == [join("pat")]
+
+
+def test_wrong_passwords_from_one_address_are_limited():
+    chat = guarded(server_password="sesame")
+    for _ in range(5):
+        guess = chat.connect()
+        chat.send(guess, {"type": "hello", "nick": "x", "password": "guess"})
+    late = chat.connect()
+    chat.send(late, {"type": "hello", "nick": "x", "password": "sesame"})
+    assert "too many wrong passwords" in error_of(chat.received(late))
+    chat.tick(61)
+    again = chat.connect()
+    chat.send(again, {"type": "hello", "nick": "x", "password": "sesame"})
+    assert chat.received(again) == [join("x")]
+
+
+def test_the_message_of_the_day_follows_the_join():
+    chat = guarded(motd=("Welcome!", "Be kind."))
+    pat = chat.connect("pat")
+    assert chat.received(pat) == [join("pat"), {"type": "info", "message": "Welcome!"},
+                                  {"type": "info", "message": "Be kind."}]
+
+
+def test_operators_kick_and_everyone_sees_it():
+    chat = guarded(op_password="opsecret")
+    op, chris, lee = chat.joined("op", "chris", "lee")
+    chat.send(chris, {"type": "kick", "nick": "lee", "reason": "no"})
+    assert "only operators" in error_of(chat.received(chris))
+    chat.send(op, {"type": "op", "password": "wrong"})
+    assert error_of(chat.received(op)) == "wrong operator password"
+    chat.send(op, {"type": "op", "password": "opsecret"})
+    assert chat.received(op) == [{"type": "info", "message": "you are an operator now"}]
+    chat.send(op, {"type": "kick", "nick": "LEE", "reason": "spam"})
+    kicked = {"type": "kick", "nick": "lee", "by": "op", "reason": "spam"}
+    assert chat.received(chris) == [kicked, leave("lee")]
+    assert chat.received(lee) == [kicked]
+    assert chat.closed(lee)
+
+
+def test_a_ban_holds_the_address_out_for_its_minutes_and_is_listed():
+    chat = guarded(op_password="opsecret")
+    op = chat.connect("op", host="10.0.0.1")
+    lee = chat.connect("lee", host="10.0.0.2")
+    chat.send(op, {"type": "op", "password": "opsecret"})
+    chat.received(op), chat.received(lee)
+    chat.send(op, {"type": "ban", "nick": "lee", "minutes": 10, "reason": "flood"})
+    assert chat.received(lee)[0]["reason"] == "banned for 10 minutes: flood"
+    back = chat.connect("lee2", host="10.0.0.2")
+    assert "banned from this server for 10 more minutes (flood)" in error_of(
+        chat.received(back))
+    chat.send(op, {"type": "ban"})
+    assert chat.received(op)[-1] == {"type": "info",
+                                     "message": "ban: 10.0.0.2 for 10 more minutes (flood)"}
+    chat.tick(601)
+    later = chat.connect("lee", host="10.0.0.2")
+    assert chat.received(later) == [join("lee")]
+
+
+def test_a_kicked_session_gets_no_grace():
+    chat = guarded(op_password="opsecret")
+    op = chat.connect("op")
+    lee = chat.connect()
+    chat.send(lee, {"type": "hello", "nick": "lee", "session": True})
+    chat.send(op, {"type": "op", "password": "opsecret"})
+    chat.received(op)
+    chat.send(op, {"type": "kick", "nick": "lee"})
+    assert chat.received(op)[-1] == leave("lee")

@@ -1,0 +1,58 @@
+"""A server password, a message of the day and operators over real sockets,
+with the secrets read from files."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT, RawClient, ServerProcess, join, leave
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    (tmp_path / "password").write_text("sesame\n")
+    (tmp_path / "ops").write_text("opsecret\n")
+    (tmp_path / "motd").write_text("Welcome to the test server.\nBe kind.\n")
+    process = ServerProcess("--password-file", str(tmp_path / "password"),
+                            "--op-password-file", str(tmp_path / "ops"),
+                            "--motd", str(tmp_path / "motd"))
+    yield process
+    process.cleanup()
+
+
+def hello(port, nick, password="sesame"):
+    client = RawClient(port)
+    client.nick = nick
+    client.send({"type": "hello", "nick": nick, "password": password})
+    return client
+
+
+def test_password_motd_op_kick_and_ban_over_sockets(guarded):
+    wrong = hello(guarded.port, "eve", password="guess")
+    assert wrong.expect(lambda m: True) == {"type": "error", "message": "wrong server password"}
+    wrong.expect_closed()
+    op = hello(guarded.port, "op")
+    op.expect(join("op"))
+    assert [op.expect(lambda m: True)["message"] for _ in range(2)] == [
+        "Welcome to the test server.", "Be kind."]
+    lee = hello(guarded.port, "lee")
+    lee.expect(join("lee"))
+    op.send({"type": "op", "password": "opsecret"})
+    op.expect({"type": "info", "message": "you are an operator now"})
+    op.send({"type": "ban", "nick": "lee", "minutes": 5, "reason": "testing"})
+    kicked = {"type": "kick", "nick": "lee", "by": "op", "reason": "banned for 5 minutes: testing"}
+    op.expect(kicked)
+    op.expect(leave("lee"))
+    lee.expect(kicked)
+    lee.expect_closed()
+    back = hello(guarded.port, "lee")
+    assert "banned" in back.expect(lambda m: True)["message"]
+    assert "sesame" not in guarded.log_text() and "opsecret" not in guarded.log_text()
+
+
+def test_an_unreadable_secret_file_is_refused_at_start_up(tmp_path):
+    result = subprocess.run([sys.executable, "chat_server.py", "0", "--password-file",
+                             str(tmp_path / "missing")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2 and "cannot read the password file" in result.stderr
