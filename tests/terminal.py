@@ -30,6 +30,30 @@ KEYS = {
 }
 
 
+class ScrollingScreen(pyte.Screen):
+    """pyte's screen plus SU and SD (CSI n S / CSI n T): ncurses scrolls a
+    region by several lines with them, and pyte ignores them, which shows a
+    garbled screen where a real terminal shows the right one."""
+
+    def _scroll(self, count: int, at_bottom: bool, step) -> None:
+        top, bottom = self.margins or pyte.screens.Margins(0, self.lines - 1)
+        saved = self.cursor.y
+        self.cursor.y = bottom if at_bottom else top
+        for _ in range(max(1, count or 1)):
+            step()
+        self.cursor.y = saved
+
+    def scroll_up(self, count: int = 1, *_: object, **__: object) -> None:
+        self._scroll(count, True, self.index)
+
+    def scroll_down(self, count: int = 1, *_: object, **__: object) -> None:
+        self._scroll(count, False, self.reverse_index)
+
+
+class ScrollingStream(pyte.ByteStream):
+    csi = dict(pyte.ByteStream.csi, S="scroll_up", T="scroll_down")
+
+
 class TerminalClient:
     """chat_client.py in a pty of a fixed size, rendered by a terminal emulator."""
 
@@ -53,8 +77,8 @@ class TerminalClient:
             self.child = pexpect.spawn(client[0], client[1:], dimensions=(rows, cols),
                                        env=env, cwd=str(ROOT))
         self.nick = nick
-        self.screen = pyte.Screen(cols, rows)
-        self.stream = pyte.ByteStream(self.screen)
+        self.screen = ScrollingScreen(cols, rows)
+        self.stream = ScrollingStream(self.screen)
         self.raw = bytearray()
         self.eof = False
 
