@@ -111,11 +111,33 @@ def _check_speech_kind(value: Any, name: str) -> str:
     return value
 
 
+def _check_minutes(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 525_600:
+        raise proto.InvalidMessage(f'field "{name}" must be 0 to 525600 minutes')
+    return value
+
+
+def _check_moment(value: Any, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise proto.InvalidMessage(f'field "{name}" must be a time')
+    return float(value)
+
+
+def _check_address(value: Any, name: str) -> str:
+    text = proto._check_text(value, name)
+    if not 1 <= len(text) <= 64:
+        raise proto.InvalidMessage(f'field "{name}" must be an address')
+    return text
+
+
 # A field's type names the check its wire value must pass.
 Name = Annotated[str, proto._check_name]
 Text = Annotated[str, proto._check_text]
 SpeechKind = Annotated[str, _check_speech_kind]
 Users = Annotated[dict, _check_users]
+Minutes = Annotated[int, _check_minutes]
+Moment = Annotated[float, _check_moment]
+Address = Annotated[str, _check_address]
 
 
 @dataclass(frozen=True)
@@ -189,6 +211,26 @@ class RemoteRename(NodeEvent):
 
 
 @dataclass(frozen=True)
+class RemoteKick(NodeEvent):
+    """An operator of the sending node kicks ``nick`` (and bans its address
+    for ``minutes`` when not 0); every node shows it, the user's node acts."""
+    KIND = "kick"
+    nick: Name
+    by: Name
+    reason: Text
+    minutes: Minutes
+
+
+@dataclass(frozen=True)
+class RemoteBan(NodeEvent):
+    """An address is banned until a moment (Unix time), on every node."""
+    KIND = "ban"
+    address: Address
+    until: Moment
+    reason: Text
+
+
+@dataclass(frozen=True)
 class RemoteAway(NodeEvent):
     """A user is away with a message (empty: back)."""
     KIND = "away"
@@ -205,7 +247,8 @@ class RemotePresence(NodeEvent):
 
 NODE_EVENTS: dict[str, type[NodeEvent]] = {
     cls.KIND: cls for cls in (RemoteJoin, RemoteLeave, RemoteMove, RemoteSpeech,
-                              RemoteDirect, RemoteAway, RemoteRename, RemotePresence)
+                              RemoteDirect, RemoteAway, RemoteRename, RemoteKick, RemoteBan,
+                              RemotePresence)
 }
 NODE_EVENT_CHECKS = {cls: cls.checks() for cls in NODE_EVENTS.values()}
 

@@ -794,17 +794,23 @@ class ChatCore:
             self.send(client, proto.Error(f"only operators can {what}"))
             return None
         target = self.by_nick.get(proto.name_key(nick or ""))
-        if target is None:
-            where = " here" if proto.name_key(nick or "") in self.remote else ""
-            self.send(client, proto.Error(f"no such user{where}: {proto.quote(nick or '')}"))
-            return None
+        if target is None and proto.name_key(nick or "") not in self.remote:
+            self.send(client, proto.Error(f"no such user: {proto.quote(nick or '')}"))
         return target
+
+    def kick_elsewhere(self, client: Client, nick: str, reason: str, minutes: int) -> None:
+        """The user is on another node: that node does it; we show it here."""
+        user = self.remote[proto.name_key(nick)]
+        self.link.publish(cluster.RemoteKick(user.nick, client.nick, reason, minutes))
+        self.announce(proto.Kicked(user.nick, client.nick, kick_reason(reason, minutes)))
 
     @handles(proto.KickRequest)
     def on_kick(self, client: Client, kick: proto.KickRequest) -> None:
         target = self.operators_target(client, kick.nick, "kick")
         if target is not None:
             self.kick(target, client.nick, kick.reason)
+        elif client.operator and proto.name_key(kick.nick) in self.remote:
+            self.kick_elsewhere(client, kick.nick, kick.reason, 0)
 
     @handles(proto.BanRequest)
     def on_ban(self, client: Client, ban: proto.BanRequest) -> None:
@@ -815,14 +821,38 @@ class ChatCore:
             self.send(client, proto.Error('"ban" needs field "minutes"'))
             return
         target = self.operators_target(client, ban.nick, "ban")
-        if target is None:
-            return
+        if target is not None:
+            self.ban(target, client.nick, ban.minutes, ban.reason)
+        elif client.operator and proto.name_key(ban.nick) in self.remote:
+            self.kick_elsewhere(client, ban.nick, ban.reason, ban.minutes)
+
+    def ban(self, target: Client, by: str, minutes: int, reason: str) -> None:
+        """Hold the user's address out (on every node) and kick them."""
         key = target.ban_key or target.peer
-        self.bans[key] = (self.now + ban.minutes * 60, ban.reason)
-        log.info("ban %s (%s) for %d minutes by %s: %s", key, target.nick, ban.minutes,
-                 client.nick, proto.quote(ban.reason, 200))
-        why = f"banned for {ban.minutes} minutes" + (f": {ban.reason}" if ban.reason else "")
-        self.kick(target, client.nick, why)
+        until = self.now + minutes * 60
+        self.bans[key] = (until, reason)
+        log.info("ban %s (%s) for %d minutes by %s: %s", key, target.nick, minutes, by,
+                 proto.quote(reason, 200))
+        if self.link:
+            self.link.publish(cluster.RemoteBan(key, until + self.wall_offset, reason))
+        self.kick(target, by, kick_reason(reason, minutes))
+
+    @applies(cluster.RemoteKick)
+    def on_remote_kick(self, event: cluster.RemoteKick) -> None:
+        if self.owned_by(event.by, event.node) is None:
+            return
+        target = self.by_nick.get(proto.name_key(event.nick))
+        if target is None:
+            self.announce(proto.Kicked(event.nick, event.by,
+                                       kick_reason(event.reason, event.minutes)))
+        elif event.minutes:
+            self.ban(target, event.by, event.minutes, event.reason)
+        else:
+            self.kick(target, event.by, event.reason)
+
+    @applies(cluster.RemoteBan)
+    def on_remote_ban(self, event: cluster.RemoteBan) -> None:
+        self.bans[event.address] = (event.until - self.wall_offset, event.reason)
 
     def list_bans(self, client: Client) -> None:
         if not client.operator:
@@ -1128,6 +1158,13 @@ _check_tables()
 def display_order(name: str) -> tuple[str, str]:
     """Lists are sorted as a reader expects: alphabetically, ignoring case."""
     return name.casefold(), name
+
+
+def kick_reason(reason: str, minutes: int) -> str:
+    """What a kick says: the reason, and the ban's length if there is one."""
+    if not minutes:
+        return reason
+    return f"banned for {minutes} minutes" + (f": {reason}" if reason else "")
 
 
 def taken_message(nick: str, holder: str) -> str:

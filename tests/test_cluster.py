@@ -499,3 +499,31 @@ def test_a_rename_is_seen_on_every_node_and_frees_the_old_nick(nodes, client):
     ann.send({"type": "nick", "nick": "ROB"})
     assert "taken" in ann.expect(lambda m: m["type"] == "error")["message"]
     client(a_node, "bob")  # the old nick is free everywhere
+
+
+def test_an_operator_kicks_and_bans_a_user_on_another_node(nodes, client):
+    ops = ROOT / "tests" / "data" / "ops"
+    a_node, b_node = nodes(2, "--op-password-file", str(ops))
+    op, bob, cy = client(a_node, "op"), client(b_node, "bob"), client(b_node, "cy")
+    op.expect(join("cy"))
+    op.send({"type": "op", "password": "opsecret"})
+    op.expect({"type": "info", "message": "you are an operator now"})
+    op.send({"type": "kick", "nick": "cy", "reason": "off topic"})
+    kicked = {"type": "kick", "nick": "cy", "by": "op", "reason": "off topic"}
+    for user in (op, bob, cy):
+        user.expect(kicked)
+    cy.expect_closed()
+    op.expect(leave("cy"))
+    op.send({"type": "ban", "nick": "bob", "minutes": 5, "reason": "flood"})
+    bob.expect({"type": "kick", "nick": "bob", "by": "op", "reason": "banned for 5 minutes: flood"})
+    bob.expect_closed()
+    op.expect(leave("bob"))
+
+    def banned_everywhere():
+        for node in (a_node, b_node):
+            again = RawClient(node.port, "bob2")
+            if "banned" not in again.expect(lambda m: True).get("message", ""):
+                return False
+        return True
+
+    wait_for(banned_everywhere, timeout=10, interval=0.2)

@@ -813,3 +813,27 @@ def test_a_kicked_session_gets_no_grace():
     chat.received(op)
     chat.send(op, {"type": "kick", "nick": "lee"})
     assert chat.received(op)[-1] == leave("lee")
+
+
+def test_operators_kick_and_ban_users_of_other_nodes():
+    node = Harness(link=FakeLink(), access=Access(op_password="opsecret"))
+    op = node.connect("op")
+    grant(node, op, "op")
+    node.core.cluster_event(cluster.RemoteJoin("bob", "lobby", node="b1"), node.now)
+    node.send(op, {"type": "op", "password": "opsecret"})
+    node.received(op)
+    node.send(op, {"type": "ban", "nick": "bob", "minutes": 5, "reason": "flood"})
+    assert ("publish", cluster.RemoteKick("bob", "op", "flood", 5)) in node.core.link.calls
+    assert node.received(op) == [{"type": "kick", "nick": "bob", "by": "op",
+                                  "reason": "banned for 5 minutes: flood"}]
+    node.core.cluster_event(cluster.RemoteBan("10.9.8.7", 600.0, "flood", node="b1"), node.now)
+    banned = node.connect("eve", host="10.9.8.7")
+    assert "banned" in error_of(node.received(banned))
+    here = node.connect("pat")
+    grant(node, here, "pat")
+    node.received(here)
+    node.core.cluster_event(cluster.RemoteJoin("mod", "lobby", node="b1"), node.now)
+    node.core.cluster_event(cluster.RemoteKick("pat", "mod", "bye", 0, node="b1"), node.now)
+    assert node.received(here)[-1] == {"type": "kick", "nick": "pat", "by": "mod",
+                                       "reason": "bye"}
+    assert node.closed(here)
