@@ -52,3 +52,17 @@ def float_at_least(what: str, low: float) -> Callable[[str], float]:
         return value
 
     return convert
+
+
+def first_line_of(path: str, what: str) -> str:
+    """A secret from the first line of a file (secrets never go on a command
+    line, where every user can read them); ValueError saying why not."""
+    try:
+        with open(path, encoding="utf-8") as secret:
+            line = secret.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the {what} file {path}: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not line:
+        raise ValueError(f"the {what} file {path} is empty")
+    return line

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence, TextIO
 
 import chat_protocol as proto
-from chat_args import add_version, int_in_range, program_name
+from chat_args import add_version, first_line_of, int_in_range, program_name
 from chatui_core import escape_controls
 import ui_backend
 
@@ -597,12 +597,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log = open(args.log, "a", encoding="utf-8") if args.log else None
     except OSError as exc:
         return fail(f"cannot open the log file {args.log}: {exc.strerror}")
-    password = None
-    if args.password_file:
-        try:
-            password = open(args.password_file, encoding="utf-8").readline().strip()
-        except OSError as exc:
-            return fail(f"cannot read the password file {args.password_file}: {exc.strerror}")
+    try:
+        password = first_line_of(args.password_file, "password") if args.password_file else None
+    except ValueError as exc:
+        return fail(str(exc))
     try:
         sock = connect(args.host, args.port)
         sock.sendall(proto.encode(proto.Hello(args.nick, session=True, password=password)))

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Sequence
 
 import chat_protocol as proto
-from chat_args import add_version, float_at_least, int_in_range, program_name
+from chat_args import (add_version, first_line_of, float_at_least, int_in_range,
+                       program_name)
 from chat_core import Access, ChatCore, Limits, SessionSettings, format_address
 from chat_delivery import Delivery, Outlet
 
@@ -465,18 +466,13 @@ MOTD_LINES = 50
 def read_access(args: argparse.Namespace) -> Access:
     """Passwords and the message of the day from their files (secrets never
     come from the command line); a file that cannot be read is a ValueError."""
-    def first_line(path: str | None, what: str) -> str | None:
-        if path is None:
-            return None
-        lines = read_lines(path, what)
-        if not lines or not lines[0].strip():
-            raise ValueError(f"the {what} file {path} is empty")
-        return lines[0].strip()
+    def secret(path: str | None, what: str) -> str | None:
+        return first_line_of(path, what) if path else None
 
     motd = tuple(line.rstrip() for line in read_lines(args.motd, "message of the day")
                  [:MOTD_LINES]) if args.motd else ()
-    return Access(server_password=first_line(args.password_file, "password"),
-                  op_password=first_line(args.op_password_file, "operator password"),
+    return Access(server_password=secret(args.password_file, "password"),
+                  op_password=secret(args.op_password_file, "operator password"),
                   motd=tuple(line for line in motd if line))
 
 
