@@ -82,14 +82,18 @@ class LogEntry:
     (None: everyone; a room key; or the set of user keys of a DM), and,
     for a move, who moved from where to where."""
 
-    __slots__ = ("number", "id", "time", "message", "target", "mover", "old", "new", "size")
+    __slots__ = ("number", "time", "message", "target", "mover", "old", "new", "size")
 
     def __init__(self, number: int, time: float, message: proto.Message, target,
                  size: int, mover: str | None = None, old: str | None = None,
                  new: str | None = None) -> None:
-        self.number, self.id, self.time = number, f"{number:016d}", time
+        self.number, self.time = number, time
         self.message, self.target, self.size = message, target, size
         self.mover, self.old, self.new = mover, old, new
+
+    @property
+    def id(self) -> str:
+        return f"{self.number:016d}"
 
     def reaches(self, key: str, room: str) -> bool:
         target = self.target
@@ -458,10 +462,13 @@ class ChatCore:
     # ---- chat events: numbered, logged for sessions, then delivered ----
 
     def record(self, message: proto.Message, target, mover: str | None = None,
-               old: str | None = None, new: str | None = None) -> tuple[bytes, bytes | None]:
+               old: str | None = None, new: str | None = None,
+               base: bytes | None = None) -> tuple[bytes, bytes | None]:
         """Number and log a chat event; return its packet for base clients
-        and, while session clients are attached, the one with id and time."""
-        base = proto.encode(message)
+        (``base``, if the caller encoded it already) and, while session
+        clients are attached, the one with id and time."""
+        if base is None:
+            base = proto.encode(message)
         self.next_number += 1
         entry = LogEntry(self.next_number, round(self.now + self.wall_offset, 3), message,
                          target, len(base), mover, old, new)
@@ -478,9 +485,10 @@ class ChatCore:
             self.count_missed(entry)
         return base, entry.packet() if self.attached_sessions else None
 
-    def announce(self, message: proto.Message, room: str | None = None, **move: str) -> None:
+    def announce(self, message: proto.Message, room: str | None = None,
+                 base: bytes | None = None, **move: str) -> None:
         """A chat event for a room (everyone when None)."""
-        base, with_ids = self.record(message, room, **move)
+        base, with_ids = self.record(message, room, base=base, **move)
         self.outbox.broadcast(base, room, with_ids)
 
     def send_event(self, recipients: list[Client], message: proto.Message) -> None:
@@ -676,7 +684,7 @@ class ChatCore:
         packet = self.encode_for(client, message)
         if packet:
             room = client.room
-            self.announce(message, room.key)
+            self.announce(message, room.key, base=packet)
             if self.link:
                 self.link.publish(cluster.RemoteSpeech(message.TYPE, message.nick, room.name,
                                                        message.message))
