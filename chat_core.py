@@ -357,10 +357,6 @@ class ChatCore:
             log.exception("cluster: internal error applying %s; ignored",
                           type(event).__name__)
 
-    @property
-    def connection_count(self) -> int:
-        return len(self.clients)
-
     # ------------------------------------------------------------------
     # Packets
 
@@ -612,8 +608,8 @@ class ChatCore:
             session = None
         missed = self.missed_since(session, hello.after) if session is not None else None
         if missed is None:
-            if session is not None:
-                self.end_session_now(session, "could not be resumed")
+            if session is not None and session.state is State.DETACHED:
+                self.end_session(session, "could not be resumed")
             self.send(client, proto.Error("session expired"))
             return  # the connection stays open for a fresh hello
         if session.state is State.JOINED:  # the old connection is not known dead yet
@@ -659,10 +655,6 @@ class ChatCore:
             if any(entry.reaches(key, room) for key in keys):
                 missed.append(entry)
         return missed
-
-    def end_session_now(self, client: Client, reason: str) -> None:
-        if client.state is State.DETACHED:
-            self.end_session(client, reason)
 
     @handles(proto.Quit)
     def on_quit(self, client: Client, _: proto.Quit) -> None:
