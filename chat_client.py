@@ -5,7 +5,7 @@ thread reads packets, formats them and hands them to ``print_message``.  The
 terminal UI is chosen at run time through ``ui_backend`` (curses by default,
 ``--ui ansi`` for plain escapes).
 
-Usage: ``python chat_client.py NICK HOST PORT [--ui curses|ansi]``.
+Usage: ``python chat_client.py NICK HOST PORT [--ui curses|ansi] [--tls]``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -25,7 +26,7 @@ from typing import Callable, Sequence, TextIO
 
 import chat_protocol as proto
 from chat_args import add_version, first_line_of, int_in_range, program_name
-from chatui_core import escape_controls
+from chatui_core import SecretPrompt, escape_controls
 import ui_backend
 
 Segment = tuple[str, "str | None"]
@@ -146,6 +147,7 @@ KEYS = (
 RECONNECT_FIRST, RECONNECT_MAX = 0.5, 15.0  # seconds between tries: doubling
 ANSWER_NOTICE_SECONDS = 3.0   # no answer to hello by then: say we are waiting
 ANSWER_GIVE_UP_SECONDS = 10.0  # ...and by then: give up
+PASSWORD_REFUSALS = ("this server needs a server password", "wrong server password")
 
 
 class Quit(Exception):
@@ -179,6 +181,8 @@ class ChatClient:
         self.retry_delay = RECONNECT_FIRST  # grows until a reconnection goes live
         self.ignored: dict[str, str] = {}   # name_key -> nick, hidden here
         self.password = password            # the server password, if it has one
+        self.asking_password = False        # the prompt asks for it, not a chat line
+        self.password_typed = threading.Event()
         self.nick = nick
         self.ui = ui
         self.timestamps = timestamps
@@ -199,6 +203,8 @@ class ChatClient:
     # ---- main thread ----
 
     def prompt(self) -> str:
+        if self.asking_password:
+            return SecretPrompt(f"password for {self.server}: ")
         if proto.name_key(self.room) == proto.name_key(proto.LOBBY):
             return f"{self.nick}> "
         return f"{self.nick} [{self.room}]> "
@@ -234,6 +240,9 @@ class ChatClient:
                 pass
 
     def handle_line(self, line: str) -> None:
+        if self.asking_password:
+            self.take_password(line)
+            return
         if not line.strip():
             return
         if line.startswith("//"):
@@ -250,6 +259,15 @@ class ChatClient:
 
     def quit(self) -> None:
         raise Quit
+
+    def take_password(self, line: str) -> None:
+        """The password typed at the prompt: the receiver connects again with it."""
+        if not line:
+            self.show(info("type the password, or Ctrl-C to quit"))
+            return
+        self.password = line
+        self.asking_password = False
+        self.password_typed.set()
 
     def send_chat(self, text: str) -> None:
         self.send_checked(proto.Chat(text), proto.ChatFrom(self.nick, text))
@@ -399,6 +417,8 @@ class ChatClient:
                 self.read_until_closed()
                 if self.quitting or self.rejected is not None:
                     return
+                if self.asking_password and not self.wait_for_password():
+                    return
                 if not self.reconnect():
                     return
         except BaseException as exc:  # shown after the terminal is restored
@@ -429,14 +449,17 @@ class ChatClient:
             self.show(info("connection lost; reconnecting..."))
             self.retry_delay = RECONNECT_FIRST
         while not self.stopping.wait(self.retry_delay):
-            self.retry_delay = min(RECONNECT_MAX, self.retry_delay * 2)
+            self.retry_delay = min(RECONNECT_MAX, max(RECONNECT_FIRST, self.retry_delay * 2))
             try:
                 sock = self.open_connection()
             except OSError:
                 continue
             with self._send_lock:
                 self.sock = sock
-            self.phase = "resuming" if self.token else "fresh"
+            if self.token:
+                self.phase = "resuming"
+            elif self.accepted:
+                self.phase = "fresh"     # (never joined yet: still "joining")
             try:
                 self.send_now(proto.Hello(self.nick, session=True, resume=self.token,
                                           after=self.last_id, password=self.password))
@@ -445,6 +468,15 @@ class ChatClient:
             self.connected = True
             return True
         return False
+
+    def wait_for_password(self) -> bool:
+        """Until the user has typed the password (False: they quit)."""
+        while not self.password_typed.wait(0.2):
+            if self.stopping.is_set():
+                return False
+        self.password_typed.clear()
+        self.retry_delay = 0.0  # the user is waiting: connect again at once
+        return True
 
     def await_answer(self) -> bool:
         """Wait for the server's first bytes: after a few seconds say we
@@ -534,7 +566,11 @@ class ChatClient:
         elif isinstance(message, proto.EnteredRoom) and message.nick == self.nick:
             self.room = message.room
         elif isinstance(message, proto.Error) and self.phase == "joining":
-            self.rejected = message.message  # after a reconnection: retried instead
+            if message.message in PASSWORD_REFUSALS and self.open_connection is not None:
+                self.asking_password = True  # the prompt asks; then we connect again
+                self.show(info("type the server's password at the prompt (it is not shown)"))
+            else:
+                self.rejected = message.message  # after a reconnection: retried instead
 
 
 # --------------------------------------------------------------------------
@@ -570,15 +606,103 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log", metavar="FILE",
                         help="append every line shown, with its date and time, to FILE")
     parser.add_argument("--password-file", metavar="FILE",
-                        help="the server's password, from the file's first line")
+                        help="the server's password, from the file's first line (without "
+                             "it, the client asks when the server wants one)")
+    parser.add_argument("--tls", action="store_true",
+                        help="connect with TLS, checking the server's certificate and name")
+    parser.add_argument("--tls-ca", metavar="FILE",
+                        help="trust this CA certificate (PEM) instead of the system's; "
+                             "implies --tls")
     return parser.parse_args(argv)
 
 
-def connect(host: str, port: int) -> socket.socket:
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Certificates checked against the system's CAs (or only ``ca_file``),
+    host names checked, TLS 1.2 or later."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class TlsStream:
+    """A TLS connection the two threads share: the receiver reads while the
+    main thread sends.  OpenSSL must not be entered from both at once, so
+    each TLS call holds one lock and never blocks; waiting for the socket
+    happens outside the lock.  Offers what ChatClient uses of a socket."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.lock = threading.Lock()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, size: int) -> bytes:
+        while True:
+            with self.lock:
+                try:
+                    return self.sock.recv(size)
+                except ssl.SSLWantReadError:
+                    wanted = "read"
+                except ssl.SSLWantWriteError:
+                    wanted = "write"
+            self.wait(wanted)
+
+    def sendall(self, data: bytes) -> None:
+        view, sent = memoryview(data), 0
+        while sent < len(view):
+            with self.lock:
+                try:
+                    sent += self.sock.send(view[sent:])
+                    continue
+                except ssl.SSLWantWriteError:
+                    wanted = "write"
+                except ssl.SSLWantReadError:
+                    wanted = "read"
+            self.wait(wanted)
+
+    def wait(self, wanted: str) -> None:
+        sockets = [self.sock]
+        try:
+            select.select(sockets if wanted == "read" else [],
+                          sockets if wanted == "write" else [], [], 1.0)
+        except ValueError as exc:  # closed by the other thread
+            raise OSError("connection closed") from exc
+
+    def shutdown(self, how: int) -> None:
+        with self.lock:
+            self.sock.shutdown(how)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def connect(host: str, port: int, tls: ssl.SSLContext | None = None):
+    """A connection to the server (a TlsStream with ``tls``): OSError if it
+    cannot be made, ssl.SSLError if TLS cannot be set up with it."""
     sock = socket.create_connection((host, port), timeout=10)
-    sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # typed lines go at once
-    return sock
+    if tls is None:
+        sock.settimeout(None)
+        return sock
+    try:
+        return TlsStream(tls.wrap_socket(sock, server_hostname=host))  # handshakes (10 s)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def connection_problem(exc: BaseException) -> str:
+    """Why a connection could not be made, in words for the user."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the server's certificate is not trusted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return (f"TLS handshake failed ({exc.reason or exc}): does the server speak TLS? "
+                "(the server's --tls-cert)")
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError)):
+        return "the connection was reset while setting up"
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 def fail(message: str) -> int:
@@ -602,15 +726,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         return fail(str(exc))
     try:
-        sock = connect(args.host, args.port)
+        tls = tls_context(args.tls_ca) if args.tls or args.tls_ca else None
+    except (OSError, ssl.SSLError) as exc:
+        return fail(f"cannot use the CA file {args.tls_ca}: "
+                    f"{getattr(exc, 'strerror', None) or exc}")
+    try:
+        sock = connect(args.host, args.port, tls)
         sock.sendall(proto.encode(proto.Hello(args.nick, session=True, password=password)))
     except (OSError, UnicodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        return fail(f"cannot connect to {args.host}:{args.port}: {reason}")
+        return fail(f"cannot connect to {args.host}:{args.port}: {connection_problem(exc)}")
     color = not args.no_color and not os.environ.get("NO_COLOR")
     client = ChatClient(sock, args.nick, ui, timestamps=args.timestamps,
                         server=f"{args.host}:{args.port}", bell=args.bell, log=log,
-                        reconnect=lambda: connect(args.host, args.port), password=password)
+                        reconnect=lambda: connect(args.host, args.port, tls), password=password)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         ui_backend.start(ui, color=color)
@@ -629,7 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return report_exit(client, user_ended)
 
 
-def close_quietly(sock: socket.socket) -> None:
+def close_quietly(sock: socket.socket | TlsStream) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:

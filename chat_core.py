@@ -313,6 +313,14 @@ class ChatCore:
             client.become(State.GONE)
         self.release_address(client)
 
+    def refuse(self, outlet: Outlet, reason: str, now: float) -> None:
+        """The transport refuses a connection (plain text on a TLS port,
+        or the reverse): an error, then the close."""
+        self.now = now
+        client = self.clients.get(outlet)
+        if client is not None and client.state is State.GREETING:
+            self.reject(client, reason)
+
     def release_address(self, client: Client) -> None:
         """The connection no longer counts against its address's limit."""
         if client.address is not None:

@@ -10,17 +10,26 @@ passes the bound is dropped, so no client can stall the others.
 Usage: ``python chat_server.py PORT [--host ADDR] [limits] [--redis URL ...]``
 (``--help`` lists them).  With ``--redis`` the server is one node of a
 cluster (see chat_cluster.py).
+
+With ``--tls-cert``/``--tls-key`` the port speaks only TLS.  A new
+connection's first byte is peeked at: a TLS ClientHello starts the
+handshake, which the loop steps like any other I/O (never blocking);
+anything else is a plain-text client, told in plain text to use TLS.  A
+plain port tells a TLS client the reverse (as plain bytes: its handshake
+then fails at once instead of hanging).
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import errno
 import logging
 import os
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -42,6 +51,10 @@ ACCEPTS_PER_TURN = 512
 LINGER_SECONDS = 2.0
 KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 6}  # dead after ~2 min
 WAKE = "wake"            # the selector key data of the wake-up socket
+TLS_RECORD = 1 << 14     # what one TLS write takes: one record
+TLS_HANDSHAKE = 0x16     # the first byte of a TLS ClientHello
+NOT_TLS = "this server speaks TLS only: connect with --tls"
+ONLY_PLAIN = "this server does not speak TLS: connect without --tls"
 REDIS_URL_VARIABLE = "CHAT_REDIS_URL"
 
 
@@ -51,18 +64,35 @@ def announce(message: str, *args: object) -> None:
     log.log(max(logging.INFO, log.getEffectiveLevel()), message, *args)
 
 
+class Tls(enum.Enum):
+    """Where a connection on a TLS port is in setting up TLS."""
+
+    SNIFF = "sniff"          # nothing read yet: is it a TLS ClientHello?
+    HANDSHAKE = "handshake"  # handshaking; the loop steps it when the socket is ready
+    UP = "up"                # TLS is up: reads and writes go through it
+
+
 class Connection(Outlet):
     """One client socket: the delivery outlet plus what the transport needs."""
 
-    __slots__ = ("sock", "peer", "decoder", "deadline", "events")
+    __slots__ = ("sock", "peer", "decoder", "deadline", "events", "tls", "tls_wants_write",
+                 "fresh")
 
-    def __init__(self, sock: socket.socket, peer: str) -> None:
+    def __init__(self, sock: socket.socket, peer: str, tls: Tls | None = None) -> None:
         super().__init__()
         self.sock = sock
         self.peer = peer
         self.decoder = proto.PacketDecoder()
         self.deadline = 0.0     # when a closing connection is cut regardless
         self.events = selectors.EVENT_READ  # what the selector watches for
+        self.tls = tls          # None: plain text
+        self.tls_wants_write = False  # the handshake waits for the socket to take more
+        self.fresh = True       # nothing read yet (a plain port checks the first bytes)
+
+    @property
+    def setting_up(self) -> bool:
+        """TLS is not up yet: nothing can be written."""
+        return self.tls is Tls.SNIFF or self.tls is Tls.HANDSHAKE
 
     def __repr__(self) -> str:
         return f"<connection {self.peer}>"
@@ -74,8 +104,10 @@ class ChatServer:
     def __init__(self, listeners: Sequence[socket.socket], limits: Limits = Limits(),
                  redis_url: str | None = None, heartbeat: float = 1.0,
                  sessions: SessionSettings = SessionSettings(),
-                 access: Access = Access()) -> None:
+                 access: Access = Access(), tls: ssl.SSLContext | None = None) -> None:
         self.listeners = list(listeners)
+        self.tls = tls                      # the port speaks only TLS
+        self.tls_buffered: set[Connection] = set()  # decrypted bytes wait inside TLS
         self.selector = selectors.DefaultSelector()
         self.connections: set[Connection] = set()
         self.lingering: dict[Connection, None] = {}  # in deadline order
@@ -109,6 +141,7 @@ class ChatServer:
             while self.running:
                 for key, mask in self.selector.select(self.next_timeout()):
                     self.dispatch(key, mask)
+                self.read_tls_buffered()
                 self.core_due = self.core.tick(time.monotonic())
                 self.expire_lingering()
                 self.flush()
@@ -127,6 +160,8 @@ class ChatServer:
                 now = time.monotonic()
                 for event in self.link.take_events():
                     self.core.cluster_event(event, now)
+        elif conn.setting_up:
+            self.set_up_tls(conn)
         else:
             if mask & selectors.EVENT_READ and not conn.gone:
                 self.on_readable(conn)
@@ -134,7 +169,7 @@ class ChatServer:
                 self.write(conn)
 
     def next_timeout(self) -> float | None:
-        if self.delivery.busy:
+        if self.delivery.busy or self.tls_buffered:
             return 0
         due = [next(iter(self.lingering)).deadline] if self.lingering else []
         if self.core_due is not None:
@@ -196,7 +231,7 @@ class ChatServer:
             # --max-queue, rather than whatever autotuning grows it to (4 MiB).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER)
             set_keepalive(sock)
-            conn = Connection(sock, format_address(address))
+            conn = Connection(sock, format_address(address), Tls.SNIFF if self.tls else None)
             self.connections.add(conn)
             self.selector.register(sock, selectors.EVENT_READ, conn)
             self.core.connected(conn, address, time.monotonic())
@@ -218,7 +253,8 @@ class ChatServer:
     def on_readable(self, conn: Connection) -> None:
         try:
             data = conn.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
             return
         except OSError as exc:
             self.drop(conn, f"connection error: {exc.strerror or exc}")
@@ -226,9 +262,82 @@ class ChatServer:
         if not data:
             self.drop(conn, "closed the connection")
             return
+        if conn.tls is Tls.UP and conn.sock.pending():
+            self.tls_buffered.add(conn)  # the selector cannot see these bytes
         if conn.closing:
             return  # lingering after an error: read and discard
+        if conn.fresh:
+            conn.fresh = False
+            if conn.tls is None and looks_like_tls(data):
+                self.core.refuse(conn, ONLY_PLAIN, time.monotonic())
+                return
         self.core.received(conn, conn.decoder.feed(data), time.monotonic())
+
+    def read_tls_buffered(self) -> None:
+        """Read what TLS decrypted but the last read did not take."""
+        while self.tls_buffered:
+            conn = self.tls_buffered.pop()
+            if not conn.gone:
+                self.on_readable(conn)
+
+    # ------------------------------------------------------------------
+    # Setting up TLS: sniff the first byte, then step the handshake
+
+    def set_up_tls(self, conn: Connection) -> None:
+        if conn.tls is Tls.SNIFF:
+            self.sniff(conn)
+        if conn.tls is Tls.HANDSHAKE:
+            self.step_handshake(conn)
+
+    def sniff(self, conn: Connection) -> None:
+        """A TLS ClientHello starts the handshake; a plain-text client is
+        told, in plain text, that this port speaks TLS."""
+        try:
+            first = conn.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.drop(conn, f"connection error: {exc.strerror or exc}")
+            return
+        if not first:
+            self.drop(conn, "closed the connection")
+        elif first[0] != TLS_HANDSHAKE:
+            conn.tls = None
+            conn.fresh = False
+            self.core.refuse(conn, NOT_TLS, time.monotonic())
+            if conn.out:
+                self.write(conn)
+        else:
+            self.selector.unregister(conn.sock)  # the TLS socket takes over the descriptor
+            conn.sock = self.tls.wrap_socket(conn.sock, server_side=True,
+                                             do_handshake_on_connect=False)
+            self.selector.register(conn.sock, conn.events, conn)
+            conn.tls = Tls.HANDSHAKE
+
+    def step_handshake(self, conn: Connection) -> None:
+        """One step of the handshake: as far as the socket allows now."""
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.set_handshake_write(conn, False)
+            return
+        except ssl.SSLWantWriteError:
+            self.set_handshake_write(conn, True)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self.drop(conn, f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}")
+            return
+        conn.tls = Tls.UP
+        self.set_handshake_write(conn, False)
+        if conn.out:
+            self.write(conn)       # an error queued while handshaking (a ban, say)
+        if not conn.gone and conn.sock.pending():
+            self.tls_buffered.add(conn)
+
+    def set_handshake_write(self, conn: Connection, wanted: bool) -> None:
+        if conn.tls_wants_write != wanted:
+            conn.tls_wants_write = wanted
+            self.update_interest(conn)
 
     def write(self, conn: Connection) -> None:
         """Send as much of the queue as the socket takes, in one send."""
@@ -237,10 +346,12 @@ class ChatServer:
             if conn.closing:
                 self.half_close(conn)
             return
+        if conn.setting_up:
+            return  # written once TLS is up
         batch, later = take_batch(conn.out)
         data = batch[0] if len(batch) == 1 else b"".join(batch)
         try:
-            sent = conn.sock.send(data)
+            sent = send_tls(conn.sock, data) if conn.tls else conn.sock.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
@@ -263,7 +374,7 @@ class ChatServer:
         """Watch for reading unless the core paused it, for writing while
         output waits (a socket watched for nothing leaves the selector)."""
         events = (0 if conn.paused else selectors.EVENT_READ) | \
-            (selectors.EVENT_WRITE if conn.want_write else 0)
+            (selectors.EVENT_WRITE if conn.want_write or conn.tls_wants_write else 0)
         if events == conn.events:
             return
         if not events:
@@ -283,7 +394,9 @@ class ChatServer:
                 self.drop(conn, f"output queue passed {self.delivery.max_queue} bytes")
         deadline = time.monotonic() + LINGER_SECONDS
         for conn in self.delivery.take_closed():
-            if not conn.gone:  # cut once its error is written, or at the deadline
+            if not conn.gone and conn.tls is Tls.HANDSHAKE:
+                self.drop(conn, "closed during the TLS handshake")  # it cannot be told why
+            elif not conn.gone:  # cut once its error is written, or at the deadline
                 conn.deadline = deadline
                 self.lingering[conn] = None
         for conn in self.delivery.take_input_changes():
@@ -306,6 +419,7 @@ class ChatServer:
     def discard(self, conn: Connection) -> None:
         self.delivery.forget(conn)
         self.connections.discard(conn)
+        self.tls_buffered.discard(conn)
         self.lingering.pop(conn, None)
         if conn.events:
             self.selector.unregister(conn.sock)
@@ -336,6 +450,26 @@ def take_batch(queue: list) -> tuple[list, list]:
         if size >= SEND_BATCH:
             return queue[:index + 1], queue[index + 1:]
     return queue, []
+
+
+def send_tls(sock: ssl.SSLSocket, data: bytes | memoryview) -> int:
+    """Send over TLS a record at a time until the socket is full; how much
+    went.  A record the socket half took is finished by the next call,
+    which starts with the same bytes (our queue keeps them first)."""
+    view = memoryview(data)
+    sent = 0
+    while sent < len(view):
+        try:
+            sent += sock.send(view[sent:sent + TLS_RECORD])
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            break
+    return sent
+
+
+def looks_like_tls(data: bytes) -> bool:
+    """A TLS ClientHello (record type 22, version 3.x) on a plain port: as
+    a chat packet it would claim 5.5 KB and wait for them forever."""
+    return len(data) >= 2 and data[0] == TLS_HANDSHAKE and data[1] == 3
 
 
 def set_keepalive(sock: socket.socket) -> None:
@@ -386,6 +520,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the operators' password (the file's first line), for /op")
     parser.add_argument("--motd", metavar="FILE",
                         help="a message of the day, sent to each user after joining")
+    tls = parser.add_argument_group("TLS (both, or neither)")
+    tls.add_argument("--tls-cert", metavar="FILE",
+                     help="serve only TLS on the port, with this certificate chain (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     parser.add_argument("--redis", metavar="URL",
                         help="join a cluster through Redis, e.g. redis://127.0.0.1:6379/0 "
                              f"(a URL with a password is better given by ${REDIS_URL_VARIABLE} "
@@ -399,7 +537,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         type=str.upper, help="logging level (default INFO)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    return args
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server's TLS settings (TLS 1.2 and later), or None for plain
+    text; a certificate or key that cannot be used is a ValueError."""
+    if not cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except OSError as exc:
+        raise ValueError(f"cannot read the TLS certificate or key: {exc.strerror or exc} "
+                         f"({exc.filename or cert})") from None
+    except ssl.SSLError as exc:
+        raise ValueError(f"cannot use the TLS certificate {cert} with the key {key}: "
+                         f"{exc.reason or exc}") from None
+    return context
 
 
 def open_listeners(host: str | None, port: int,
@@ -523,15 +682,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sessions = SessionSettings(history=args.history, resume_grace=args.resume_grace)
     try:
         access = read_access(args)
+        tls = tls_context(args.tls_cert, args.tls_key)
     except ValueError as exc:
         print(f"{program_name()}: {exc}", file=sys.stderr)
         return 2
     server = ChatServer(listeners, limits, redis_url=redis_url, heartbeat=args.heartbeat,
-                        sessions=sessions, access=access)
+                        sessions=sessions, access=access, tls=tls)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop())
     for listener in listeners:
-        announce("listening on %s", format_address(listener.getsockname()))
+        announce("listening on %s%s", format_address(listener.getsockname()),
+                 " (TLS only)" if tls else "")
     server.run()
     return 0
 

@@ -252,6 +252,11 @@ class Paste(str):
     """Text that arrived as a bracketed paste: inserted, never executed."""
 
 
+class SecretPrompt(str):
+    """A prompt for a secret (a password): what is typed is shown as one
+    ``*`` per character and kept out of the history."""
+
+
 Completer = Callable[[str, bool], list[str]]
 
 
@@ -349,9 +354,9 @@ class LineEditor:
         else:
             self.replace(self.history[self._history_pos])
 
-    def accept(self) -> str:
+    def accept(self, remember: bool = True) -> str:
         line = self.text
-        if line.strip() and (not self.history or self.history[-1] != line):
+        if remember and line.strip() and (not self.history or self.history[-1] != line):
             self.history.append(line)
         self._history_pos = len(self.history)
         self._draft = ""
@@ -537,7 +542,8 @@ class ChatScreen:
                 raise EOFError("input stopped")
             keys = self.terminal.read_keys(final)
             for key in keys:
-                line = self._handle_key(key, complete)
+                secret = isinstance(get_prompt(), SecretPrompt)
+                line = self._handle_key(key, None if secret else complete, remember=not secret)
                 if line is not None:
                     self._render(get_prompt())
                     return line
@@ -597,13 +603,16 @@ class ChatScreen:
         rows = None
         if self._output_changed or self._full_redraw:
             rows = self.scrollback.view(width, max(1, height - 1))
-        shown_prompt, text, column = input_view(prompt, self.editor.text,
-                                                self.editor.cursor, width)
+        text, cursor = self.editor.text, self.editor.cursor
+        if isinstance(prompt, SecretPrompt):  # one * per character typed
+            text, cursor = "*" * len(graphemes(text)), len(graphemes(text[:cursor]))
+        shown_prompt, text, column = input_view(prompt, text, cursor, width)
         self.terminal.draw(rows, shown_prompt, text, column, self._full_redraw)
         self._output_changed = False
         self._full_redraw = False
 
-    def _handle_key(self, key: str, complete: Completer | None) -> str | None:
+    def _handle_key(self, key: str, complete: Completer | None,
+                    remember: bool = True) -> str | None:
         editor = self.editor
         if key != TAB:
             editor.forget_completion()
@@ -620,7 +629,8 @@ class ChatScreen:
             BACKSPACE: editor.backspace, DELETE: editor.delete,
             CTRL_U: editor.kill_to_start, CTRL_K: editor.kill_to_end,
             CTRL_W: editor.delete_word_back,
-            UP: editor.history_back, DOWN: editor.history_forward,
+            UP: editor.history_back if remember else None,
+            DOWN: editor.history_forward if remember else None,
             TAB: lambda: editor.complete(complete),
             PAGE_UP: self._page_up, PAGE_DOWN: self._page_down,
             CTRL_L: self._redraw, CTRL_Z: self._suspend,
@@ -630,7 +640,7 @@ class ChatScreen:
         elif key == ENTER:
             self.scrollback.offset = 0
             self._output_changed = True
-            return editor.accept()
+            return editor.accept(remember)
         elif key == CTRL_C:
             raise KeyboardInterrupt
         elif key == CTRL_D:

@@ -13,9 +13,12 @@ import os
 import re
 import resource
 import selectors
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,13 +36,32 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 UNLIMITED = ("--rate", "0", "--max-per-ip", "0")  # load scenarios: abuse limits off
 
 
+def make_certificates(directory: str) -> tuple[str, ssl.SSLContext]:
+    """A throwaway CA and a certificate for localhost (trustme, in the test
+    extra): the server's PEM file and a client context that trusts it."""
+    import trustme
+    ca = trustme.CA()
+    pem = os.path.join(directory, "server.pem")
+    ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(pem)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return pem, context
+
+
 class Server:
     """chat_server.py as a subprocess on a loopback port (0: a free one);
-    with the abuse limits off unless ``limits`` is true."""
+    with the abuse limits off unless ``limits`` is true; serving only TLS
+    with ``tls`` (``client_tls`` is then the context its clients use)."""
 
-    def __init__(self, *extra: str, port: int = 0, limits: bool = False) -> None:
+    def __init__(self, *extra: str, port: int = 0, limits: bool = False,
+                 tls: bool = False) -> None:
         if not limits:
             extra = UNLIMITED + extra
+        self.cert_dir = tempfile.mkdtemp(prefix="chat_bench_tls_") if tls else None
+        self.client_tls: ssl.SSLContext | None = None
+        if self.cert_dir:
+            pem, self.client_tls = make_certificates(self.cert_dir)
+            extra += ("--tls-cert", pem, "--tls-key", pem)
         self.log_path = Path(f"/tmp/chat_bench_server_{os.getpid()}_{id(self)}.log")
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -80,6 +102,8 @@ class Server:
         self.log.close()
         if not os.environ.get("CHAT_BENCH_KEEP_LOGS"):
             self.log_path.unlink(missing_ok=True)
+        if self.cert_dir:
+            shutil.rmtree(self.cert_dir, ignore_errors=True)
 
 
 class Cluster:
@@ -155,10 +179,12 @@ class Client:
 
 
 class Swarm:
-    """Many clients driven by one selectors loop."""
+    """Many clients driven by one selectors loop (over TLS with ``tls``:
+    each handshake is made as the client connects)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None) -> None:
         self.port = port
+        self.tls = tls
         self.selector = selectors.DefaultSelector()
         self.clients: list[Client] = []
         self.total_received = 0
@@ -173,6 +199,8 @@ class Swarm:
             sock.bind((source, 0))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.connect(("127.0.0.1", self.port))
+        if self.tls:
+            sock = self.tls.wrap_socket(sock, server_hostname="localhost")
         sock.sendall(proto.encode(hello or proto.Hello(nick)))
         sock.setblocking(False)
         client = Client(sock, nick)
@@ -192,7 +220,7 @@ class Swarm:
         if client.outgoing:
             try:
                 sent = client.sock.send(client.outgoing)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 sent = 0
             del client.outgoing[:sent]
         events = selectors.EVENT_READ if client.reading else 0
@@ -212,7 +240,9 @@ class Swarm:
     def _read(self, client: Client) -> None:
         try:
             data = client.sock.recv(1 << 16)
-        except BlockingIOError:
+            if self.tls:  # a TLS read takes one record: take what else is there
+                data += read_more_tls(client.sock)
+        except (BlockingIOError, ssl.SSLWantReadError):
             return
         except OSError:
             data = b""
@@ -257,6 +287,20 @@ class Swarm:
             client.sock.close()
         self.clients = []
         self.selector.close()
+
+
+def read_more_tls(sock: ssl.SSLSocket, limit: int = 1 << 18) -> bytes:
+    chunks, size = [], 0
+    while size < limit:
+        try:
+            chunk = sock.recv(1 << 16)
+        except ssl.SSLWantReadError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def join_size(nick: str) -> int:

@@ -49,8 +49,8 @@ class Measure:
         }
 
 
-def start_servers(nodes: int):
-    return Server() if nodes == 1 else Cluster(nodes)
+def start_servers(nodes: int, tls: bool = False):
+    return Server(tls=tls) if nodes == 1 else Cluster(nodes)
 
 
 def join_everyone(swarm: Swarm, nicks: list[str], reading: list[bool] | None = None,
@@ -115,10 +115,11 @@ def scenario_connect(size: int, nodes: int = 1) -> dict:
         server.stop()
 
 
-def scenario_fanout(size: int, nodes: int = 1, senders: int = 10, burst: int = 1000) -> dict:
+def scenario_fanout(size: int, nodes: int = 1, senders: int = 10, burst: int = 1000,
+                    tls: bool = False) -> dict:
     raise_open_file_limit()
-    server = start_servers(nodes)
-    swarm = Swarm(server.port)
+    server = start_servers(nodes, tls)
+    swarm = Swarm(server.port, getattr(server, "client_tls", None))
     try:
         nicks = [f"f{i:05d}" for i in range(size)]
         if not join_everyone(swarm, nicks, exact=nodes == 1):
@@ -141,7 +142,7 @@ def scenario_fanout(size: int, nodes: int = 1, senders: int = 10, burst: int = 1
         complete = all(c.received_bytes == senders * burst * packet_size and not c.closed
                        for c in swarm.clients)
         figures.update({
-            "nodes": nodes, "clients": size, "senders": senders, "burst": burst,
+            "nodes": nodes, "tls": tls, "clients": size, "senders": senders, "burst": burst,
             "deliveries": deliveries, "no_loss": ok and complete,
             "deliveries_per_second": round(deliveries / seconds),
             "mib_per_second": round(deliveries * packet_size / seconds / 2**20, 1),
@@ -190,10 +191,10 @@ class Tracker:
 
 
 def scenario_latency(clients: int = 100, rate: int = 1000, seconds: float = 5.0,
-                     senders: int = 10, stuck: bool = False) -> dict:
+                     senders: int = 10, stuck: bool = False, tls: bool = False) -> dict:
     raise_open_file_limit()
-    server = Server()
-    swarm = Swarm(server.port)
+    server = Server(tls=tls)
+    swarm = Swarm(server.port, server.client_tls)
     try:
         nicks = [f"l{i:04d}" for i in range(clients + (1 if stuck else 0))]
         reading = [True] * clients + ([False] if stuck else [])
@@ -211,6 +212,7 @@ def scenario_latency(clients: int = 100, rate: int = 1000, seconds: float = 5.0,
                 "server_rss_mib_max": round(max(r for _, r in rss_samples) / 1024, 1),
                 "server_rss_mib_over_time": [(t, round(r / 1024, 1)) for t, r in rss_samples],
             })
+        figures["tls"] = tls
         return figures
     finally:
         swarm.close()
@@ -471,6 +473,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cluster", type=int, default=0, metavar="NODES",
                         help="also run connect and fanout against NODES servers sharing "
                              "one port through Redis (redis-server or valkey-server)")
+    parser.add_argument("--tls", action="store_true",
+                        help="also run fanout and latency over TLS (the server's --tls-cert), "
+                             "beside the plain figures")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
@@ -489,6 +494,10 @@ def main(argv=None) -> int:
                     name = scenario if nodes == 1 else f"{scenario}-cluster"
                     results.setdefault(name, []).append(figures)
                     report(name, figures)
+                if args.tls and scenario == "fanout":
+                    figures = scenario_fanout(size, tls=True)
+                    results.setdefault("fanout-tls", []).append(figures)
+                    report("fanout-tls", figures)
         elif scenario == "abuse":
             results[scenario] = scenario_abuse(seconds=args.seconds)
             report(scenario, results[scenario])
@@ -500,6 +509,10 @@ def main(argv=None) -> int:
                                        stuck=scenario == "slow-reader")
             results[scenario] = figures
             report(scenario, figures)
+            if args.tls and scenario == "latency":
+                results["latency-tls"] = scenario_latency(rate=args.rate, seconds=args.seconds,
+                                                          tls=True)
+                report("latency-tls", results["latency-tls"])
         else:
             for ui in ("curses", "ansi"):
                 figures = scenario_client(ui)

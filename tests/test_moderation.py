@@ -56,3 +56,31 @@ def test_an_unreadable_secret_file_is_refused_at_start_up(tmp_path):
                              str(tmp_path / "missing")], cwd=ROOT, capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 2 and "cannot read the password file" in result.stderr
+
+
+def test_the_client_asks_for_the_server_password(guarded, ui):
+    from tests.terminal import TerminalClient
+    term = TerminalClient("pat", guarded.port, ui)
+    asked = f"password for 127.0.0.1:{guarded.port}: "
+    try:
+        term.wait_for_text("*** error: this server needs a server password")
+        term.wait_for(lambda t: t.lines[-1] == asked.rstrip(), what="the password prompt")
+        term.type("guess")
+        term.wait_for(lambda t: t.lines[-1] == asked + "*****", what="five stars")
+        term.key("enter")
+        term.wait_for_text("*** error: wrong server password")
+        term.type("sesame")
+        term.wait_for(lambda t: t.lines[-1] == asked + "******", what="six stars")
+        term.key("enter")
+        term.wait_for_text("pat has joined the chat")
+        term.wait_for_text("Welcome to the test server.")
+        term.wait_for_prompt()
+        assert "sesame" not in term.text and "guess" not in term.text
+        assert "reconnected" not in term.text
+        term.key("up")  # the password is not in the history
+        term.pump(0.3)
+        assert term.lines[-1] == "pat>"
+        term.say("/q")
+        assert term.wait_exit() == 0
+    finally:
+        term.close()
