@@ -21,6 +21,12 @@ Redis keys (``P`` is the prefix, ``chat:`` by default):
   still holds.
 - ``P epoch``: a random value set once per Redis data set: a node that
   finds another epoch on reconnection knows Redis lost its data.
+- ``P session:HASH``: a session (HASH: a digest of its token, never the
+  token): the nick, its name key and the node holding it.  ``P
+  sessions:ID``: hash nick -> HASH of a node's sessions, so that when the
+  node dies the survivors keep those users present for the resume grace.
+  A resume on another node takes the session (and its nick) over in one
+  step (TAKEOVER_SCRIPT) and says so with a ``takeover`` event.
 
 Guarantees.  Each node notices on its own when a node it knows stops
 beating (every node checks every node it has heard of, each beat), so
@@ -71,6 +77,18 @@ end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('SET', KEYS[2], ARGV[1])
 return 1
+"""
+TAKEOVER_SCRIPT = """
+local key = redis.call('HGET', KEYS[1], 'key')
+if (not key) or key ~= ARGV[2] then return false end
+local old = redis.call('HGET', KEYS[1], 'node')
+redis.call('HSET', KEYS[1], 'node', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1])
+return old
+"""
+END_SESSION_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 MAX_BACKOFF = 2.0
 STREAM_MAXLEN = 100_000     # events kept in the stream (approximately)
@@ -148,19 +166,23 @@ class NodeEvent:
     KIND: ClassVar[str]
     node: str = field(default="", kw_only=True)
     seq: int = field(default=0, kw_only=True)  # the sender's count: duplicates are dropped
+    stream: str = field(default="", kw_only=True, compare=False)  # its stream entry's ID
 
     def to_wire(self, node: str, seq: int = 0) -> str:
         obj = {"kind": self.KIND, "node": node, "seq": seq}
         obj.update({f.name: getattr(self, f.name) for f in fields(self)
-                    if f.name not in ("node", "seq")})
+                    if f.name not in ENVELOPE})
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def checks(cls) -> dict[str, Callable[[Any, str], Any]]:
-        """Each wire field (all but ``node``) and the check it must pass."""
+        """Each wire field (all but the envelope) and the check it must pass."""
         hints = get_type_hints(cls, include_extras=True)
         return {f.name: hints[f.name].__metadata__[0] for f in fields(cls)
-                if f.name not in ("node", "seq")}
+                if f.name not in ENVELOPE}
+
+
+ENVELOPE = ("node", "seq", "stream")  # what every event has beside its own fields
 
 
 @dataclass(frozen=True)
@@ -245,16 +267,27 @@ class RemotePresence(NodeEvent):
     users: Users
 
 
+@dataclass(frozen=True)
+class RemoteTakeover(NodeEvent):
+    """The sending node resumed ``nick``'s session, which ``old`` held: the
+    user is now there, in ``room``; nobody is told (it never left)."""
+    KIND = "takeover"
+    nick: Name
+    old: Address
+    room: Name
+
+
 NODE_EVENTS: dict[str, type[NodeEvent]] = {
     cls.KIND: cls for cls in (RemoteJoin, RemoteLeave, RemoteMove, RemoteSpeech,
                               RemoteDirect, RemoteAway, RemoteRename, RemoteKick, RemoteBan,
-                              RemotePresence)
+                              RemotePresence, RemoteTakeover)
 }
 NODE_EVENT_CHECKS = {cls: cls.checks() for cls in NODE_EVENTS.values()}
 
 
-def parse_node_event(data: bytes | str) -> NodeEvent:
-    """One event read off Redis, validated; InvalidMessage if it is bad."""
+def parse_node_event(data: bytes | str, stream: str = "") -> NodeEvent:
+    """One event read off Redis (from the stream entry ``stream``),
+    validated; InvalidMessage if it is bad."""
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -272,7 +305,7 @@ def parse_node_event(data: bytes | str) -> NodeEvent:
         if name not in obj:
             raise proto.InvalidMessage(f'"{cls.KIND}" event needs field "{name}"')
         values[name] = check(obj[name], name)
-    return cls(node=obj["node"], seq=seq, **values)
+    return cls(node=obj["node"], seq=seq, stream=stream, **values)
 
 
 # --------------------------------------------------------------------------
@@ -303,7 +336,27 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class NodeDead:
+    """A node stopped beating; ``sessions`` (nick -> session hash) are its
+    users who keep the resume grace before they leave."""
     node: str
+    sessions: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The reader has read the stream up to ``cursor``; ``own`` pairs each
+    of this node's events read meanwhile (its seq) with its stream ID."""
+    cursor: str
+    own: tuple = ()
+    start: bool = False  # where reading starts: nothing before it was read
+
+@dataclass(frozen=True)
+class TakenOver:
+    """The answer to a resume of a session held elsewhere: ``old`` is the
+    node that held it (None: no such session, or Redis is away)."""
+    token: Any
+    nick: str
+    old: str | None
 
 
 @dataclass(frozen=True)
@@ -335,7 +388,8 @@ class DataLost:
 
 
 EVENT_TYPES: tuple[type, ...] = (Claimed, Renamed, Snapshot, NodeDead, LinkLost, LinkRestored,
-                                 Conflict, Undelivered, DataLost, *NODE_EVENTS.values())
+                                 Conflict, Undelivered, DataLost, Progress, TakenOver,
+                                 *NODE_EVENTS.values())
 
 
 # --------------------------------------------------------------------------
@@ -437,6 +491,74 @@ class ClearPresence(Command):
 
 
 @dataclass
+class RecordSession(Command):
+    """A session of ours, under its (current) nick; ``old`` is a nick it
+    had before (a rename), whose entry goes."""
+    digest: str
+    nick: str
+    old: str | None = None
+
+    def queue(self, link, pipe) -> int:
+        self.while_down(link)
+        pipe.hset(link.key("session:" + self.digest), mapping={
+            "nick": self.nick, "key": proto.name_key(self.nick), "node": link.node_id})
+        if self.old:
+            pipe.hdel(link.key("sessions:" + link.node_id), self.old)
+        pipe.hset(link.key("sessions:" + link.node_id), self.nick, self.digest)
+        return 3 if self.old else 2
+
+    def while_down(self, link) -> None:  # written again on reconnection
+        link.sessions.pop(self.old, None)
+        link.sessions[self.nick] = self.digest
+
+
+@dataclass
+class EndSession(Command):
+    """A session is over (its node: ours, or a dead one's for an orphan);
+    without a digest, only the node's entry for the nick goes (the session
+    lives on elsewhere)."""
+    digest: str | None
+    nick: str
+    node: str
+
+    def queue(self, link, pipe) -> int:
+        self.while_down(link)
+        pipe.hdel(link.key("sessions:" + self.node), self.nick)
+        if self.digest is None:
+            return 1
+        link.client.end_session(keys=[link.key("session:" + self.digest)], args=[self.node],
+                                client=pipe)
+        return 2
+
+    def while_down(self, link) -> None:
+        if self.node == link.node_id:
+            link.sessions.pop(self.nick, None)
+
+
+@dataclass
+class TakeOver(Command):
+    """Take a session (and its nick) over from whichever node holds it."""
+    token: Any
+    digest: str
+    nick: str
+
+    def queue(self, link, pipe) -> int:
+        key = proto.name_key(self.nick)
+        link.client.take_over(keys=[link.key("session:" + self.digest),
+                                    link.key("nick:" + key)],
+                              args=[link.node_id, key], client=pipe)
+        return 1
+
+    def answer(self, link, results) -> None:
+        old = results[0]
+        link.hand_over(TakenOver(self.token, self.nick,
+                                 old.decode() if isinstance(old, bytes) else None))
+
+    def while_down(self, link) -> None:
+        link.hand_over(TakenOver(self.token, self.nick, None))
+
+
+@dataclass
 class Publish(Command):
     wire: str  # the event as JSON, numbered: a retry is recognised as one
 
@@ -476,6 +598,7 @@ class ClusterLink:
         self.prefix = prefix
         self.client = None                 # the writer's connection
         self.users: dict[str, str] = {}    # our users: nick -> room (writer's copy)
+        self.sessions: dict[str, str] = {}  # ...those with sessions: nick -> digest
         self.buffer: deque[tuple[float, str]] = deque()  # events kept while Redis is away
         self.dropped = 0                   # ...and how many of them were given up
         self.watched: set[str] = set()     # nodes heard of: each beat checks they live
@@ -514,8 +637,33 @@ class ClusterLink:
             self._threads[0].join(timeout=3)
         self._running = False  # the reader (a daemon) ends at its next poll
 
+    @property
+    def published_count(self) -> int:
+        """How many events this node has published (the last one's seq)."""
+        return self._published
+
     def claim(self, token: Any, nick: str, key: str) -> None:
         self._outbox.put(ClaimNick(token, nick, key))
+
+    def record_session(self, digest: str, nick: str, old: str | None = None) -> None:
+        self._outbox.put(RecordSession(digest, nick, old))
+
+    def end_session(self, digest: str, nick: str, node: str | None = None) -> None:
+        self._outbox.put(EndSession(digest, nick, node or self.node_id))
+
+    def take_over(self, token: Any, digest: str, nick: str) -> None:
+        self._outbox.put(TakeOver(token, digest, nick))
+
+    def adopted(self, nick: str, room: str, old: str) -> None:
+        """We resumed a session another node held: presence, then the event."""
+        self._outbox.put(SetPresence(nick, room))
+        self.publish(RemoteTakeover(nick, old, room))
+
+    def forget(self, nick: str) -> None:
+        """A user of ours was taken over elsewhere: out of our presence and
+        sessions, silently (the nick is the new node's already)."""
+        self._outbox.put(ClearPresence(nick, proto.name_key(nick)))
+        self._outbox.put(EndSession(None, nick, self.node_id))
 
     def rename(self, token: Any, old: str, new: str) -> None:
         self._published += 1
@@ -577,6 +725,8 @@ class ClusterLink:
         client.claim_nick = client.register_script(CLAIM_SCRIPT)
         client.rename_nick = client.register_script(RENAME_SCRIPT)
         client.release_nick = client.register_script(RELEASE_SCRIPT)
+        client.take_over = client.register_script(TAKEOVER_SCRIPT)
+        client.end_session = client.register_script(END_SESSION_SCRIPT)
         return client
 
     # ---- the writer thread ----
@@ -647,6 +797,11 @@ class ClusterLink:
         client.delete(users_key)
         if self.users:
             client.hset(users_key, mapping=dict(self.users))
+        if self.sessions:
+            client.hset(self.key("sessions:" + node), mapping=dict(self.sessions))
+            for nick, digest in self.sessions.items():
+                client.hset(self.key("session:" + digest), mapping={
+                    "nick": nick, "key": proto.name_key(nick), "node": node})
         for nick in list(self.users):
             if not client.claim_nick(keys=[self.key("nick:" + proto.name_key(nick))],
                                      args=[node, self.key("alive:")]):
@@ -707,9 +862,11 @@ class ClusterLink:
         for node, alive in zip(others, pipe.execute()):
             if not alive:
                 self.watched.discard(node)
+                sessions = client.hgetall(self.key("sessions:" + node))
                 client.srem(self.key("nodes"), node)
                 client.delete(self.key("users:" + node))
-                self.hand_over(NodeDead(node))
+                self.hand_over(NodeDead(node, {k.decode(): v.decode()
+                                               for k, v in sessions.items()}))
 
     def read_presence(self) -> dict[str, dict[str, str]]:
         client = self.client
@@ -724,11 +881,17 @@ class ClusterLink:
         return snapshot
 
     def deregister(self) -> None:
+        """Leave the cluster (a clean stop).  Users with a session stay
+        present for the other nodes until the resume grace ends, as after
+        a crash: they notice this node is gone and resume them."""
         client, node = self.client, self.node_id
+        staying = {nick: room for nick, room in self.users.items() if nick in self.sessions}
         for nick in list(self.users):
-            client.release_nick(keys=[self.key("nick:" + proto.name_key(nick))], args=[node])
+            if nick not in staying:
+                client.release_nick(keys=[self.key("nick:" + proto.name_key(nick))],
+                                    args=[node])
         pipe = client.pipeline(transaction=False)
-        self.append(pipe, RemotePresence({}).to_wire(node))
+        self.append(pipe, RemotePresence(staying).to_wire(node))
         pipe.execute()
         client.delete(self.key("users:" + node), self.key("alive:" + node))
         client.srem(self.key("nodes"), node)
@@ -776,7 +939,8 @@ class ClusterLink:
                     entries = client.xread({self.key("stream"): self.cursor},
                                            count=READ_COUNT, block=500)
                     for _, items in entries or ():
-                        self._receive(client, [fields.get(b"e", b"") for _, fields in items])
+                        self._receive(client, [(entry_id.decode(), fields.get(b"e", b""))
+                                               for entry_id, fields in items])
                         self.cursor = items[-1][0].decode()
                 client.close()
             except Exception as exc:
@@ -795,17 +959,23 @@ class ClusterLink:
             self.cursor = end
         elif stream_id(self.cursor) > stream_id(end):
             self.cursor = "0-0"
+        self.hand_over(Progress(self.cursor, start=True))
 
-    def _receive(self, client, batch: list[bytes]) -> None:
-        """A batch of stream entries: parsed, checked, handed over in order."""
+    def _receive(self, client, batch: list[tuple[str, bytes]]) -> None:
+        """A batch of stream entries (ID, event): parsed, checked, handed
+        over in order, then how far the stream has been read."""
         events = []
-        for data in batch:
+        own = []
+        for entry_id, data in batch:
             try:
-                event = parse_node_event(data)
+                event = parse_node_event(data, entry_id)
             except proto.ProtocolError as exc:
                 self.log_once("ignoring a malformed event", str(exc)[:200])
                 continue
-            if event.node == self.node_id or not self._first_time(event):
+            if event.node == self.node_id:
+                own.append((event.seq, entry_id))
+                continue
+            if not self._first_time(event):
                 continue
             if not self._from_a_member(client, event.node):
                 self.log_once("ignoring events from an unregistered node", event.node[:40])
@@ -820,6 +990,8 @@ class ClusterLink:
             if vetted is not None:
                 self.watched.add(event.node)
                 self.hand_over(vetted)
+        if batch:
+            self.hand_over(Progress(batch[-1][0], tuple(own)))
 
     def _first_time(self, event: NodeEvent) -> bool:
         """False for an event appended twice (a retry after Redis failed
@@ -838,7 +1010,7 @@ class ClusterLink:
 
     @staticmethod
     def _claimed_nicks(event: NodeEvent) -> list[str]:
-        if isinstance(event, RemoteJoin):
+        if isinstance(event, (RemoteJoin, RemoteTakeover)):
             return [event.nick]
         if isinstance(event, RemotePresence):
             return list(event.users)
@@ -862,7 +1034,7 @@ class ClusterLink:
         owned = {nick for nick in nicks if owners.get(nick) == event.node}
         if len(owned) == len(nicks):
             return event
-        if isinstance(event, RemoteJoin):
+        if isinstance(event, (RemoteJoin, RemoteTakeover)):
             return None
         return RemotePresence({n: r for n, r in event.users.items() if n in owned},
                               node=event.node)

@@ -23,6 +23,7 @@ costs that event only; both are logged once with their traceback.
 from __future__ import annotations
 
 import enum
+import hashlib
 import heapq
 import hmac
 import ipaddress
@@ -77,12 +78,27 @@ LOG_ENTRIES = 100_000   # chat events kept for resumes...
 LOG_BYTES = 32 << 20    # ...and at most this many bytes of them
 
 
+StreamId = tuple[int, int]
+RESUME_WAIT = 2.0  # seconds a resume from another node waits for our stream reader
+
+
 class LogEntry:
     """One chat event as sessions see it: its id and time, who it was for
     (None: everyone; a room key; or the set of user keys of a DM), and,
-    for a move, who moved from where to where."""
+    for a move, who moved from where to where.
 
-    __slots__ = ("number", "time", "message", "target", "mover", "old", "new", "size")
+    In a cluster an entry also says where it came from, so that another
+    node can tell what a client of this one has seen: ``origin`` and
+    ``seq`` (the node that published it and its count there; None for what
+    a node works out itself, such as the leaves of a dead node's users,
+    ``cause`` naming that node), ``stream`` (its stream entry, once known)
+    and the stamp its id carries: ``cursor``, the last stream entry this
+    node had applied, and ``published``, how many events it had published.
+    Each node's events reach every node in order, so those two numbers say
+    exactly which events a client that saw this entry has seen."""
+
+    __slots__ = ("number", "time", "message", "target", "mover", "old", "new", "size",
+                 "node", "origin", "seq", "stream", "cursor", "published", "cause")
 
     def __init__(self, number: int, time: float, message: proto.Message, target,
                  size: int, mover: str | None = None, old: str | None = None,
@@ -90,10 +106,20 @@ class LogEntry:
         self.number, self.time = number, time
         self.message, self.target, self.size = message, target, size
         self.mover, self.old, self.new = mover, old, new
+        self.node: str | None = None  # this node's id, in a cluster
+        self.origin: str | None = None
+        self.seq = 0
+        self.stream: StreamId | None = None
+        self.cursor: StreamId = (0, 0)
+        self.published = 0
+        self.cause: str | None = None
 
     @property
     def id(self) -> str:
-        return f"{self.number:016d}"
+        if self.node is None:
+            return f"{self.number:016d}"
+        return f"{self.number:016d}.{self.node}.{self.cursor[0]}-{self.cursor[1]}." \
+               f"{self.published}"
 
     def reaches(self, key: str, room: str) -> bool:
         target = self.target
@@ -102,6 +128,44 @@ class LogEntry:
 
     def packet(self, **extra: Any) -> bytes:
         return proto.encode(self.message, id=self.id, time=self.time, **extra)
+
+    def seen_at(self, node: str, cursor: StreamId, published: int) -> bool:
+        """Whether a client of ``node`` whose last entry there carried
+        ``cursor`` and ``published`` has seen this entry (as that node's
+        version of it)."""
+        if self.cause == node:
+            return False       # that node died: its clients never saw what followed
+        if self.origin == node:
+            return self.seq <= published
+        if self.origin is not None:
+            return self.stream is not None and self.stream <= cursor
+        return self.cursor <= cursor
+
+
+@dataclass(frozen=True)
+class Position:
+    """What a session's ``after`` id says: a log number here, and in a
+    cluster the node it came from and that node's stamp."""
+    number: int
+    node: str | None = None
+    cursor: StreamId = (0, 0)
+    published: int = 0
+
+
+def parse_position(after: str) -> Position | None:
+    number, dot, rest = after.partition(".")
+    try:
+        if not dot:
+            return Position(int(number))
+        node, cursor, published = rest.split(".")
+        return Position(int(number), node, cluster.stream_id(cursor), int(published))
+    except ValueError:
+        return None
+
+
+def session_digest(token: str) -> str:
+    """What Redis keeps of a session token: never the token itself."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:32]
 
 
 class State(enum.Enum):
@@ -117,7 +181,7 @@ class State(enum.Enum):
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.GREETING: frozenset({State.CLAIMING, State.JOINED, State.CLOSING, State.GONE}),
-    State.CLAIMING: frozenset({State.JOINED, State.CLOSING, State.GONE}),
+    State.CLAIMING: frozenset({State.GREETING, State.JOINED, State.CLOSING, State.GONE}),
     State.JOINED: frozenset({State.DETACHED, State.CLOSING, State.GONE}),
     State.DETACHED: frozenset({State.JOINED, State.GONE}),
     State.CLOSING: frozenset({State.GONE}),
@@ -150,8 +214,8 @@ class Client:
     """The chat's view of one connection."""
 
     __slots__ = ("outlet", "peer", "address", "state", "nick", "room", "held", "held_bytes",
-                 "paused", "tokens", "refilled", "mistakes", "token", "joined_id", "missed", "expires", "away", "operator",
-                 "ban_key")
+                 "paused", "tokens", "refilled", "mistakes", "token", "joined_id", "missed",
+                 "expires", "away", "operator", "ban_key", "pending")
 
     def __init__(self, outlet: Outlet, peer: str, address: str | None, now: float,
                  burst: int) -> None:
@@ -174,6 +238,7 @@ class Client:
         self.away: str | None = None   # the away message, while away
         self.operator = False          # said the operators' password
         self.ban_key = address          # what a ban of this user holds out
+        self.pending: proto.Hello | None = None  # a hello waiting on the cluster
 
     def become(self, state: State) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -185,13 +250,17 @@ class Client:
 
 
 class RemoteUser:
-    """A user on another node of the cluster."""
+    """A user on another node of the cluster.  When that node dies with the
+    user's session, the user stays (an orphan) until ``orphan_until``
+    unless it resumes somewhere."""
 
-    __slots__ = ("nick", "node", "room", "away")
+    __slots__ = ("nick", "node", "room", "away", "session", "orphan_until")
 
     def __init__(self, nick: str, node: str, room: str) -> None:
         self.nick, self.node, self.room = nick, node, room
         self.away: str | None = None
+        self.session: str | None = None  # an orphan's session digest
+        self.orphan_until = 0.0
 
 
 # The one dispatch table from message class to handler, filled by @handles
@@ -230,7 +299,17 @@ class ChatCore:
         self.wall_offset = wall_offset  # event time + this = Unix time, for "time"
         self.log: deque[LogEntry] = deque()
         self.log_bytes = 0
+        self.log_trimmed = False  # the log no longer reaches back to the start
         self.next_number = 0
+        self.node_id: str | None = link.node_id if link else None
+        self.stream_cursor: StreamId = (0, 0)     # the last stream entry applied
+        self.log_start: StreamId | None = None     # our log knows the stream from here
+        self.applying: Any = None                  # the node event being applied
+        self.origin_seq: int | None = None         # our event just published
+        self.dead_cause: str | None = None         # the node whose death is applied
+        self.unappended: dict[int, list[LogEntry]] = {}  # our seq -> entries, stream unknown
+        self.orphans: deque[tuple[float, RemoteUser]] = deque()  # grace ends, in order
+        self.waiting_resumes: deque[tuple[float, Client, str, Position]] = deque()
         self.room_history: dict[str, deque[LogEntry]] = {}
         self.sessions: dict[str, Client] = {}    # token -> session client
         self.attached_sessions = 0               # those with a connection
@@ -256,6 +335,7 @@ class ChatCore:
     def connected(self, outlet: Outlet, address: tuple, now: float) -> None:
         """A connection from ``address`` (host, port, ...) was accepted."""
         self.now = now
+        self.origin_seq = None
         peer = format_address(address)
         key = address_key(str(address[0]))
         client = Client(outlet, peer, key, now, self.limits.burst)
@@ -299,6 +379,7 @@ class ChatCore:
     def connection_lost(self, outlet: Outlet, reason: str, now: float) -> None:
         """The connection is gone: announce the leave and forget it."""
         self.now = now
+        self.origin_seq = None
         client = self.clients.pop(outlet, None)
         if client is None:
             return
@@ -336,6 +417,7 @@ class ChatCore:
         again from throttled ones.  Returns when the next tick is due
         (None: nothing waits on time)."""
         self.now = now
+        self.origin_seq = None
         while self.greeting and self.greeting[0][0] <= now:
             _, client = self.greeting.popleft()
             if client.state is State.GREETING:
@@ -348,7 +430,12 @@ class ChatCore:
             _, client = self.expiring.popleft()
             if client.state is State.DETACHED and client.expires <= now:
                 self.end_session(client, "did not come back in time")
-        due = [queue[0][0] for queue in (self.greeting, self.throttled, self.expiring) if queue]
+        while self.orphans and self.orphans[0][0] <= now:
+            _, user = self.orphans.popleft()
+            self.end_orphan(user)
+        self.resume_waiting()
+        due = [queue[0][0] for queue in (self.greeting, self.throttled, self.expiring,
+                                         self.orphans, self.waiting_resumes) if queue]
         return min(due) if due else None
 
     def cluster_event(self, event: Any, now: float) -> None:
@@ -359,11 +446,19 @@ class ChatCore:
             log.warning("cluster: ignoring an event of unknown type %s", type(event).__name__)
             return
         log.debug("cluster event %r", event)
+        if isinstance(event, cluster.NodeEvent):
+            self.applying = event  # what it leads to is logged as that node's
+            if event.stream:
+                self.stream_cursor = max(self.stream_cursor, cluster.stream_id(event.stream))
+        elif isinstance(event, cluster.NodeDead):
+            self.dead_cause = event.node
         try:
             handler(self, event)
         except Exception:
             log.exception("cluster: internal error applying %s; ignored",
                           type(event).__name__)
+        finally:
+            self.applying = self.dead_cause = self.origin_seq = None
 
     # ------------------------------------------------------------------
     # Packets
@@ -455,6 +550,7 @@ class ChatCore:
         if client.state is State.GREETING and not isinstance(message, proto.Hello):
             self.reject(client, "the first packet must be a hello")
             return
+        self.origin_seq = None
         PACKET_HANDLERS[type(message)](self, client, message)
 
     def send(self, client: Client, message: proto.Message | bytes) -> None:
@@ -476,10 +572,12 @@ class ChatCore:
         self.next_number += 1
         entry = LogEntry(self.next_number, round(self.now + self.wall_offset, 3), message,
                          target, len(base), mover, old, new)
+        if self.node_id is not None:
+            self.stamp(entry)
         self.log.append(entry)
         self.log_bytes += entry.size
         while len(self.log) > LOG_ENTRIES or self.log_bytes > LOG_BYTES:
-            self.log_bytes -= self.log.popleft().size
+            self.forget_entry(self.log.popleft())
         if isinstance(message, (proto.ChatFrom, proto.EmoteFrom)) and isinstance(target, str):
             history = self.room_history.get(target)
             if history is None:
@@ -488,6 +586,30 @@ class ChatCore:
         if self.detached:
             self.count_missed(entry)
         return base, entry.packet() if self.attached_sessions else None
+
+    def stamp(self, entry: LogEntry) -> None:
+        """Where a cluster entry came from, and what this node had seen."""
+        entry.node, entry.cursor = self.node_id, self.stream_cursor
+        entry.published, entry.cause = self.link.published_count, self.dead_cause
+        event = self.applying
+        if event is not None:
+            entry.origin, entry.seq = event.node, event.seq
+            entry.stream = cluster.stream_id(event.stream) if event.stream else None
+        elif self.origin_seq is not None:
+            entry.origin, entry.seq = self.node_id, self.origin_seq
+            self.unappended.setdefault(self.origin_seq, []).append(entry)
+
+    def forget_entry(self, entry: LogEntry) -> None:
+        self.log_bytes -= entry.size
+        self.log_trimmed = True
+        if entry.origin is not None and entry.origin == self.node_id:
+            self.unappended.pop(entry.seq, None)
+
+    def published(self) -> None:
+        """We just told the cluster of a chat event: the entries logged for
+        it next are ours, under that event's number."""
+        self.applying = None
+        self.origin_seq = self.link.published_count
 
     def announce(self, message: proto.Message, room: str | None = None,
                  base: bytes | None = None, **move: str) -> None:
@@ -547,6 +669,7 @@ class ChatCore:
             self.reject(client, taken_message(hello.nick, holder))
         elif self.link:
             client.become(State.CLAIMING)
+            client.pending = hello
             self.claims[key] = (client, hello.nick)
             self.link.claim(client, hello.nick, key)
         else:
@@ -568,10 +691,11 @@ class ChatCore:
         self.enter(client, self.lobby)
         if session:
             self.start_session(client)
-        self.announce(proto.Joined(nick))
-        client.joined_id = self.next_number
         if self.link:
             self.link.joined(nick, self.lobby.name)
+            self.published()
+        self.announce(proto.Joined(nick))
+        client.joined_id = self.next_number
         log.info("hello %s %s", nick, client.peer)
         if session:
             self.send(client, proto.SessionGranted(client.token, self.settings.resume_grace))
@@ -587,6 +711,8 @@ class ChatCore:
         self.sessions[client.token] = client
         self.attached_sessions += 1
         client.outlet.ids = True
+        if self.link:
+            self.link.record_session(session_digest(client.token), client.nick)
 
     def detach(self, client: Client, reason: str) -> None:
         """A session client's connection is gone: it stays present, unseen."""
@@ -612,6 +738,9 @@ class ChatCore:
         """Take a session up again on this connection: ``resumed``, then
         exactly what it missed after ``after``, then live traffic."""
         session = self.sessions.get(hello.resume or "")
+        if session is None and self.link is not None:
+            self.resume_elsewhere(client, hello)
+            return
         if session is not None and proto.name_key(session.nick) != proto.name_key(hello.nick):
             session = None
         missed = self.missed_since(session, hello.after) if session is not None else None
@@ -643,19 +772,46 @@ class ChatCore:
     def missed_since(self, client: Client, after: str | None) -> list[LogEntry] | None:
         """What ``client`` would have received after the entry ``after``, or
         None when the log no longer reaches back that far."""
-        try:
-            last_seen = int(after) if after is not None else client.joined_id
-        except ValueError:
+        position = parse_position(after) if after is not None else Position(client.joined_id)
+        if position is None:
             return None
+        if position.node is not None and position.node != self.node_id:
+            return self.missed_elsewhere(client.nick, client.room.key, position)
+        last_seen = position.number
         if self.log and self.log[0].number > last_seen + 1:
             return None
         entries = [e for e in self.log if e.number > last_seen]
-        keys = {proto.name_key(client.nick)}  # and the names it had meanwhile
+        return self.reaching(entries, client.nick, client.room.key)
+
+    def missed_elsewhere(self, nick: str, room: str,
+                         position: Position) -> list[LogEntry] | None:
+        """What a client of another node, who last saw ``position`` there,
+        has missed, as this node logged it (None: the log does not reach
+        back that far)."""
+        seen_at = LogEntry.seen_at
+        node, cursor, published = position.node, position.cursor, position.published
+        first = next((i for i, e in enumerate(self.log)
+                      if not seen_at(e, node, cursor, published)), None)
+        if self.log_start is None or cursor < self.log_start:
+            return None  # it saw its last packet before we started reading
+        if first is None:
+            return []
+        if first == 0 and self.log_trimmed:
+            return None
+        entries = [e for e in itertools.islice(self.log, first, None)
+                   if not seen_at(e, node, cursor, published) or e.mover is not None]
+        missed = self.reaching(entries, nick, room)
+        return [e for e in missed if not seen_at(e, node, cursor, published)]
+
+    def reaching(self, entries: list[LogEntry], nick: str, room: str) -> list[LogEntry]:
+        """The entries that reached the user now called ``nick``, now in
+        ``room``, following its moves and renames back through them."""
+        keys = {proto.name_key(nick)}  # and the names it had meanwhile
         for entry in reversed(entries):
             if isinstance(entry.message, proto.NickChanged) and \
                     proto.name_key(entry.message.nick) in keys:
                 keys.add(proto.name_key(entry.message.old))
-        room = next((e.old for e in entries if e.mover in keys), client.room.key)
+        room = next((e.old for e in entries if e.mover in keys), room)
         missed = []
         for entry in entries:
             if entry.mover in keys:
@@ -663,6 +819,129 @@ class ChatCore:
             if any(entry.reaches(key, room) for key in keys):
                 missed.append(entry)
         return missed
+
+    def resume_elsewhere(self, client: Client, hello: proto.Hello) -> None:
+        """A session this node does not hold: ask Redis to hand it (and its
+        nick) over from whichever node does."""
+        key = proto.name_key(hello.nick)
+        if key in self.by_nick or key in self.claims or not hello.after:
+            self.send(client, proto.Error("session expired"))
+            return
+        client.become(State.CLAIMING)
+        client.pending = hello
+        self.claims[key] = (client, hello.nick)
+        self.link.take_over(client, session_digest(hello.resume), hello.nick)
+
+    @applies(cluster.TakenOver)
+    def on_taken_over(self, event: cluster.TakenOver) -> None:
+        client, hello = event.token, event.token.pending
+        key = proto.name_key(event.nick)
+        if self.claims.get(key, (None,))[0] is client:
+            del self.claims[key]
+        if client.state is not State.CLAIMING:  # gone meanwhile: give it all back
+            if event.old is not None:
+                self.link.forget(event.nick)
+                self.link.end_session(session_digest(hello.resume), event.nick)
+            return
+        position = parse_position(hello.after)
+        if event.old is None or position is None:
+            client.pending = None
+            client.become(State.GREETING)
+            self.send(client, proto.Error("session expired"))
+            return
+        self.waiting_resumes.append((self.now + RESUME_WAIT, client, event.old, position))
+        self.resume_waiting()
+
+    def resume_waiting(self) -> None:
+        """Take up the sessions handed over to us once our stream reader
+        has read what their clients saw (or after a short wait)."""
+        while self.waiting_resumes:
+            deadline, client, old, position = self.waiting_resumes[0]
+            if self.stream_cursor < position.cursor and deadline > self.now:
+                return
+            self.waiting_resumes.popleft()
+            if client.state is State.CLAIMING:
+                try:
+                    self.adopt(client, old, position)
+                except Exception:
+                    self.drop_after_bug(client)
+
+    def adopt(self, client: Client, old: str, position: Position) -> None:
+        """The session (held by ``old``) is ours now: the user goes on here
+        where it was, unseen, with what it missed as this node logged it."""
+        hello, client.pending = client.pending, None
+        key = proto.name_key(hello.nick)
+        user = self.remote.pop(key, None)
+        nick = user.nick if user else hello.nick
+        room_name = user.room if user else proto.LOBBY
+        room = self.rooms.get(proto.name_key(room_name)) or Room(room_name)
+        missed = self.missed_elsewhere(nick, room.key, position)
+        if missed is None:  # too long ago: a fresh hello will do (the nick is ours)
+            client.become(State.GREETING)
+            self.send(client, proto.Error("session expired"))
+            return
+        client.become(State.JOINED)
+        client.nick, client.token = nick, hello.resume
+        client.away = user.away if user else None
+        self.by_nick[key] = client
+        self.sessions[client.token] = client
+        self.attached_sessions += 1
+        client.outlet.ids = True
+        client.joined_id = self.next_number
+        self.send(client, proto.Resumed(len(missed)))
+        for entry in missed:
+            self.send(client, entry.packet())
+        self.enter(client, room)
+        self.link.adopted(nick, room.name, old)
+        self.link.record_session(session_digest(client.token), nick)
+        log.info("resume %s %s from node %s: %d missed", nick, client.peer, old[:40],
+                 len(missed))
+        self.process(client, self.now)
+
+    @applies(cluster.RemoteTakeover)
+    def on_remote_takeover(self, event: cluster.RemoteTakeover) -> None:
+        """A session resumed on the sending node: the user is there now.
+        Nobody is told anything; if it was ours, we let it go silently."""
+        key = proto.name_key(event.nick)
+        local = self.by_nick.get(key)
+        if local is not None and event.old == self.node_id:
+            self.taken_elsewhere(local)
+        user = self.remote.get(key)
+        if user is not None:
+            user.node, user.room = event.node, event.room
+            user.session, user.orphan_until = None, 0.0
+        elif key not in self.by_nick:
+            self.remote[key] = RemoteUser(event.nick, event.node, event.room)
+            if local is None:  # new to us: our users never saw it arrive
+                self.announce(proto.Joined(event.nick))
+
+    def taken_elsewhere(self, client: Client) -> None:
+        """Our session client resumed on another node: forget it here
+        without a leave (an old connection still open is closed)."""
+        log.info("session %s %s resumed on another node", client.nick, client.peer)
+        nick = client.nick
+        del self.by_nick[proto.name_key(nick)]
+        self.sessions.pop(client.token, None)
+        client.token, client.nick = None, None
+        self.enter(client, None)
+        if client.state is State.DETACHED:
+            self.detached.discard(client)
+            client.become(State.GONE)
+        else:
+            self.attached_sessions -= 1
+            self.send(client, proto.Error("your session was resumed on another connection"))
+            self.outbox.close(client.outlet)
+            client.become(State.CLOSING)
+        self.link.forget(nick)
+
+    def end_orphan(self, user: RemoteUser) -> None:
+        """A dead node's session user did not resume anywhere in time."""
+        key = proto.name_key(user.nick)
+        if self.remote.get(key) is not user or not user.orphan_until:
+            return  # resumed somewhere meanwhile
+        log.info("leave %s (of node %s): did not come back in time", user.nick, user.node[:40])
+        self.remote_leave(user.nick)
+        self.link.end_session(user.session, user.nick, user.node)
 
     @handles(proto.Quit)
     def on_quit(self, client: Client, _: proto.Quit) -> None:
@@ -684,10 +963,11 @@ class ChatCore:
         packet = self.encode_for(client, message)
         if packet:
             room = client.room
-            self.announce(message, room.key, base=packet)
             if self.link:
                 self.link.publish(cluster.RemoteSpeech(message.TYPE, message.nick, room.name,
                                                        message.message))
+                self.published()
+            self.announce(message, room.key, base=packet)
 
     @handles(proto.SendDirect)
     def on_direct(self, client: Client, dm: proto.SendDirect) -> None:
@@ -703,6 +983,7 @@ class ChatCore:
             return
         if target is None:
             self.link.publish(cluster.RemoteDirect(client.nick, to, dm.message))
+            self.published()
         self.send_event([c for c in (target, client) if c is not None], message)
         away = (target or remote).away
         if away and target is not client:
@@ -732,6 +1013,8 @@ class ChatCore:
         del self.by_nick[proto.name_key(old)]
         self.by_nick[proto.name_key(new)] = client
         client.nick = new
+        if self.link and client.token is not None:
+            self.link.record_session(session_digest(client.token), new, old)
         self.announce(proto.NickChanged(old, new))
         log.info("nick %s is now %s %s", old, new, client.peer)
 
@@ -810,6 +1093,7 @@ class ChatCore:
         """The user is on another node: that node does it; we show it here."""
         user = self.remote[proto.name_key(nick)]
         self.link.publish(cluster.RemoteKick(user.nick, client.nick, reason, minutes))
+        self.published()
         self.announce(proto.Kicked(user.nick, client.nick, kick_reason(reason, minutes)))
 
     @handles(proto.KickRequest)
@@ -942,11 +1226,12 @@ class ChatCore:
             return
         room = self.rooms.get(key) or Room(enter.room)
         self.enter(client, room)
+        if self.link:
+            self.link.moved(client.nick, old.name, room.name)
+            self.published()
         move = {"mover": proto.name_key(client.nick), "old": old.key, "new": room.key}
         self.announce(proto.ExitedRoom(client.nick, old.name), old.key, **move)
         self.announce(proto.EnteredRoom(client.nick, room.name), room.key, **move)
-        if self.link:
-            self.link.moved(client.nick, old.name, room.name)
 
     # ------------------------------------------------------------------
     # Rooms and leaving
@@ -974,12 +1259,15 @@ class ChatCore:
         self.enter(client, None)
         if client.token is not None:
             del self.sessions[client.token]
+            if self.link:
+                self.link.end_session(session_digest(client.token), client.nick)
             client.token = None
             if client.state is not State.DETACHED:
                 self.attached_sessions -= 1
-        self.announce(proto.Left(client.nick))
         if self.link:
             self.link.left(client.nick, key)
+            self.published()
+        self.announce(proto.Left(client.nick))
         client.nick = None
 
     def held_off(self, client: Client) -> None:
@@ -998,11 +1286,12 @@ class ChatCore:
             if event.granted:
                 self.link.left(nick, key)  # nobody will use it after all
             return
+        hello, client.pending = client.pending, None
         if not event.granted:
             self.reject(client, f"nick {nick} is already taken")
             return
         try:
-            self.complete_hello(client, nick)
+            self.complete_hello(client, nick, hello.session)
         except Exception:
             self.drop_after_bug(client)
             return
@@ -1027,26 +1316,30 @@ class ChatCore:
                 "new": proto.name_key(event.new)}
         for room_name, message in ((event.old, proto.ExitedRoom(user.nick, event.old)),
                                    (event.new, proto.EnteredRoom(user.nick, event.new))):
-            room = self.rooms.get(proto.name_key(room_name))
-            if room is not None:
-                self.announce(message, room.key, **move)
+            self.announce(message, proto.name_key(room_name), **move)  # logged even if
+            # nobody is in that room here: a session may resume here
 
     @applies(cluster.RemoteSpeech)
     def on_remote_speech(self, event: cluster.RemoteSpeech) -> None:
         user = self.owned_by(event.nick, event.node)
-        room = self.rooms.get(proto.name_key(event.room))
         cls = proto.ChatFrom if event.said == proto.ChatFrom.TYPE else proto.EmoteFrom
         message = cls(event.nick, event.message)
-        if user is not None and room is not None and self.remote_packet(message, event.node):
-            self.announce(message, room.key)
+        if user is not None and self.remote_packet(message, event.node):
+            self.announce(message, proto.name_key(event.room))
 
     @applies(cluster.RemoteDirect)
     def on_remote_direct(self, event: cluster.RemoteDirect) -> None:
         target = self.by_nick.get(proto.name_key(event.to))
-        if target is None or self.owned_by(event.sender, event.node) is None:
+        if self.owned_by(event.sender, event.node) is None:
             return
-        message = proto.DirectFrom(event.sender, target.nick, event.message)
-        if self.remote_packet(message, event.node):
+        message = proto.DirectFrom(event.sender, target.nick if target else event.to,
+                                   event.message)
+        if not self.remote_packet(message, event.node):
+            return
+        if target is None:  # logged all the same: its user may resume here
+            self.record(message, frozenset({proto.name_key(event.sender),
+                                            proto.name_key(event.to)}))
+        else:
             self.send_event([target], message)
 
     def owned_by(self, nick: str, node: str) -> RemoteUser | None:
@@ -1090,8 +1383,30 @@ class ChatCore:
 
     @applies(cluster.NodeDead)
     def on_node_dead(self, event: cluster.NodeDead) -> None:
-        log.warning("cluster: node %s stopped answering; its users have left", event.node)
-        self.sync_node(event.node, {})
+        """A node stopped beating: its users leave, except those with a
+        session, who stay for the resume grace (they may resume here or
+        on any other node)."""
+        log.warning("cluster: node %s stopped answering; its users have left, but for "
+                    "%d with sessions", event.node, len(event.sessions))
+        grace = self.settings.resume_grace
+        for user in [u for u in self.remote.values() if u.node == event.node]:
+            digest = event.sessions.get(user.nick)
+            if digest and grace:
+                user.session, user.orphan_until = digest, self.now + grace
+                self.orphans.append((user.orphan_until, user))
+            else:
+                self.remote_leave(user.nick)
+
+    @applies(cluster.Progress)
+    def on_progress(self, event: cluster.Progress) -> None:
+        """How far the stream was read, and where our own events landed."""
+        if event.start and self.log_start is None:
+            self.log_start = cluster.stream_id(event.cursor)
+        self.stream_cursor = max(self.stream_cursor, cluster.stream_id(event.cursor))
+        for seq, entry_id in event.own:
+            for entry in self.unappended.pop(seq, ()):
+                entry.stream = cluster.stream_id(entry_id)
+        self.resume_waiting()
 
     @applies(cluster.LinkLost)
     def on_link_lost(self, event: cluster.LinkLost) -> None:

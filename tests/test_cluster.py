@@ -527,3 +527,73 @@ def test_an_operator_kicks_and_bans_a_user_on_another_node(nodes, client):
         return True
 
     wait_for(banned_everywhere, timeout=10, interval=0.2)
+
+
+def session_hello(node, nick, **resume):
+    """A raw session client on a node; its token and last id come later."""
+    user = RawClient(node.port)
+    user.nick = nick
+    user.send({"type": "hello", "nick": nick, "session": True, **resume})
+    return user
+
+
+def strip_session_fields(message):
+    return {k: v for k, v in message.items() if k not in ("id", "time", "history")}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+def test_a_session_resumes_on_another_node_after_its_node_dies(nodes, client, sig):
+    a_node, b_node, c_node = nodes(3)
+    pat = session_hello(a_node, "pat")
+    token = pat.expect(lambda m: m["type"] == "session")["token"]
+    bob, cat = client(b_node, "bob"), client(c_node, "cat")
+    pat.expect(lambda m: m.get("nick") == "cat" and m["type"] == "join")
+    bob.chat("before")
+    last = pat.expect(lambda m: m.get("message") == "before")["id"]
+    cat.expect(chat_from("bob", "before"))
+    before_the_kill = {user.nick: len(user.received) for user in (bob, cat)}
+    a_node.proc.send_signal(sig)
+    a_node.proc.wait(10)
+    pat.close()
+    wait_for(lambda: "stopped answering" in b_node.log_text() + c_node.log_text(),
+             describe=lambda: cluster_logs(b_node, c_node))
+    said = []
+    for number in range(10):
+        speaker, other = (bob, cat) if number % 2 else (cat, bob)
+        speaker.chat(f"while pat is away {number}")
+        said.append(chat_from(speaker.nick, f"while pat is away {number}"))
+        other.expect(said[-1])
+    cat.send({"type": "dm", "to": "pat", "message": "are you back?"})
+    said.append({"type": "dm", "from": "cat", "to": "pat", "message": "are you back?"})
+    cat.expect(said[-1])
+    back = session_hello(b_node, "pat", resume=token, after=last)
+    resumed = back.expect(lambda m: True)
+    assert resumed == {"type": "resumed", "missed": len(said)}, back.received
+    replayed = [back.expect(lambda m: True) for _ in said]
+    assert [strip_session_fields(m) for m in replayed] == said
+    bob.chat("welcome back")
+    back.expect(lambda m: m.get("message") == "welcome back")
+    cat.send({"type": "who"})
+    assert cat.expect(lambda m: m["type"] == "who")["nicks"] == ["bob", "cat", "pat"]
+    for user in (bob, cat):
+        since = user.received[before_the_kill[user.nick]:]
+        assert join("pat") not in since and leave("pat") not in since, since
+    texts = [m.get("message") for m in back.received]
+    assert len(texts) == len(set(texts))  # nothing twice
+    back.close()
+
+
+def test_a_killed_nodes_session_user_leaves_when_the_grace_ends(nodes, client):
+    a_node, b_node = nodes(2, "--resume-grace", "2")
+    pat = session_hello(a_node, "pat")
+    pat.expect(lambda m: m["type"] == "session")
+    client(a_node, "amy")
+    bob = client(b_node, "bob")
+    a_node.proc.send_signal(signal.SIGKILL)
+    a_node.proc.wait(10)
+    bob.expect(leave("amy"), timeout=10)
+    killed = time.monotonic()
+    assert leave("pat") not in bob.received
+    bob.expect(leave("pat"), timeout=10)
+    assert time.monotonic() - killed > 1.5
+    client(b_node, "pat")  # the nick is free again
