@@ -77,7 +77,29 @@ def format_message(message: proto.Message) -> list[Segment] | None:
     if isinstance(message, proto.RoomList):
         rooms = ", ".join(f"{room.name} ({room.count})" for room in message.rooms)
         return info(f"rooms: {rooms}")
+    if isinstance(message, proto.Inventory):
+        return info("You carry: " + ", ".join(message.items) if message.items
+                    else "You carry nothing.")
     return None
+
+
+def place_lines(view: proto.PlaceView) -> list[list[Segment]]:
+    """A place as a reader wants it: the title in bold, the description (the
+    terminal wraps it), then exits, items and people each on a line."""
+    lines = [[(view.title, "bold")]]
+    lines += [[(paragraph, None)] for paragraph in view.description.split("\n")]
+    lines.append([("Exits: ", "info"), (", ".join(view.exits) or "none", None)])
+    if view.items:
+        lines.append([("You see: ", "info"), (", ".join(view.items), None)])
+    if view.people:
+        lines.append([("Here: ", "info"), (", ".join(view.people), None)])
+    return lines
+
+
+def item_name(shown: str) -> str:
+    """"a brass key" -> "brass key", for completion."""
+    first, _, rest = shown.partition(" ")
+    return rest if first.lower() in ("a", "an", "the", "some") and rest else shown
 
 
 def mentions(text: str, nick: str) -> bool:
@@ -126,8 +148,29 @@ def _command_table() -> dict[str, Command]:
                            lambda c, a: c.ignore(a)),
         "/unignore": Command("/unignore NICK", "show NICK's messages again",
                              lambda c, a: c.unignore(a)),
+        "/look": Command("/look [NAME]", "world mode: look around, or at something",
+                         lambda c, a: c.send(proto.Look(a or None))),
+        "/l": Command("/l [NAME]", "same as /look", lambda c, a: c.send(proto.Look(a or None))),
+        "/go": Command("/go DIRECTION", "world mode: walk that way (north, up, ...)",
+                       lambda c, a: c.go(a)),
+        **{f"/{short}": Command(f"/{short}", f"same as /go {direction}",
+                                lambda c, a, d=direction: c.go(d))
+           for short, direction in (("n", "north"), ("s", "south"), ("e", "east"),
+                                    ("w", "west"), ("u", "up"), ("d", "down"))},
+        "/take": Command("/take NAME", "world mode: pick something up",
+                         lambda c, a: c.handle_item(proto.Take, a, "/take")),
+        "/drop": Command("/drop NAME", "world mode: put something down",
+                         lambda c, a: c.handle_item(proto.Drop, a, "/drop")),
+        "/inventory": Command("/inventory", "world mode: what you carry",
+                              lambda c, a: c.send(proto.InventoryRequest())),
+        "/i": Command("/i", "same as /inventory", lambda c, a: c.send(proto.InventoryRequest())),
         "/help": Command("/help", "show this list", lambda c, a: c.show_help()),
     }
+
+
+# What Tab completes after each world command: attributes of the client
+COMPLETES = {"/go": "exits", "/take": "items_here", "/drop": "carried",
+             "/look": "everything_here", "/l": "everything_here"}
 
 
 COMMANDS = _command_table()
@@ -194,6 +237,9 @@ class ChatClient:
         self._show_lock = threading.Lock()
         self.room = proto.LOBBY
         self.nicks: dict[str, str] = {}   # name_key -> nick, for completion
+        self.exits: list[str] = []        # world mode, from the last look: for completion
+        self.items_here: list[str] = []
+        self.carried: list[str] = []
         self.accepted = False             # the server announced our join
         self.disconnected = False
         self.rejected: str | None = None  # error before our join: nick refused
@@ -310,6 +356,22 @@ class ChatClient:
             return
         self.send(proto.BanRequest(nick, int(minutes), reason.strip()))
 
+    def go(self, direction: str) -> None:
+        if not direction:
+            self.usage("/go")
+            return
+        self.send(proto.Go(direction))
+
+    def handle_item(self, make: type, name: str, command: str) -> None:
+        if not name.strip():
+            self.usage(command)
+            return
+        self.send(make(name.strip()))
+
+    @property
+    def everything_here(self) -> list[str]:
+        return self.items_here + self.carried + self.exits
+
     def change_nick(self, nick: str) -> None:
         nick = proto.normalize(nick)
         problem = proto.name_problem(nick) if nick else "is missing"
@@ -381,10 +443,19 @@ class ChatClient:
         with self._send_lock:
             self.sock.sendall(proto.encode(message))
 
-    def complete(self, word: str, at_line_start: bool) -> list[str]:
+    def complete(self, word: str, at_line_start: bool, before: str = "") -> list[str]:
+        """Commands at the start of the line; after a world command, what it
+        can name (exits, items here, items carried); nicks otherwise."""
         folded = word.casefold()
         if at_line_start and word.startswith("/"):
             return [name for name in COMMANDS if name.startswith(folded)]
+        command, _, typed = before.partition(" ")
+        if command.lower() in COMPLETES:
+            names = getattr(self, COMPLETES[command.lower()])
+            typed = (typed + word).casefold()  # an item's name may have spaces
+            return [name[len(typed) - len(word):] for name in dict.fromkeys(names)
+                    if name.casefold().startswith(typed)] if typed.strip() or word else \
+                list(dict.fromkeys(names))
         nicks = sorted(self.nicks.values(), key=str.casefold)
         return [nick for nick in nicks if nick.casefold().startswith(folded)]
 
@@ -510,6 +581,10 @@ class ChatClient:
         self.track(message)
         if self.hides(message):
             return
+        if isinstance(message, proto.PlaceView):
+            for line in place_lines(message):
+                self.show(line)
+            return
         segments = format_message(message)
         if segments is None:
             return
@@ -565,6 +640,12 @@ class ChatClient:
                 self.nicks[proto.name_key(nick)] = nick
         elif isinstance(message, proto.EnteredRoom) and message.nick == self.nick:
             self.room = message.room
+        elif isinstance(message, proto.PlaceView):
+            self.room = message.title  # the prompt names the place
+            self.exits = list(message.exits)
+            self.items_here = [item_name(item) for item in message.items]
+        elif isinstance(message, proto.Inventory):
+            self.carried = [item_name(item) for item in message.items]
         elif isinstance(message, proto.Error) and self.phase == "joining":
             if message.message in PASSWORD_REFUSALS and self.open_connection is not None:
                 self.asking_password = True  # the prompt asks; then we connect again

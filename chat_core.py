@@ -37,6 +37,7 @@ from typing import Any, Callable, Protocol
 
 import chat_cluster as cluster
 import chat_protocol as proto
+import chat_world as world
 from chat_delivery import Outlet
 
 log = logging.getLogger("chat_core")
@@ -288,8 +289,10 @@ class ChatCore:
     def __init__(self, outbox: Outbox, limits: Limits = Limits(),
                  link: cluster.ClusterLink | None = None,
                  sessions: SessionSettings = SessionSettings(),
-                 wall_offset: float = 0.0, access: Access = Access()) -> None:
+                 wall_offset: float = 0.0, access: Access = Access(),
+                 world_state: world.WorldState | None = None) -> None:
         self.outbox = outbox
+        self.world = world_state  # world mode: rooms are its places
         self.limits = limits
         self.link = link
         self.settings = sessions
@@ -688,11 +691,12 @@ class ChatCore:
         client.become(State.JOINED)
         client.nick = nick
         self.by_nick[proto.name_key(nick)] = client
-        self.enter(client, self.lobby)
+        room = self.arrival_room(nick)
+        self.enter(client, room)
         if session:
             self.start_session(client)
         if self.link:
-            self.link.joined(nick, self.lobby.name)
+            self.link.joined(nick, room.name)
             self.published()
         self.announce(proto.Joined(nick))
         client.joined_id = self.next_number
@@ -703,6 +707,8 @@ class ChatCore:
                 self.send(client, entry.packet(history=True))
         for line in self.access.motd:
             self.send(client, proto.Info(line))
+        if self.world:
+            self.send_view(client)
 
     # ---- sessions ----
 
@@ -1195,7 +1201,7 @@ class ChatCore:
 
         def who(part: tuple) -> proto.WhoList:
             marks = {nick: away[nick] for nick in part if nick in away}
-            return proto.WhoList(room.name, part, marks or None)
+            return proto.WhoList(self.label(room.name), part, marks or None)
 
         for packet in list_packets(who, [user.nick for user in users],
                                    lambda nick: len(json_text(nick)) + 2 + len(
@@ -1204,34 +1210,137 @@ class ChatCore:
 
     @handles(proto.RoomsRequest)
     def on_rooms(self, client: Client, _: proto.RoomsRequest) -> None:
-        names = {key: room.name for key, room in self.rooms.items()}
+        names = {key: self.label(room.name) for key, room in self.rooms.items()}
         counts = {key: len(room.members) for key, room in self.rooms.items()}
         for user in self.remote.values():
             key = proto.name_key(user.room)
-            names.setdefault(key, user.room)
+            names.setdefault(key, self.label(user.room))
             counts[key] = counts.get(key, 0) + 1
         lobby = self.lobby.key
-        order = [lobby] + sorted((key for key in counts if key != lobby and counts[key]),
-                                 key=lambda key: display_order(names[key]))
+        always = [] if self.world else [lobby]  # a world has no lobby
+        order = always + sorted((key for key in counts if key not in always and counts[key]),
+                                key=lambda key: display_order(names[key]))
         rooms = [proto.RoomCount(names[key], counts[key]) for key in order]
         for packet in list_packets(proto.RoomList, rooms):
             self.send(client, packet)
 
     @handles(proto.EnterRoom)
     def on_enter(self, client: Client, enter: proto.EnterRoom) -> None:
+        if self.world:
+            self.send(client, proto.Error("there are no rooms to join in this world: walk "
+                                          "with go (exits: " + self.exits_here(client) + ")"))
+            return
         key = proto.name_key(enter.room)
         old = client.room
         if old.key == key:
             self.send(client, proto.Error(f"already in room {old.name}"))
             return
-        room = self.rooms.get(key) or Room(enter.room)
+        self.move(client, self.rooms.get(key) or Room(enter.room))
+
+    def move(self, client: Client, room: Room) -> None:
+        """To another room: its old room sees it go, its new one arrive."""
+        old = client.room
         self.enter(client, room)
         if self.link:
             self.link.moved(client.nick, old.name, room.name)
             self.published()
         move = {"mover": proto.name_key(client.nick), "old": old.key, "new": room.key}
-        self.announce(proto.ExitedRoom(client.nick, old.name), old.key, **move)
-        self.announce(proto.EnteredRoom(client.nick, room.name), room.key, **move)
+        self.announce(proto.ExitedRoom(client.nick, self.label(old.name)), old.key, **move)
+        self.announce(proto.EnteredRoom(client.nick, self.label(room.name)), room.key, **move)
+
+    # ---- world mode: the world module decides, this routes ----
+
+    def label(self, room: str) -> str:
+        """What users see a room called: in world mode, its place's title."""
+        if self.world:
+            place = self.world.world.places.get(room)
+            if place is not None:
+                return place.title
+        return room
+
+    def arrival_room(self, nick: str) -> Room:
+        """Where a user arriving now starts: the lobby, or in world mode the
+        place it was in when it left (the world's start the first time)."""
+        if not self.world:
+            return self.lobby
+        key = proto.name_key(nick)
+        place = self.world.place_of(key)
+        self.world.put_player(key, place)
+        return self.rooms.get(proto.name_key(place)) or Room(place)
+
+    def in_world(self, client: Client) -> bool:
+        if self.world is None:
+            self.send(client, proto.Error("this server has no world (it was started "
+                                          "without --world)"))
+        return self.world is not None
+
+    def exits_here(self, client: Client) -> str:
+        return ", ".join(world.view(self.world, proto.name_key(client.nick)).exits) or "none"
+
+    def send_view(self, client: Client) -> None:
+        seen = world.view(self.world, proto.name_key(client.nick))
+        room = client.room
+        people = [c.nick for c in room.members]
+        people += [u.nick for u in self.remote.values() if proto.name_key(u.room) == room.key]
+        self.send(client, proto.PlaceView(
+            seen.place.id, seen.place.title, seen.place.description, tuple(seen.exits),
+            tuple(item.shown for item in seen.items),
+            tuple(sorted(people, key=display_order))))
+
+    def send_inventory(self, client: Client) -> None:
+        carried = self.world.carried_by(proto.name_key(client.nick))
+        self.send(client, proto.Inventory(tuple(item.shown for item in carried)))
+
+    @handles(proto.Look)
+    def on_look(self, client: Client, look: proto.Look) -> None:
+        if not self.in_world(client):
+            return
+        if look.at is None or not look.at.strip():
+            self.send_view(client)
+            return
+        said = world.look_at(self.world, proto.name_key(client.nick), look.at)
+        self.send(client, proto.Error(said.text) if isinstance(said, world.Refusal)
+                  else proto.Info(said))
+
+    @handles(proto.Go)
+    def on_go(self, client: Client, go: proto.Go) -> None:
+        if not self.in_world(client):
+            return
+        moved = world.go(self.world, proto.name_key(client.nick), go.exit)
+        if isinstance(moved, world.Refusal):
+            self.send(client, proto.Error(moved.text))
+            return
+        if moved.key is not None:
+            self.send(client, proto.Info(f"You open the way with {moved.key.the}."))
+        place = moved.new.id
+        self.move(client, self.rooms.get(proto.name_key(place)) or Room(place))
+        self.send_view(client)
+
+    @handles(proto.Take)
+    def on_take(self, client: Client, take: proto.Take) -> None:
+        if self.in_world(client):
+            self.handle_item(client, world.take(self.world, proto.name_key(client.nick),
+                                                take.item), "picks up")
+
+    @handles(proto.Drop)
+    def on_drop(self, client: Client, drop: proto.Drop) -> None:
+        if self.in_world(client):
+            self.handle_item(client, world.drop(self.world, proto.name_key(client.nick),
+                                                drop.item), "drops")
+
+    def handle_item(self, client: Client, result: world.Handled | world.Refusal,
+                    verb: str) -> None:
+        """The place sees it done (as an emote); the doer gets its inventory."""
+        if isinstance(result, world.Refusal):
+            self.send(client, proto.Error(result.text))
+            return
+        self.say_in_room(client, proto.EmoteFrom(client.nick, f"{verb} {result.item.the}"))
+        self.send_inventory(client)
+
+    @handles(proto.InventoryRequest)
+    def on_inventory(self, client: Client, _: proto.InventoryRequest) -> None:
+        if self.in_world(client):
+            self.send_inventory(client)
 
     # ------------------------------------------------------------------
     # Rooms and leaving
@@ -1314,8 +1423,9 @@ class ChatCore:
         user.room = event.new
         move = {"mover": proto.name_key(user.nick), "old": proto.name_key(event.old),
                 "new": proto.name_key(event.new)}
-        for room_name, message in ((event.old, proto.ExitedRoom(user.nick, event.old)),
-                                   (event.new, proto.EnteredRoom(user.nick, event.new))):
+        for room_name, message in (
+                (event.old, proto.ExitedRoom(user.nick, self.label(event.old))),
+                (event.new, proto.EnteredRoom(user.nick, self.label(event.new)))):
             self.announce(message, proto.name_key(room_name), **move)  # logged even if
             # nobody is in that room here: a session may resume here
 

@@ -357,6 +357,43 @@ class RoomsRequest(Message):
     TYPE = "rooms"
 
 
+# World mode (client -> server)
+
+
+@dataclass(frozen=True, slots=True)
+class Look(Message):
+    """Look around (no ``at``), or at an item or an exit."""
+    TYPE = "look"
+    OPTIONAL = {"at": _check_text}
+    at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Go(Message):
+    TYPE = "go"
+    CHECKS = {"exit": _check_nonempty}
+    exit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Take(Message):
+    TYPE = "take"
+    CHECKS = {"item": _check_nonempty}
+    item: str
+
+
+@dataclass(frozen=True, slots=True)
+class Drop(Message):
+    TYPE = "drop"
+    CHECKS = {"item": _check_nonempty}
+    item: str
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryRequest(Message):
+    TYPE = "inventory"
+
+
 # Server -> client
 
 
@@ -473,6 +510,28 @@ class Resumed(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class PlaceView(Message):
+    """What a player sees of a place (world mode)."""
+    TYPE = "look"
+    CHECKS = {"room": _check_text, "title": _check_text, "description": _check_text,
+              "exits": _check_text_list, "items": _check_text_list,
+              "people": _check_text_list}
+    room: str
+    title: str
+    description: str
+    exits: tuple[str, ...]
+    items: tuple[str, ...]
+    people: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory(Message):
+    TYPE = "inventory"
+    CHECKS = {"items": _check_text_list}
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RoomList(Message):
     TYPE = "rooms"
     CHECKS = {"rooms": _check_room_counts}
@@ -482,13 +541,14 @@ class RoomList(Message):
 CLIENT_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Hello, Chat, SendDirect, Emote, WhoRequest, EnterRoom, RoomsRequest, Quit,
-                Away, ChangeNick, BecomeOperator, KickRequest, BanRequest)
+                Away, ChangeNick, BecomeOperator, KickRequest, BanRequest, Look, Go, Take,
+                Drop, InventoryRequest)
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (ChatFrom, Joined, Left, Error, Info, DirectFrom, EmoteFrom, WhoList,
                 EnteredRoom, ExitedRoom, RoomList, SessionGranted, Resumed, NickChanged,
-                Kicked)
+                Kicked, PlaceView, Inventory)
 }
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import enum
 import errno
+import json
 import logging
 import os
 import selectors
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Sequence
 
 import chat_protocol as proto
+import chat_world
 from chat_args import (add_version, first_line_of, float_at_least, int_in_range,
                        program_name)
 from chat_core import Access, ChatCore, Limits, SessionSettings, format_address
@@ -56,6 +58,7 @@ TLS_HANDSHAKE = 0x16     # the first byte of a TLS ClientHello
 NOT_TLS = "this server speaks TLS only: connect with --tls"
 ONLY_PLAIN = "this server does not speak TLS: connect without --tls"
 REDIS_URL_VARIABLE = "CHAT_REDIS_URL"
+SAVE_EVERY = 1.0         # seconds between writes of a changing world state
 
 
 def announce(message: str, *args: object) -> None:
@@ -104,7 +107,9 @@ class ChatServer:
     def __init__(self, listeners: Sequence[socket.socket], limits: Limits = Limits(),
                  redis_url: str | None = None, heartbeat: float = 1.0,
                  sessions: SessionSettings = SessionSettings(),
-                 access: Access = Access(), tls: ssl.SSLContext | None = None) -> None:
+                 access: Access = Access(), tls: ssl.SSLContext | None = None,
+                 world_state: chat_world.WorldState | None = None,
+                 state_file: Path | None = None) -> None:
         self.listeners = list(listeners)
         self.tls = tls                      # the port speaks only TLS
         self.tls_buffered: set[Connection] = set()  # decrypted bytes wait inside TLS
@@ -120,7 +125,10 @@ class ChatServer:
             self.link = ClusterLink(redis_url, self.wake, heartbeat)
         self.delivery = Delivery(limits.max_queue)
         self.core = ChatCore(self.delivery, limits, self.link, sessions,
-                             wall_offset=time.time() - time.monotonic(), access=access)
+                             wall_offset=time.time() - time.monotonic(), access=access,
+                             world_state=world_state)
+        self.saver = StateSaver(world_state, state_file) if world_state and state_file \
+            else None
         self.core_due: float | None = None  # when the core next wants a tick
 
     # ------------------------------------------------------------------
@@ -145,10 +153,14 @@ class ChatServer:
                 self.core_due = self.core.tick(time.monotonic())
                 self.expire_lingering()
                 self.flush()
+                if self.saver:
+                    self.saver.save_if_due(time.monotonic())
         finally:
             if self.link:
                 self.link.stop()
             self.close_all()
+            if self.saver:
+                self.saver.save()
 
     def dispatch(self, key: selectors.SelectorKey, mask: int) -> None:
         conn = key.data
@@ -174,6 +186,8 @@ class ChatServer:
         due = [next(iter(self.lingering)).deadline] if self.lingering else []
         if self.core_due is not None:
             due.append(self.core_due)
+        if self.saver and self.saver.due is not None:
+            due.append(self.saver.due)
         if not due:
             return None
         return max(0.0, min(due) - time.monotonic())
@@ -441,6 +455,58 @@ class ChatServer:
             self.drop(conn, "closed after an error")
 
 
+class StateSaver:
+    """Writes the world's state to its file atomically (a temporary file
+    beside it, synced, then renamed over it), at most every SAVE_EVERY
+    seconds while it changes, and once more when the server stops."""
+
+    def __init__(self, state: chat_world.WorldState, path: Path) -> None:
+        self.state, self.path = state, path
+        self.saved_version = state.version
+        self.last_save = 0.0
+        self.complained = False
+
+    @property
+    def due(self) -> float | None:
+        if self.state.version == self.saved_version:
+            return None
+        return self.last_save + SAVE_EVERY
+
+    def save_if_due(self, now: float) -> None:
+        due = self.due
+        if due is not None and now >= due:
+            self.last_save = now
+            self.save()
+
+    def save(self) -> None:
+        if self.state.version == self.saved_version:
+            return
+        version = self.state.version
+        try:
+            write_atomically(self.path, json.dumps(self.state.to_data(), ensure_ascii=False))
+        except OSError as exc:
+            if not self.complained:  # once: a full disk would otherwise fill the log too
+                log.error("cannot save the world state to %s: %s", self.path,
+                          exc.strerror or exc)
+                self.complained = True
+            return
+        self.saved_version, self.complained = version, False
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace the file with text: readers see the old file or the new one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
 def take_batch(queue: list) -> tuple[list, list]:
     """Split a queue into what one send should try (about SEND_BATCH bytes)
     and the rest, so a long queue is not joined again on every turn."""
@@ -520,6 +586,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the operators' password (the file's first line), for /op")
     parser.add_argument("--motd", metavar="FILE",
                         help="a message of the day, sent to each user after joining")
+    mud = parser.add_argument_group("world mode: the chat as a MUD")
+    mud.add_argument("--world", metavar="FILE",
+                     help="rooms become the places of this TOML world ('builtin': the one "
+                          "shipped, Gull Point)")
+    mud.add_argument("--state", metavar="FILE",
+                     help="keep where every item and player is in FILE (JSON, written "
+                          "atomically) across restarts")
     tls = parser.add_argument_group("TLS (both, or neither)")
     tls.add_argument("--tls-cert", metavar="FILE",
                      help="serve only TLS on the port, with this certificate chain (PEM)")
@@ -540,7 +613,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    if args.state and not args.world:
+        parser.error("--state needs --world")
     return args
+
+
+def load_world(source: str | None, state_file: str | None) -> chat_world.WorldState | None:
+    """The world (and where everything was, from ``state_file`` if it
+    exists); ValueError with the file, line and reason if it cannot be used."""
+    if not source:
+        return None
+    if source == "builtin":
+        from chat_worlds import builtin_text
+        text, source = builtin_text(), "the built-in world"
+    else:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the world file {source}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+    world = chat_world.parse_world(text, source)  # a WorldError is a ValueError
+    if not state_file or not Path(state_file).exists():
+        return chat_world.WorldState.fresh(world)
+    try:
+        data = json.loads(Path(state_file).read_text(encoding="utf-8"))
+        return chat_world.WorldState.from_data(world, data)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"cannot read the world state {state_file}: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -683,13 +783,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         access = read_access(args)
         tls = tls_context(args.tls_cert, args.tls_key)
+        world_state = load_world(args.world, args.state)
     except ValueError as exc:
         print(f"{program_name()}: {exc}", file=sys.stderr)
         return 2
     server = ChatServer(listeners, limits, redis_url=redis_url, heartbeat=args.heartbeat,
-                        sessions=sessions, access=access, tls=tls)
+                        sessions=sessions, access=access, tls=tls, world_state=world_state,
+                        state_file=Path(args.state) if args.state else None)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop())
+    if world_state:
+        announce("world mode: %s, %d places", world_state.world.name,
+                 len(world_state.world.places))
     for listener in listeners:
         announce("listening on %s%s", format_address(listener.getsockname()),
                  " (TLS only)" if tls else "")

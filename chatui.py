@@ -136,6 +136,8 @@ def sgr_for(style: str | None, color: bool) -> str:
         return CSI + "2m"
     if style == "mention":
         return CSI + "1;7m"
+    if style == "bold":
+        return CSI + "1m"
     index = core.style_key_color(style) if color else None
     if index is None:
         return ""

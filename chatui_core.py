@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Protocol, Sequence, Union
 
 import wcwidth
 
-# A piece of text with a style key: None (plain), "info", "error", "dim",
+# A piece of text with a style key: None (plain), "info", "error", "dim", "bold",
 # "mention" (a line naming the user: bold and reversed), or "nick:NAME" (a
 # stable colour chosen from the name).
 Segment = tuple[str, Union[str, None]]
@@ -257,7 +257,8 @@ class SecretPrompt(str):
     ``*`` per character and kept out of the history."""
 
 
-Completer = Callable[[str, bool], list[str]]
+# (the word before the cursor, whether it starts the line, the text before it)
+Completer = Callable[[str, bool, str], list[str]]
 
 
 class LineEditor:
@@ -376,7 +377,7 @@ class LineEditor:
         while start and self.text[start - 1] != " ":
             start -= 1
         word = self.text[start:self.cursor]
-        matches = completer(word, start == 0)
+        matches = completer(word, start == 0, self.text[:start])
         if not matches:
             return
         common = len(os.path.commonprefix([m.casefold() for m in matches]))

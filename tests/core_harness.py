@@ -81,9 +81,11 @@ class Harness:
     played here.  Limits are off unless a test gives some."""
 
     def __init__(self, limits: Limits = UNLIMITED, link: FakeLink | None = None,
-                 sessions: SessionSettings = SessionSettings(), access: Access = Access()) -> None:
+                 sessions: SessionSettings = SessionSettings(), access: Access = Access(),
+                 world_state=None) -> None:
         self.delivery = Delivery(limits.max_queue)
-        self.core = ChatCore(self.delivery, limits, link, sessions, access=access)
+        self.core = ChatCore(self.delivery, limits, link, sessions, access=access,
+                             world_state=world_state)
         self.now = 0.0
         self._decoders: dict[Outlet, proto.PacketDecoder] = {}
         self.dropped: list[Outlet] = []

@@ -52,7 +52,7 @@ def test_history_keeps_the_draft():
 def test_completion_cycles_and_uses_the_right_suffix():
     nicks = ["chris", "christine", "pat"]
 
-    def complete(word, at_start):
+    def complete(word, at_start, before=""):
         return [n for n in nicks if n.startswith(word)]
 
     editor = editor_with("chr")
@@ -272,7 +272,7 @@ def test_history_and_completion_through_keys():
     assert screen.read_command("> ") == "first"
     term.type("ch")
     term.press(core.TAB, core.UP, core.DOWN, core.ENTER)
-    assert screen.read_command("> ", lambda word, start: ["chris"]) == "chris: "
+    assert screen.read_command("> ", lambda word, start, before: ["chris"]) == "chris: "
 
 
 def test_page_up_shows_older_lines_and_enter_follows_new_output_again():

@@ -1,0 +1,186 @@
+"""The world model in memory: the verbs, locked exits, the state's round
+trip, and every way a world file can be refused (with its line)."""
+
+import json
+
+import pytest
+
+import chat_world as world
+from chat_worlds import builtin_text
+
+SMALL = '''
+name = "Test House"
+start = "hall"
+
+[places.hall]
+title = "The Hall"
+description = """
+A hall.
+
+With two paragraphs."""
+exits = { north = "study", down = { to = "cellar", key = "key", locked = "The cellar door is locked." } }
+items = ["key", "lamp"]
+
+[places.study]
+title = "The Study"
+description = "Books."
+exits = { south = "hall" }
+items = ["red-book", "blue-book"]
+
+[places.cellar]
+title = "The Cellar"
+description = "Damp."
+exits = { up = "hall" }
+
+[items.key]
+name = "brass key"
+description = "Small."
+
+[items.lamp]
+name = "oil lamp"
+description = "Smoky."
+article = "an"
+
+[items.red-book]
+name = "red book"
+description = "Red."
+
+[items.blue-book]
+name = "blue book"
+description = "Blue."
+'''
+
+
+@pytest.fixture
+def state():
+    return world.WorldState.fresh(world.parse_world(SMALL, "small.toml"))
+
+
+def test_the_builtin_world_is_big_enough_and_has_a_locked_exit_and_its_key():
+    built = world.parse_world(builtin_text(), "builtin")
+    assert len(built.places) >= 8 and len(built.items) >= 3
+    locked = [e for p in built.places.values() for e in p.exits.values() if e.key]
+    assert locked and all(e.key in built.items for e in locked)
+    assert all(p.description and p.title for p in built.places.values())
+
+
+def test_look_shows_the_place_its_exits_and_items(state):
+    seen = world.view(state, "pat")
+    assert seen.place.title == "The Hall"
+    assert seen.place.description == "A hall.\nWith two paragraphs."
+    assert seen.exits == ["north", "down"]
+    assert [item.shown for item in seen.items] == ["a brass key", "an oil lamp"]
+
+
+def test_go_moves_through_exits_and_refuses_what_is_not_there(state):
+    moved = world.go(state, "pat", "n")
+    assert isinstance(moved, world.Moved) and (moved.old.id, moved.new.id) == ("hall", "study")
+    assert state.place_of("pat") == "study"
+    refused = world.go(state, "pat", "west")
+    assert refused == world.Refusal("You cannot go west from here (exits: south).")
+    assert state.place_of("pat") == "study"
+    long = world.go(state, "pat", "x" * 10000)
+    assert len(long.text) < 120  # no reply grows with the input
+
+
+def test_a_locked_exit_opens_only_for_whoever_carries_its_key(state):
+    assert world.go(state, "pat", "down") == world.Refusal("The cellar door is locked.")
+    assert isinstance(world.take(state, "chris", "key"), world.Handled)
+    assert world.go(state, "pat", "down") == world.Refusal("The cellar door is locked.")
+    moved = world.go(state, "chris", "down")
+    assert moved.new.id == "cellar" and moved.key.name == "brass key"
+
+
+def test_take_and_drop_move_items_between_places_and_players(state):
+    assert world.take(state, "pat", "the oil lamp").item.id == "lamp"
+    assert [i.id for i in state.items_in("hall")] == ["key"]
+    assert [i.id for i in state.carried_by("pat")] == ["lamp"]
+    assert world.take(state, "chris", "lamp") == world.Refusal("There is no lamp here.")
+    world.go(state, "pat", "north")
+    assert world.drop(state, "pat", "lamp").item.id == "lamp"
+    assert [i.id for i in state.items_in("study")] == ["red-book", "blue-book", "lamp"]
+    assert world.drop(state, "pat", "lamp") == world.Refusal(
+        "There is no lamp that you carry.")
+
+
+def test_item_names_are_matched_by_name_word_or_id_and_ambiguity_is_asked(state):
+    world.go(state, "pat", "north")
+    assert world.take(state, "pat", "book") == world.Refusal(
+        "Which do you mean: the red book or the blue book?")
+    assert world.take(state, "pat", "RED").item.id == "red-book"
+    assert world.take(state, "pat", "blue-book").item.id == "blue-book"
+
+
+def test_look_at_describes_items_here_or_carried_and_where_exits_lead(state):
+    assert world.look_at(state, "pat", "lamp") == "Oil lamp: Smoky."
+    assert world.look_at(state, "pat", "down") == "Down: The Cellar (locked)"
+    world.take(state, "pat", "key")
+    world.go(state, "pat", "n")
+    assert world.look_at(state, "pat", "key") == "Brass key: Small."
+    assert world.look_at(state, "pat", "unicorn") == world.Refusal("There is no unicorn here.")
+
+
+def test_the_state_survives_a_round_trip_through_json(state):
+    world.take(state, "pat", "key")
+    world.go(state, "pat", "down")
+    world.take(state, "chris", "lamp")
+    world.go(state, "chris", "north")
+    world.drop(state, "chris", "lamp")
+    data = json.loads(json.dumps(state.to_data()))
+    again = world.WorldState.from_data(state.world, data)
+    assert again.to_data() == state.to_data()
+    assert again.place_of("pat") == "cellar" and again.place_of("nobody") == "hall"
+
+
+def test_a_saved_state_is_fitted_to_a_world_that_changed(state):
+    data = {"players": {"pat": "gone-place", "chris": "study"},
+            "carried": {"pat": ["key", "vanished-item"]},
+            "items": {"lamp": "gone-place"}}
+    again = world.WorldState.from_data(state.world, data)
+    assert again.place_of("pat") == "hall" and again.place_of("chris") == "study"
+    assert [i.id for i in again.carried_by("pat")] == ["key"]
+    assert [i.id for i in again.items_in("hall")] == ["lamp"]  # back where it began
+    with pytest.raises(ValueError):
+        world.WorldState.from_data(state.world, ["not", "an", "object"])
+
+
+def test_players_remembered_are_bounded_and_their_items_go_back(state, monkeypatch):
+    monkeypatch.setattr(world, "MAX_PLAYERS", 3)
+    state.put_player("p0", "hall")
+    world.take(state, "p0", "key")
+    for number in range(1, 5):
+        state.put_player(f"p{number}", "study")
+    assert len(state.player_place) == 3 and "p0" not in state.player_place
+    assert [i.id for i in state.items_in("hall")] == ["lamp", "key"]
+
+
+@pytest.mark.parametrize("text, line, reason", [
+    ('start = "a"\n[places.a\ntitle = "A"', 2, "not valid TOML"),
+    ('start = "b"\n[places.a]\ntitle = "A"\ndescription = "x"\n', 1, '"start" is "b"'),
+    ('[places.a]\ntitle = "A"\ndescription = "x"\n', None, '"start" must be'),
+    ('start = "a"\n[places.a]\ntitle = "A"\ndescription = "x"\nexits = { north = "b" }\n',
+     5, 'leads to "b", which is not a place'),
+    ('start = "a"\n[places.a]\ntitle = "A"\ndescription = "x"\n[places.a.exits]\n'
+     'sideways = "a"\n', 6, '"sideways" is not a direction'),
+    ('start = "a"\n[places.a]\ntitle = "A"\ndescription = "x"\nitems = ["ghost"]\n',
+     5, 'the item "ghost" is not described'),
+    ('start = "a"\n[places.a]\ndescription = "x"\n', 2, '"title" must be'),
+    ('start = "a"\n[places.a]\ntitle = "A"\ndescription = "x"\ncolour = "red"\n',
+     5, 'unknown key "colour"'),
+    ('start = "a"\n[places.a]\ntitle = "A"\ndescription = "x"\n'
+     'exits = { up = { to = "a", key = "nokey" } }\n', 5, 'the key "nokey"'),
+    ('start = "a"\n[places.a]\ntitle = "A"\ndescription = "x"\nitems = ["k"]\n'
+     '[places.b]\ntitle = "B"\ndescription = "y"\nitems = ["k"]\n'
+     '[items.k]\nname = "k"\ndescription = "z"\n', 9, 'is in "a" already'),
+    ('start = "a"\n[places.a]\ntitle = "A"\ndescription = "x"\n[items.k]\nname = "k"\n',
+     5, '"description" must be'),
+    ('start = "a"\n[places."two words"]\ntitle = "A"\ndescription = "x"\n', 2,
+     'the id "two words"'),
+    ('start = "a"\n', None, "at least one place"),
+])
+def test_a_broken_world_file_is_refused_with_its_line_and_reason(text, line, reason):
+    with pytest.raises(world.WorldError) as refused:
+        world.parse_world(text, "broken.toml")
+    assert refused.value.line == line, str(refused.value)
+    assert reason in refused.value.reason
+    assert str(refused.value).startswith("broken.toml" + (f", line {line}" if line else ""))

@@ -1,0 +1,66 @@
+"""World mode in the real client (both UIs), read through a terminal emulator:
+the place in the prompt, the look laid out for reading, the commands and
+Tab completion of exits and items."""
+
+import pytest
+
+from tests.support import RawClient
+
+
+def row_of(term, text):
+    return next(i for i, line in enumerate(term.lines) if line == text)
+
+
+@pytest.mark.server_args("--world", "builtin")
+def test_walking_looking_and_carrying_in_the_terminal(terminal, server):
+    term = terminal("pat", rows=40)
+    term.prompt_room = "The Jetty"
+    term.wait_for_prompt()
+    title = row_of(term, "The Jetty")
+    assert term.screen.buffer[title][0].bold and term.screen.buffer[title][4].bold
+    rows = term.lines[title + 1:title + 3]
+    assert " ".join(rows).startswith("Grey planks run out into a green, restless sea, slick "
+                                     "with weed where the tide has been. A rowing boat")
+    assert all(len(row) <= 80 for row in rows)  # wrapped at words, not cut
+    for line in ("Exits: north, east", "You see: a coil of rope", "Here: pat"):
+        term.wait_for_line(line)
+    term.type("/go no")
+    term.key("tab")
+    term.wait_for_prompt("/go north ")
+    term.key("enter")
+    term.prompt_room = "The Cliff Path"
+    term.wait_for_prompt()
+    term.say("/n")
+    term.prompt_room = "The Keeper's Yard"
+    term.wait_for_prompt()
+    chris = RawClient(server.port, "chris")  # arrives on the jetty, far away
+    term.say("/w")
+    term.prompt_room = "The Keeper's Cottage"
+    term.wait_for_prompt()
+    term.type("/take bra")
+    term.key("tab")
+    term.wait_for_prompt("/take brass key ")
+    term.key("enter")
+    term.wait_for_line(r"\[pat picks up the brass key\]")
+    term.wait_for_line(r"\*\*\* You carry: a brass key")
+    term.say("/look key")
+    term.wait_for_text("*** Brass key: Heavy for its size")
+    term.say("/e")
+    term.prompt_room = "The Keeper's Yard"
+    term.wait_for_prompt()
+    term.say("/n")
+    term.say("/d")
+    term.prompt_room = "The Oil Cellar"
+    term.wait_for_prompt()
+    term.wait_for_text("*** You open the way with the brass key.")
+    term.say("/drop brass key")
+    term.wait_for_line(r"\[pat drops the brass key\]")
+    term.say("/i")
+    term.wait_for_line(r"\*\*\* You carry nothing\.")
+    term.say("/join games")
+    term.wait_for_text("*** error: there are no rooms to join in this world")
+    term.say("/go sideways")
+    term.wait_for_text("*** error: You cannot go sideways from here (exits: up).")
+    chris.close()
+    term.say("/q")
+    assert term.wait_exit() == 0

@@ -1,0 +1,99 @@
+"""World mode over real sockets: walking, places that scope the chat, items,
+the state kept across a restart, and a broken world refused at start-up."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT, RawClient, ServerProcess, chat_from, join
+
+
+def walker(port, nick):
+    """A raw client past its join and its first look."""
+    user = RawClient(port, nick)
+    user.expect(join(nick))
+    user.first_look = user.expect(lambda m: m["type"] == "look")
+    return user
+
+
+def go(user, direction):
+    user.send({"type": "go", "exit": direction})
+    return user.expect(lambda m: m["type"] in ("look", "error"))
+
+
+@pytest.fixture
+def mud(tmp_path):
+    process = ServerProcess("--world", "builtin", "--state", str(tmp_path / "state.json"))
+    yield process
+    process.cleanup()
+
+
+def test_walkers_meet_talk_in_their_place_and_share_its_items(mud):
+    pat, chris = walker(mud.port, "pat"), walker(mud.port, "chris")
+    assert pat.first_look["title"] == "The Jetty" and "coil of rope" in \
+        " ".join(pat.first_look["items"])
+    for direction in ("north", "north", "west"):
+        assert go(pat, direction)["type"] == "look"
+    assert go(chris, "north")["title"] == "The Cliff Path"
+    go(chris, "north")
+    assert go(chris, "west")["people"] == ["chris", "pat"]
+    pat.expect({"type": "enter", "nick": "chris", "room": "The Keeper's Cottage"})
+    lee = walker(mud.port, "lee")  # still on the jetty
+    chris.chat("is the kettle on?")
+    pat.expect(chat_from("chris", "is the kettle on?"))
+    lee.chat("hello down here")
+    chris.chat("marker")
+    pat.expect(chat_from("chris", "marker"))
+    assert chat_from("lee", "hello down here") not in pat.received
+    pat.send({"type": "take", "item": "brass key"})
+    chris.expect({"type": "emote", "nick": "pat", "message": "picks up the brass key"})
+    chris.send({"type": "take", "item": "brass key"})
+    assert chris.expect(lambda m: m["type"] == "error")["message"] == \
+        "There is no brass key here."
+
+
+def test_a_restart_with_state_keeps_places_and_inventories(tmp_path):
+    state = tmp_path / "state.json"
+    first = ServerProcess("--world", "builtin", "--state", str(state))
+    try:
+        pat = walker(first.port, "pat")
+        for direction in ("north", "north", "west"):
+            go(pat, direction)
+        pat.send({"type": "take", "item": "key"})
+        pat.expect({"type": "inventory", "items": ["a brass key"]})
+        go(pat, "east")
+    finally:
+        assert first.stop() == 0
+    saved = json.loads(state.read_text())
+    assert saved["carried"] == {"pat": ["brass-key"]} and saved["players"]["pat"] == "yard"
+    second = ServerProcess("--world", "builtin", "--state", str(state))
+    try:
+        pat = walker(second.port, "pat")
+        assert pat.first_look["title"] == "The Keeper's Yard"
+        pat.send({"type": "inventory"})
+        pat.expect({"type": "inventory", "items": ["a brass key"]})
+        go(pat, "north")
+        assert go(pat, "down")["title"] == "The Oil Cellar"  # the key still opens it
+    finally:
+        second.cleanup()
+
+
+def test_a_broken_world_or_state_is_refused_at_start_up_with_exit_2(tmp_path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text('start = "hall"\n[places.hall]\ntitle = "Hall"\ndescription = "x"\n'
+                      'exits = { north = "nowhere" }\n')
+    result = subprocess.run([sys.executable, "chat_server.py", "0", "--world", str(broken)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"{broken}, line 5:" in result.stderr and '"nowhere"' in result.stderr
+    bad_state = tmp_path / "state.json"
+    bad_state.write_text("{not json")
+    result = subprocess.run([sys.executable, "chat_server.py", "0", "--world", "builtin",
+                             "--state", str(bad_state)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "cannot read the world state" in result.stderr
+    result = subprocess.run([sys.executable, "chat_server.py", "0", "--state", "x.json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "--state needs --world" in result.stderr
