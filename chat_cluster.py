@@ -27,6 +27,10 @@ Redis keys (``P`` is the prefix, ``chat:`` by default):
   node dies the survivors keep those users present for the resume grace.
   A resume on another node takes the session (and its nick) over in one
   step (TAKEOVER_SCRIPT) and says so with a ``takeover`` event.
+- World mode: ``P world:items`` (item -> ``place:ID`` or ``held:PLAYER``)
+  and ``P world:players`` (player -> place).  Taking an item is decided
+  by Redis in one step (TAKE_SCRIPT), so two users on two nodes cannot
+  both take it; every change is also an ``item`` event for the others.
 
 Guarantees.  Each node notices on its own when a node it knows stops
 beating (every node checks every node it has heard of, each beat), so
@@ -89,6 +93,11 @@ return old
 END_SESSION_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+TAKE_SCRIPT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
 """
 MAX_BACKOFF = 2.0
 STREAM_MAXLEN = 100_000     # events kept in the stream (approximately)
@@ -277,10 +286,20 @@ class RemoteTakeover(NodeEvent):
     room: Name
 
 
+@dataclass(frozen=True)
+class RemoteItem(NodeEvent):
+    """World mode: an item now lies in ``place`` or is held by ``holder``
+    (a player's name key); the other is empty."""
+    KIND = "item"
+    item: Name
+    place: Text
+    holder: Text
+
+
 NODE_EVENTS: dict[str, type[NodeEvent]] = {
     cls.KIND: cls for cls in (RemoteJoin, RemoteLeave, RemoteMove, RemoteSpeech,
                               RemoteDirect, RemoteAway, RemoteRename, RemoteKick, RemoteBan,
-                              RemotePresence, RemoteTakeover)
+                              RemotePresence, RemoteTakeover, RemoteItem)
 }
 NODE_EVENT_CHECKS = {cls: cls.checks() for cls in NODE_EVENTS.values()}
 
@@ -351,6 +370,15 @@ class Progress:
     start: bool = False  # where reading starts: nothing before it was read
 
 @dataclass(frozen=True)
+class ItemTaken:
+    """The answer to taking an item: Redis gave it to the player, or it was
+    no longer there (someone on another node was quicker)."""
+    token: Any
+    item: str
+    granted: bool
+
+
+@dataclass(frozen=True)
 class TakenOver:
     """The answer to a resume of a session held elsewhere: ``old`` is the
     node that held it (None: no such session, or Redis is away)."""
@@ -388,7 +416,7 @@ class DataLost:
 
 
 EVENT_TYPES: tuple[type, ...] = (Claimed, Renamed, Snapshot, NodeDead, LinkLost, LinkRestored,
-                                 Conflict, Undelivered, DataLost, Progress, TakenOver,
+                                 Conflict, Undelivered, DataLost, Progress, TakenOver, ItemTaken,
                                  *NODE_EVENTS.values())
 
 
@@ -559,6 +587,45 @@ class TakeOver(Command):
 
 
 @dataclass
+class TakeItem(Command):
+    """Give an item lying in a place to a player, if it still lies there."""
+    token: Any
+    item: str
+    place: str
+    player: str
+    wire: str  # the RemoteItem event, published only if granted
+
+    def queue(self, link, pipe) -> int:
+        link.client.take_item(keys=[link.key("world:items")],
+                              args=[self.item, "place:" + self.place, "held:" + self.player],
+                              client=pipe)
+        return 1
+
+    def answer(self, link, results) -> None:
+        granted = bool(results[0])
+        if granted:
+            pipe = link.client.pipeline(transaction=False)
+            link.append(pipe, self.wire)
+            pipe.execute()
+        link.hand_over(ItemTaken(self.token, self.item, granted))
+
+    def while_down(self, link) -> None:  # nobody can tell who has it: not now
+        link.hand_over(ItemTaken(self.token, self.item, False))
+
+
+@dataclass
+class SaveWorld(Command):
+    """Where an item lies (or who holds it), or where a player is."""
+    field: str
+    value: str
+    table: str  # "items" or "players"
+
+    def queue(self, link, pipe) -> int:
+        pipe.hset(link.key("world:" + self.table), self.field, self.value)
+        return 1
+
+
+@dataclass
 class Publish(Command):
     wire: str  # the event as JSON, numbered: a retry is recognised as one
 
@@ -659,6 +726,18 @@ class ClusterLink:
         self._outbox.put(SetPresence(nick, room))
         self.publish(RemoteTakeover(nick, old, room))
 
+    def take_item(self, token: Any, item: str, place: str, player: str) -> None:
+        self._published += 1
+        wire = RemoteItem(item, "", player).to_wire(self.node_id, self._published)
+        self._outbox.put(TakeItem(token, item, place, player, wire))
+
+    def put_item(self, item: str, place: str) -> None:
+        self._outbox.put(SaveWorld(item, "place:" + place, "items"))
+        self.publish(RemoteItem(item, place, ""))
+
+    def save_place(self, player: str, place: str) -> None:
+        self._outbox.put(SaveWorld(player, place, "players"))
+
     def forget(self, nick: str) -> None:
         """A user of ours was taken over elsewhere: out of our presence and
         sessions, silently (the nick is the new node's already)."""
@@ -727,6 +806,7 @@ class ClusterLink:
         client.release_nick = client.register_script(RELEASE_SCRIPT)
         client.take_over = client.register_script(TAKEOVER_SCRIPT)
         client.end_session = client.register_script(END_SESSION_SCRIPT)
+        client.take_item = client.register_script(TAKE_SCRIPT)
         return client
 
     # ---- the writer thread ----
@@ -1038,6 +1118,37 @@ class ClusterLink:
             return None
         return RemotePresence({n: r for n, r in event.users.items() if n in owned},
                               node=event.node)
+
+
+def share_world_state(url: str, data: dict, prefix: str = "chat:") -> dict:
+    """World mode in a cluster, at start-up: the world's state as Redis
+    keeps it, after filling in (never overwriting) what Redis does not have
+    yet from ``data`` (this node's --state, or the world as it begins).
+    Returns the shared state in WorldState.to_data()'s form."""
+    import redis
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        items, players = prefix + "world:items", prefix + "world:players"
+        pipe = client.pipeline(transaction=False)
+        for item, place in data.get("items", {}).items():
+            pipe.hsetnx(items, item, "place:" + place)
+        for player, held in data.get("carried", {}).items():
+            for item in held:
+                pipe.hsetnx(items, item, "held:" + player)
+        for player, place in data.get("players", {}).items():
+            pipe.hsetnx(players, player, place)
+        pipe.execute()
+        shared = {"items": {}, "carried": {}, "players": {}}
+        for item, where in client.hgetall(items).items():
+            kind, _, value = where.decode().partition(":")
+            if kind == "place":
+                shared["items"][item.decode()] = value
+            else:
+                shared["carried"].setdefault(value, []).append(item.decode())
+        shared["players"] = {k.decode(): v.decode() for k, v in client.hgetall(players).items()}
+        return shared
+    finally:
+        client.close()
 
 
 def stream_id(text: str) -> tuple[int, int]:

@@ -1266,6 +1266,8 @@ class ChatCore:
         key = proto.name_key(nick)
         place = self.world.place_of(key)
         self.world.put_player(key, place)
+        if self.link:
+            self.link.save_place(key, place)
         return self.rooms.get(proto.name_key(place)) or Room(place)
 
     def in_world(self, client: Client) -> bool:
@@ -1313,20 +1315,59 @@ class ChatCore:
         if moved.key is not None:
             self.send(client, proto.Info(f"You open the way with {moved.key.the}."))
         place = moved.new.id
+        if self.link:
+            self.link.save_place(proto.name_key(client.nick), place)
         self.move(client, self.rooms.get(proto.name_key(place)) or Room(place))
         self.send_view(client)
 
     @handles(proto.Take)
     def on_take(self, client: Client, take: proto.Take) -> None:
-        if self.in_world(client):
-            self.handle_item(client, world.take(self.world, proto.name_key(client.nick),
-                                                take.item), "picks up")
+        """Alone, the world decides; in a cluster Redis does (in one step),
+        so that users on two nodes cannot both take the same item."""
+        if not self.in_world(client):
+            return
+        player = proto.name_key(client.nick)
+        if not self.link:
+            self.handle_item(client, world.take(self.world, player, take.item), "picks up")
+            return
+        item = world.choose_here(self.world, player, take.item)
+        if isinstance(item, world.Refusal):
+            self.send(client, proto.Error(item.text))
+        else:
+            self.link.take_item(client, item.id, self.world.place_of(player), player)
+
+    @applies(cluster.ItemTaken)
+    def on_item_taken(self, event: cluster.ItemTaken) -> None:
+        client, item = event.token, self.world.world.items[event.item]
+        if not event.granted:
+            if client.state is State.JOINED:
+                self.send(client, proto.Error(f"{item.the.capitalize()} is not here any "
+                                              "more: someone was quicker."))
+            return
+        player = proto.name_key(client.nick or "")
+        self.world.place_item(item.id, player=player)
+        if client.state is State.JOINED:
+            self.handle_item(client, world.Handled(item), "picks up")
 
     @handles(proto.Drop)
     def on_drop(self, client: Client, drop: proto.Drop) -> None:
-        if self.in_world(client):
-            self.handle_item(client, world.drop(self.world, proto.name_key(client.nick),
-                                                drop.item), "drops")
+        if not self.in_world(client):
+            return
+        player = proto.name_key(client.nick)
+        dropped = world.drop(self.world, player, drop.item)
+        if self.link and isinstance(dropped, world.Handled):
+            self.link.put_item(dropped.item.id, self.world.place_of(player))
+        self.handle_item(client, dropped, "drops")
+
+    @applies(cluster.RemoteItem)
+    def on_remote_item(self, event: cluster.RemoteItem) -> None:
+        known = self.world.world if self.world else None
+        if known is None or event.item not in known.items or (
+                event.place and event.place not in known.places):
+            self.log_once("ignoring an event about an item or place this world lacks",
+                          event.node)
+            return
+        self.world.place_item(event.item, event.place or None, event.holder or None)
 
     def handle_item(self, client: Client, result: world.Handled | world.Refusal,
                     verb: str) -> None:
@@ -1409,6 +1450,12 @@ class ChatCore:
     @applies(cluster.RemoteJoin)
     def on_remote_join(self, event: cluster.RemoteJoin) -> None:
         self.remote_join(event.node, event.nick, event.room)
+        self.follow_player(event.nick, event.room)
+
+    def follow_player(self, nick: str, room: str) -> None:
+        """World mode: where another node's user is now."""
+        if self.world and room in self.world.world.places:
+            self.world.put_player(proto.name_key(nick), room)
 
     @applies(cluster.RemoteLeave)
     def on_remote_leave(self, event: cluster.RemoteLeave) -> None:
@@ -1421,6 +1468,7 @@ class ChatCore:
         if user is None:
             return
         user.room = event.new
+        self.follow_player(user.nick, event.new)
         move = {"mover": proto.name_key(user.nick), "old": proto.name_key(event.old),
                 "new": proto.name_key(event.new)}
         for room_name, message in (

@@ -643,6 +643,18 @@ def load_world(source: str | None, state_file: str | None) -> chat_world.WorldSt
                          f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
+def shared_world(url: str, state: chat_world.WorldState) -> chat_world.WorldState:
+    """In a cluster the world's state lives in Redis: ours (from --state,
+    or the world as it begins) only fills in what Redis does not have."""
+    from chat_cluster import share_world_state
+    import redis
+    try:
+        data = share_world_state(url, state.to_data())
+    except redis.RedisError as exc:
+        raise ValueError(f"cannot read the world's state from Redis: {exc}") from None
+    return chat_world.WorldState.from_data(state.world, data)
+
+
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     """The server's TLS settings (TLS 1.2 and later), or None for plain
     text; a certificate or key that cannot be used is a ValueError."""
@@ -784,12 +796,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         access = read_access(args)
         tls = tls_context(args.tls_cert, args.tls_key)
         world_state = load_world(args.world, args.state)
+        if world_state and redis_url:  # a cluster keeps the world in Redis
+            world_state = shared_world(redis_url, world_state)
     except ValueError as exc:
         print(f"{program_name()}: {exc}", file=sys.stderr)
         return 2
     server = ChatServer(listeners, limits, redis_url=redis_url, heartbeat=args.heartbeat,
                         sessions=sessions, access=access, tls=tls, world_state=world_state,
-                        state_file=Path(args.state) if args.state else None)
+                        state_file=Path(args.state) if args.state and not redis_url else None)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop())
     if world_state:

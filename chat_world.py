@@ -454,9 +454,13 @@ def _chosen(found: Item | None | list[Item], name: str, where: str) -> Item | Re
     return Refusal(f"There is no {quote(name.strip()) or 'such thing'} {where}.")
 
 
+def choose_here(state: WorldState, player: str, name: str) -> Item | Refusal:
+    """The item lying here that ``name`` means (nothing is moved)."""
+    return _chosen(find_item(state.items_in(state.place_of(player)), name), name, "here")
+
+
 def take(state: WorldState, player: str, name: str) -> Handled | Refusal:
-    place = state.place_of(player)
-    item = _chosen(find_item(state.items_in(place), name), name, "here")
+    item = choose_here(state, player, name)
     if isinstance(item, Refusal):
         return item
     state.place_item(item.id, player=player)

@@ -75,6 +75,16 @@ class FakeLink:
     def forget(self, nick: str) -> None:
         self.calls.append(("forget", nick))
 
+    def take_item(self, token: Any, item: str, place: str, player: str) -> None:
+        self.calls.append(("take_item", token, item, place, player))
+
+    def put_item(self, item: str, place: str) -> None:
+        self.calls.append(("put_item", item, place))
+        self._publish(cluster.RemoteItem(item, place, ""))
+
+    def save_place(self, player: str, place: str) -> None:
+        self.calls.append(("save_place", player, place))
+
 
 class Harness:
     """The chat core and the real delivery layer, with the transport's part

@@ -550,8 +550,6 @@ def test_a_session_resumes_on_another_node_after_its_node_dies(nodes, client, si
     pat.expect(lambda m: m.get("nick") == "cat" and m["type"] == "join")
     bob.chat("before")
     last = pat.expect(lambda m: m.get("message") == "before")["id"]
-    cat.expect(chat_from("bob", "before"))
-    before_the_kill = {user.nick: len(user.received) for user in (bob, cat)}
     a_node.proc.send_signal(sig)
     a_node.proc.wait(10)
     pat.close()
@@ -576,7 +574,7 @@ def test_a_session_resumes_on_another_node_after_its_node_dies(nodes, client, si
     cat.send({"type": "who"})
     assert cat.expect(lambda m: m["type"] == "who")["nicks"] == ["bob", "cat", "pat"]
     for user in (bob, cat):
-        since = user.received[before_the_kill[user.nick]:]
+        since = user.received[user.received.index(chat_from("bob", "before")) + 1:]
         assert join("pat") not in since and leave("pat") not in since, since
     texts = [m.get("message") for m in back.received]
     assert len(texts) == len(set(texts))  # nothing twice
@@ -597,3 +595,38 @@ def test_a_killed_nodes_session_user_leaves_when_the_grace_ends(nodes, client):
     bob.expect(leave("pat"), timeout=10)
     assert time.monotonic() - killed > 1.5
     client(b_node, "pat")  # the nick is free again
+
+
+def test_world_mode_across_nodes_items_once_and_the_world_kept_in_redis(nodes, client):
+    a_node, b_node = nodes(2, "--world", "builtin")
+    pat, chris = client(a_node, "pat"), client(b_node, "chris")
+    for user in (pat, chris):
+        assert user.expect(lambda m: m["type"] == "look")["title"] == "The Jetty"
+    pat.expect(join("chris"))
+    for user in (pat, chris):  # at once: Redis gives the rope to one of them
+        user.send({"type": "take", "item": "rope"})
+    got = {}
+    for user in (pat, chris):
+        got[user.nick] = user.expect(lambda m: m["type"] in ("inventory", "error"))
+    winners = [nick for nick, m in got.items() if m["type"] == "inventory"]
+    assert len(winners) == 1, got
+    loser = "chris" if winners == ["pat"] else "pat"
+    assert "someone was quicker" in got[loser]["message"] or "no rope" in got[loser]["message"]
+    emote = {"type": "emote", "nick": winners[0], "message": "picks up the coil of rope"}
+    for user in (pat, chris):
+        user.wait_until(lambda received: emote in received)
+    chris.send({"type": "look"})
+    assert chris.expect(lambda m: m["type"] == "look")["items"] == []
+    chris.send({"type": "go", "exit": "north"})
+    chris.expect(lambda m: m["type"] == "look")
+    pat.expect({"type": "exit", "nick": "chris", "room": "The Jetty"})
+    pat.send({"type": "go", "exit": "north"})
+    chris.expect({"type": "enter", "nick": "pat", "room": "The Cliff Path"})
+    pat.expect(lambda m: m["type"] == "look" and m["people"] == ["chris", "pat"])
+    for node in (a_node, b_node):
+        assert node.stop() == 0
+    (c_node,) = nodes(1, "--world", "builtin")
+    back = client(c_node, winners[0])
+    assert back.expect(lambda m: m["type"] == "look")["title"] == "The Cliff Path"
+    back.send({"type": "inventory"})
+    back.expect({"type": "inventory", "items": ["a coil of rope"]})
