@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import chat_protocol as proto
 from chat_args import add_version, first_line_of, int_in_range, program_name
@@ -720,27 +720,23 @@ class TlsStream:
         return self.sock.fileno()
 
     def recv(self, size: int) -> bytes:
-        while True:
-            with self.lock:
-                try:
-                    return self.sock.recv(size)
-                except ssl.SSLWantReadError:
-                    wanted = "read"
-                except ssl.SSLWantWriteError:
-                    wanted = "write"
-            self.wait(wanted)
+        return self.retried(lambda: self.sock.recv(size))
 
     def sendall(self, data: bytes) -> None:
         view, sent = memoryview(data), 0
         while sent < len(view):
+            sent += self.retried(lambda: self.sock.send(view[sent:]))
+
+    def retried(self, call: Callable[[], Any]) -> Any:
+        """One TLS call, under the lock, again after each wait it needs."""
+        while True:
             with self.lock:
                 try:
-                    sent += self.sock.send(view[sent:])
-                    continue
-                except ssl.SSLWantWriteError:
-                    wanted = "write"
+                    return call()
                 except ssl.SSLWantReadError:
                     wanted = "read"
+                except ssl.SSLWantWriteError:
+                    wanted = "write"
             self.wait(wanted)
 
     def wait(self, wanted: str) -> None:

@@ -264,17 +264,24 @@ class ChatServer:
             pass
         self._reserve_fd = os.open(os.devnull, os.O_RDONLY)
 
-    def on_readable(self, conn: Connection) -> None:
+    def read_from(self, conn: Connection, size: int, flags: int = 0) -> bytes | None:
+        """What the socket has (None: nothing yet, or it is gone and dropped)."""
         try:
-            data = conn.sock.recv(RECV_SIZE)
+            data = conn.sock.recv(size, flags)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
                 ssl.SSLWantWriteError):
-            return
+            return None
         except OSError as exc:
             self.drop(conn, f"connection error: {exc.strerror or exc}")
-            return
+            return None
         if not data:
             self.drop(conn, "closed the connection")
+            return None
+        return data
+
+    def on_readable(self, conn: Connection) -> None:
+        data = self.read_from(conn, RECV_SIZE)
+        if data is None:
             return
         if conn.tls is Tls.UP and conn.sock.pending():
             self.tls_buffered.add(conn)  # the selector cannot see these bytes
@@ -306,16 +313,10 @@ class ChatServer:
     def sniff(self, conn: Connection) -> None:
         """A TLS ClientHello starts the handshake; a plain-text client is
         told, in plain text, that this port speaks TLS."""
-        try:
-            first = conn.sock.recv(1, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
+        first = self.read_from(conn, 1, socket.MSG_PEEK)
+        if first is None:
             return
-        except OSError as exc:
-            self.drop(conn, f"connection error: {exc.strerror or exc}")
-            return
-        if not first:
-            self.drop(conn, "closed the connection")
-        elif first[0] != TLS_HANDSHAKE:
+        if first[0] != TLS_HANDSHAKE:
             conn.tls = None
             conn.fresh = False
             self.core.refuse(conn, NOT_TLS, time.monotonic())
