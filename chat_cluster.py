@@ -615,13 +615,17 @@ class TakeItem(Command):
 
 @dataclass
 class SaveWorld(Command):
-    """Where an item lies (or who holds it), or where a player is."""
+    """Where an item lies (or who holds it), or where a player is (None:
+    forgotten)."""
     field: str
-    value: str
+    value: str | None
     table: str  # "items" or "players"
 
     def queue(self, link, pipe) -> int:
-        pipe.hset(link.key("world:" + self.table), self.field, self.value)
+        if self.value is None:
+            pipe.hdel(link.key("world:" + self.table), self.field)
+        else:
+            pipe.hset(link.key("world:" + self.table), self.field, self.value)
         return 1
 
 
@@ -735,7 +739,7 @@ class ClusterLink:
         self._outbox.put(SaveWorld(item, "place:" + place, "items"))
         self.publish(RemoteItem(item, place, ""))
 
-    def save_place(self, player: str, place: str) -> None:
+    def save_place(self, player: str, place: str | None) -> None:
         self._outbox.put(SaveWorld(player, place, "players"))
 
     def forget(self, nick: str) -> None:

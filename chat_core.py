@@ -1265,9 +1265,11 @@ class ChatCore:
             return self.lobby
         key = proto.name_key(nick)
         place = self.world.place_of(key)
-        self.world.put_player(key, place)
+        forgotten = self.world.put_player(key, place)
         if self.link:
             self.link.save_place(key, place)
+            for player in forgotten:
+                self.link.save_place(player, None)
         return self.rooms.get(proto.name_key(place)) or Room(place)
 
     def in_world(self, client: Client) -> bool:

@@ -308,16 +308,23 @@ class WorldState:
     def place_of(self, player: str) -> str:
         return self.player_place.get(player, self.world.start)
 
-    def put_player(self, player: str, place: str) -> None:
+    def put_player(self, player: str, place: str) -> list[str]:
+        """The player is in ``place`` now; returns the players forgotten to
+        keep the list bounded: the longest unseen of those carrying nothing
+        (so no item moves; those carrying something are at most as many as
+        the items)."""
         self.player_place[player] = place
         self.player_place.move_to_end(player)
-        while len(self.player_place) > MAX_PLAYERS:
-            forgotten = next(iter(self.player_place))
-            if self.carried.get(forgotten):  # what they carried goes back where it began
-                for item in self.carried.pop(forgotten):
-                    self.item_place[item] = self.start_of(item)
-            del self.player_place[forgotten]
+        forgotten = []
+        if len(self.player_place) > MAX_PLAYERS:
+            for old in list(self.player_place):
+                if len(self.player_place) <= MAX_PLAYERS:
+                    break
+                if old != player and not self.carried.get(old):
+                    del self.player_place[old]
+                    forgotten.append(old)
         self.changed()
+        return forgotten
 
     def start_of(self, item: str) -> str:
         return next((p.id for p in self.world.places.values() if item in p.items),
