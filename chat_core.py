@@ -72,6 +72,7 @@ class Access:
     motd: tuple[str, ...] = ()
 
 
+RESUMES_PER_CONNECTION = 3  # resumes a connection may try before it is closed
 WRONG_PASSWORDS = 5          # per address...
 WRONG_PASSWORD_WINDOW = 60.0  # ...in this many seconds, then refused for a while
 
@@ -216,7 +217,7 @@ class Client:
 
     __slots__ = ("outlet", "peer", "address", "state", "nick", "room", "held", "held_bytes",
                  "paused", "tokens", "refilled", "mistakes", "token", "joined_id", "missed",
-                 "expires", "away", "operator", "ban_key", "pending")
+                 "expires", "away", "operator", "ban_key", "pending", "resumes")
 
     def __init__(self, outlet: Outlet, peer: str, address: str | None, now: float,
                  burst: int) -> None:
@@ -240,6 +241,7 @@ class Client:
         self.operator = False          # said the operators' password
         self.ban_key = address          # what a ban of this user holds out
         self.pending: proto.Hello | None = None  # a hello waiting on the cluster
+        self.resumes = 0               # resumes tried on this connection
 
     def become(self, state: State) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -743,6 +745,10 @@ class ChatCore:
     def resume(self, client: Client, hello: proto.Hello) -> None:
         """Take a session up again on this connection: ``resumed``, then
         exactly what it missed after ``after``, then live traffic."""
+        client.resumes += 1
+        if client.resumes > RESUMES_PER_CONNECTION:  # guessing tokens costs a close
+            self.reject(client, "too many resumes on one connection")
+            return
         session = self.sessions.get(hello.resume or "")
         if session is None and self.link is not None:
             self.resume_elsewhere(client, hello)
@@ -826,6 +832,14 @@ class ChatCore:
                 missed.append(entry)
         return missed
 
+    def expired(self, client: Client) -> None:
+        """A resume handed to the cluster failed: the connection may say a
+        fresh hello, within a new hello deadline."""
+        client.become(State.GREETING)
+        self.send(client, proto.Error("session expired"))
+        if self.limits.hello_timeout:
+            self.greeting.append((self.now + self.limits.hello_timeout, client))
+
     def resume_elsewhere(self, client: Client, hello: proto.Hello) -> None:
         """A session this node does not hold: ask Redis to hand it (and its
         nick) over from whichever node does."""
@@ -852,8 +866,7 @@ class ChatCore:
         position = parse_position(hello.after)
         if event.old is None or position is None:
             client.pending = None
-            client.become(State.GREETING)
-            self.send(client, proto.Error("session expired"))
+            self.expired(client)
             return
         self.waiting_resumes.append((self.now + RESUME_WAIT, client, event.old, position))
         self.resume_waiting()
@@ -883,8 +896,7 @@ class ChatCore:
         room = self.rooms.get(proto.name_key(room_name)) or Room(room_name)
         missed = self.missed_elsewhere(nick, room.key, position)
         if missed is None:  # too long ago: a fresh hello will do (the nick is ours)
-            client.become(State.GREETING)
-            self.send(client, proto.Error("session expired"))
+            self.expired(client)
             return
         client.become(State.JOINED)
         client.nick, client.token = nick, hello.resume

@@ -284,3 +284,43 @@ def test_a_session_still_connected_to_its_old_node_is_closed_there():
     said(bus, "A", amy, "still here, pat?")
     assert bare(bus.nodes["B"].received(outlet)) == [chat_from("amy", "still here, pat?")]
     assert leave("pat") not in bus.nodes["A"].received(amy)
+
+
+def test_guessing_session_tokens_costs_the_connection():
+    bus = Bus("A", "B")
+    node = bus.nodes["B"]
+    outlet = node.connect()
+    for guess in range(3):
+        node.send(outlet, {"type": "hello", "nick": "pat", "session": True,
+                           "resume": f"guess-{guess}", "after": "0000000000000001.A.0-0.0"})
+        bus.pump()
+        assert node.received(outlet) == [{"type": "error", "message": "session expired"}]
+    node.send(outlet, {"type": "hello", "nick": "pat", "session": True, "resume": "guess-4",
+                       "after": "0000000000000001.A.0-0.0"})
+    bus.pump()
+    assert node.received(outlet) == [{"type": "error",
+                                      "message": "too many resumes on one connection"}]
+    assert node.closed(outlet)
+    takeovers = [c for c in bus.core("B").link.calls if c[0] == "take_over"]
+    assert len(takeovers) == 3  # the fourth never reached Redis
+
+
+def test_a_failed_resume_elsewhere_gets_a_new_hello_deadline():
+    from dataclasses import replace as replaced
+    from tests.core_harness import UNLIMITED
+    bus = Bus("A", "B")
+    node = bus.nodes["B"] = Harness(replaced(UNLIMITED, hello_timeout=10), FakeLink("B"))
+    node.core.cluster_event(cluster.Progress("0-0", start=True), node.now)
+    outlet = node.connect()
+    node.tick(9)
+    node.send(outlet, {"type": "hello", "nick": "pat", "session": True, "resume": "nope",
+                       "after": "0000000000000001.A.0-0.0"})
+    node.tick(2)  # the first deadline passes while Redis is asked: not cut meanwhile
+    assert not node.closed(outlet)
+    bus.pump()
+    assert node.received(outlet) == [{"type": "error", "message": "session expired"}]
+    bus.tick(9)
+    assert not node.closed(outlet)
+    bus.tick(2)
+    assert node.received(outlet) == [{"type": "error",
+                                      "message": "no hello within 10 seconds"}]
