@@ -739,6 +739,10 @@ class ClusterLink:
         self._outbox.put(SaveWorld(item, "place:" + place, "items"))
         self.publish(RemoteItem(item, place, ""))
 
+    def hold_item(self, item: str, player: str) -> None:
+        """Who holds an item, in Redis only (the others learn it otherwise)."""
+        self._outbox.put(SaveWorld(item, "held:" + player, "items"))
+
     def save_place(self, player: str, place: str | None) -> None:
         self._outbox.put(SaveWorld(player, place, "players"))
 

@@ -1,4 +1,6 @@
-"""The chat itself, with no I/O: nicks, rooms, packet handlers, the cluster view.
+"""The chat itself, with no I/O: nicks, rooms, packet handlers, the cluster view,
+sessions (resumed here or, in a cluster, from any node) and the routing of
+world mode's packets to the world model (chat_world.py).
 
 The transport feeds events in:
 
@@ -705,7 +707,7 @@ class ChatCore:
         log.info("hello %s %s", nick, client.peer)
         if session:
             self.send(client, proto.SessionGranted(client.token, self.settings.resume_grace))
-            for entry in self.room_history.get(self.lobby.key, ()):
+            for entry in self.room_history.get(room.key, ()):
                 self.send(client, entry.packet(history=True))
         for line in self.access.motd:
             self.send(client, proto.Info(line))
@@ -1033,8 +1035,22 @@ class ChatCore:
         client.nick = new
         if self.link and client.token is not None:
             self.link.record_session(session_digest(client.token), new, old)
+        self.rename_player(old, new, here=True)
         self.announce(proto.NickChanged(old, new))
         log.info("nick %s is now %s %s", old, new, client.peer)
+
+    def rename_player(self, old: str, new: str, here: bool = False) -> None:
+        """World mode: the place and things go with the name (and, for our
+        own user in a cluster, in Redis too)."""
+        if not self.world:
+            return
+        old_key, new_key = proto.name_key(old), proto.name_key(new)
+        self.world.rename_player(old_key, new_key)
+        if here and self.link:
+            self.link.save_place(new_key, self.world.place_of(new_key))
+            self.link.save_place(old_key, None)
+            for item in self.world.carried_by(new_key):
+                self.link.hold_item(item.id, new_key)
 
     @applies(cluster.Renamed)
     def on_renamed(self, event: cluster.Renamed) -> None:
@@ -1059,6 +1075,7 @@ class ChatCore:
         del self.remote[proto.name_key(event.old)]
         user.nick = event.new
         self.remote[proto.name_key(event.new)] = user
+        self.rename_player(event.old, event.new)
         self.announce(proto.NickChanged(event.old, event.new))
 
     # ---- passwords and moderation ----

@@ -326,6 +326,16 @@ class WorldState:
         self.changed()
         return forgotten
 
+    def rename_player(self, old: str, new: str) -> None:
+        """A player now known by another name keeps its place and things."""
+        if old == new:
+            return
+        if old in self.player_place:
+            self.player_place[new] = self.player_place.pop(old)
+        if old in self.carried:
+            self.carried.setdefault(new, []).extend(self.carried.pop(old))
+        self.changed()
+
     def start_of(self, item: str) -> str:
         return next((p.id for p in self.world.places.values() if item in p.items),
                     self.world.start)

@@ -82,8 +82,11 @@ class FakeLink:
         self.calls.append(("put_item", item, place))
         self._publish(cluster.RemoteItem(item, place, ""))
 
-    def save_place(self, player: str, place: str) -> None:
+    def save_place(self, player: str, place: str | None) -> None:
         self.calls.append(("save_place", player, place))
+
+    def hold_item(self, item: str, player: str) -> None:
+        self.calls.append(("hold_item", item, player))
 
 
 class Harness:

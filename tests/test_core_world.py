@@ -105,3 +105,28 @@ def test_a_user_who_comes_back_finds_its_place_and_inventory(mud):
     mud.send(again, {"type": "inventory"}, {"type": "look", "at": "lamp"})
     assert mud.received(again) == [{"type": "inventory", "items": ["an oil lamp"]},
                                    {"type": "info", "message": "Oil lamp: Smoky."}]
+
+
+def test_a_rename_keeps_the_place_and_what_is_carried(mud):
+    pat, chris = mud.joined("pat", "chris")
+    mud.send(pat, {"type": "take", "item": "lamp"}, {"type": "go", "exit": "north"})
+    mud.send(pat, {"type": "nick", "nick": "pam"})
+    mud.received(pat)
+    assert look(mud, pat)["title"] == "The Study"
+    mud.send(pat, {"type": "inventory"})
+    assert mud.received(pat) == [{"type": "inventory", "items": ["an oil lamp"]}]
+    mud.send(pat, {"type": "go", "exit": "south"})
+    assert mud.received(chris)[-1] == {"type": "enter", "nick": "pam", "room": "The Hall"}
+
+
+def test_a_session_newcomer_gets_the_history_of_the_place_it_arrives_in(mud):
+    (pat,) = mud.joined("pat")
+    mud.send(pat, {"type": "go", "exit": "north"})
+    mud.chat(pat, "said in the study")
+    mud.lose(pat)
+    again = mud.connect()
+    mud.send(again, {"type": "hello", "nick": "pat", "session": True})
+    got = mud.received(again)
+    history = [m for m in got if m.get("history")]
+    assert [m["message"] for m in history] == ["said in the study"]
+    assert got[-1]["title"] == "The Study"
