@@ -451,13 +451,25 @@ class ChatClient:
             return [name for name in COMMANDS if name.startswith(folded)]
         command, _, typed = before.partition(" ")
         if command.lower() in COMPLETES:
-            names = getattr(self, COMPLETES[command.lower()])
-            typed = (typed + word).casefold()  # an item's name may have spaces
-            return [name[len(typed) - len(word):] for name in dict.fromkeys(names)
-                    if name.casefold().startswith(typed)] if typed.strip() or word else \
-                list(dict.fromkeys(names))
+            return self.complete_name(getattr(self, COMPLETES[command.lower()]),
+                                      typed, word)
         nicks = sorted(self.nicks.values(), key=str.casefold)
         return [nick for nick in nicks if nick.casefold().startswith(folded)]
+
+    @staticmethod
+    def complete_name(names: list[str], typed: str, word: str) -> list[str]:
+        """What replaces ``word`` to complete one of ``names`` (an item's may
+        have spaces: ``typed`` is what came before the word): one word so far
+        may be the start of any word of the name ("sto" for "smooth stone")."""
+        names = list(dict.fromkeys(names))
+        so_far = (typed + word).casefold()
+        if not so_far.strip():
+            return names
+        if not typed.strip():
+            return [name for name in names
+                    if any(part.startswith(so_far) for part in name.casefold().split())]
+        return [name[len(so_far) - len(word):] for name in names
+                if name.casefold().startswith(so_far)]
 
     def show(self, segments: list[Segment], when: float | None = None) -> None:
         if self.timestamps:

@@ -673,7 +673,7 @@ class ChatCore:
         key = proto.name_key(hello.nick)
         holder = self.holder_of(key)
         if holder is not None:
-            self.reject(client, taken_message(hello.nick, holder))
+            self.reject(client, self.held_message(key) or taken_message(hello.nick, holder))
         elif self.link:
             client.become(State.CLAIMING)
             client.pending = hello
@@ -681,6 +681,20 @@ class ChatCore:
             self.link.claim(client, hello.nick, key)
         else:
             self.complete_hello(client, hello.nick, hello.session)
+
+    def held_message(self, key: str) -> str | None:
+        """Why a nick is taken when it is only held for a session whose
+        connection dropped (most often the very user now asking for it)."""
+        local, remote = self.by_nick.get(key), self.remote.get(key)
+        if local is not None and local.state is State.DETACHED:
+            nick, until = local.nick, local.expires
+        elif remote is not None and remote.orphan_until:
+            nick, until = remote.nick, remote.orphan_until
+        else:
+            return None
+        seconds = max(1, round(until - self.now))
+        return (f"nick {nick} is held for a session whose connection dropped; it is free "
+                f"in {seconds} seconds unless that session resumes")
 
     def holder_of(self, key: str) -> str | None:
         """The nick that holds a name key here or elsewhere, if any."""

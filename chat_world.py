@@ -446,8 +446,8 @@ def go(state: WorldState, player: str, direction: str) -> Moved | Refusal:
 
 def find_item(items: list[Item], name: str) -> Item | None | list[Item]:
     """The item a player means by ``name``: its name with or without an
-    article, its id, or a word of its name if only one item has it (a list
-    when several do)."""
+    article, its id, or a word of its name (or the start of one) if only
+    one item has it (a list when several do)."""
     wanted = " ".join(name.casefold().split())
     first, _, rest = wanted.partition(" ")
     if first in ARTICLES and rest:
@@ -457,6 +457,9 @@ def find_item(items: list[Item], name: str) -> Item | None | list[Item]:
             return item
     partial = [item for item in items if wanted in item.name.casefold().split()
                or item.name.casefold().endswith(wanted)]
+    if not partial:  # the start of a word will do too: "sto" for the stone
+        partial = [item for item in items
+                   if any(word.startswith(wanted) for word in item.name.casefold().split())]
     if len(partial) == 1:
         return partial[0]
     return partial or None

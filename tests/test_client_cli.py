@@ -106,3 +106,13 @@ def text_of(message):
 ])
 def test_every_packet_has_its_display_form(message, shown):
     assert text_of(message) == shown
+
+
+def test_world_names_complete_from_the_start_of_any_word():
+    from chat_client import ChatClient
+    names = ["smooth stone", "storm lantern", "brass key"]
+    complete = ChatClient.complete_name
+    assert complete(names, "", "sto") == ["smooth stone", "storm lantern"]
+    assert complete(names, "", "br") == ["brass key"]
+    assert complete(names, "smooth ", "st") == ["stone"]  # the rest of a name begun
+    assert complete(names, "", "") == names

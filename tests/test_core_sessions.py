@@ -188,3 +188,14 @@ def test_a_renamed_session_resumes_with_what_was_sent_to_both_names(chat):
         {"type": "dm", "from": "chris", "to": "pat", "message": "to pat"},
         {"type": "nick", "old": "pat", "nick": "pam"},
         {"type": "dm", "from": "chris", "to": "pam", "message": "to pam"}]
+
+
+def test_a_nick_held_for_a_dropped_session_says_so_and_for_how_long(chat):
+    outlet, _, _ = start_session(chat, "pat")
+    chat.lose(outlet)
+    chat.tick(15)
+    again = chat.connect("pat")
+    assert chat.received(again) == [{"type": "error", "message":
+                                     "nick pat is held for a session whose connection "
+                                     "dropped; it is free in 45 seconds unless that session "
+                                     "resumes"}]

@@ -108,7 +108,9 @@ def test_item_names_are_matched_by_name_word_or_id_and_ambiguity_is_asked(state)
     assert world.take(state, "pat", "book") == world.Refusal(
         "Which do you mean: the red book or the blue book?")
     assert world.take(state, "pat", "RED").item.id == "red-book"
-    assert world.take(state, "pat", "blue-book").item.id == "blue-book"
+    assert world.take(state, "pat", "blu").item.id == "blue-book"  # the start of a word
+    world.drop(state, "pat", "blue book")
+    assert world.take(state, "pat", "blue-book").item.id == "blue-book"  # its id
 
 
 def test_look_at_describes_items_here_or_carried_and_where_exits_lead(state):
