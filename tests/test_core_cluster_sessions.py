@@ -219,7 +219,8 @@ def test_a_nick_held_by_a_dead_nodes_session_is_not_given_away():
     node = bus.nodes["B"]
     impostor = node.connect("pat")
     bus.pump()
-    assert node.received(impostor)[0]["message"].startswith("nick pat is already taken")
+    assert node.received(impostor)[0]["message"].startswith(
+        "nick pat is held for a session whose connection dropped; it is free in 60 seconds")
 
 
 def test_a_session_taken_over_from_a_live_node_goes_quietly_there():
