@@ -874,10 +874,9 @@ class ChatCore:
         key = proto.name_key(event.nick)
         if self.claims.get(key, (None,))[0] is client:
             del self.claims[key]
-        if client.state is not State.CLAIMING:  # gone meanwhile: give it all back
+        if client.state is not State.CLAIMING:  # gone meanwhile
             if event.old is not None:
-                self.link.forget(event.nick)
-                self.link.end_session(session_digest(hello.resume), event.nick)
+                self.give_back(hello)
             return
         position = parse_position(hello.after)
         if event.old is None or position is None:
@@ -895,11 +894,20 @@ class ChatCore:
             if self.stream_cursor < position.cursor and deadline > self.now:
                 return
             self.waiting_resumes.popleft()
-            if client.state is State.CLAIMING:
-                try:
-                    self.adopt(client, old, position)
-                except Exception:
-                    self.drop_after_bug(client)
+            if client.state is not State.CLAIMING:  # gone while it waited
+                self.give_back(client.pending)
+                continue
+            try:
+                self.adopt(client, old, position)
+            except Exception:
+                self.drop_after_bug(client)
+
+    def give_back(self, hello: proto.Hello) -> None:
+        """A session taken over for a connection that is gone before it was
+        taken up: its nick and record go, so that the nick is free once the
+        others' grace for it ends."""
+        self.link.forget(hello.nick)
+        self.link.end_session(session_digest(hello.resume), hello.nick)
 
     def adopt(self, client: Client, old: str, position: Position) -> None:
         """The session (held by ``old``) is ours now: the user goes on here

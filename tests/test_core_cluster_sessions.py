@@ -325,3 +325,24 @@ def test_a_failed_resume_elsewhere_gets_a_new_hello_deadline():
     bus.tick(2)
     assert node.received(outlet) == [{"type": "error",
                                       "message": "no hello within 10 seconds"}]
+
+
+def test_a_resume_whose_connection_drops_while_it_waits_gives_the_session_back():
+    bus = Bus("A", "B")
+    pat, token, _ = session_on(bus, "A", "pat")
+    said(bus, "B", user_on(bus, "B", "bob"), "hi pat")
+    last = bus.nodes["A"].received(pat)[-1]["id"]
+    bus.kill("A")
+    node = bus.nodes["B"]
+    node.core.stream_cursor = (0, 0)  # as if B's reader lagged behind what pat saw
+    outlet = node.connect()
+    node.send(outlet, {"type": "hello", "nick": "pat", "session": True, "resume": token,
+                       "after": last})
+    bus.pump()
+    assert node.received(outlet) == []  # waiting for the reader
+    node.lose(outlet)
+    node.tick(3)
+    bus.pump()
+    calls = node.core.link.calls
+    assert ("forget", "pat") in calls
+    assert any(c[0] == "end_session" and c[2] == "pat" for c in calls)
