@@ -630,3 +630,43 @@ def test_world_mode_across_nodes_items_once_and_the_world_kept_in_redis(nodes, c
     assert back.expect(lambda m: m["type"] == "look")["title"] == "The Cliff Path"
     back.send({"type": "inventory"})
     back.expect({"type": "inventory", "items": ["a coil of rope"]})
+
+
+def node_of(nick, candidates):
+    """Which node of a shared port a user landed on (from their logs)."""
+    return wait_for(lambda: next((n for n in candidates if f"hello {nick} " in n.log_text()),
+                                 None), describe=lambda: cluster_logs(*candidates))
+
+
+def test_the_terminal_client_resumes_on_the_other_node_when_its_node_is_killed(
+        nodes, client, ui):
+    from tests.terminal import TerminalClient
+    both = nodes(2, shared_port=True)
+    term = TerminalClient("pat", both[0].port, ui)
+    try:
+        term.wait_for_text("pat has joined the chat")
+        home = node_of("pat", both)
+        survivor = both[1] if home is both[0] else both[0]
+        for number in range(20):  # the kernel picks a node per connection
+            friend = client(survivor, f"friend{number}")
+            if node_of(friend.nick, both) is survivor:
+                break
+        else:
+            pytest.fail("every connection landed on the same node")
+        term.wait_for_text(f"{friend.nick} has joined the chat")
+        home.proc.send_signal(signal.SIGKILL)
+        home.proc.wait(10)
+        term.wait_for_text("*** connection lost; reconnecting...")
+        for number in range(3):
+            friend.chat(f"while you were away {number}")
+        term.wait_for_text("*** reconnected", timeout=20)
+        for number in range(3):
+            term.wait_for_text(f"{friend.nick}: while you were away {number}")
+        friend.chat("welcome back")
+        term.wait_for_text(f"{friend.nick}: welcome back")
+        assert "reconnected; messages" not in term.text  # resumed, nothing lost
+        for number in range(3):
+            assert term.text.count(f"while you were away {number}") == 1
+        assert leave("pat") not in friend.received
+    finally:
+        term.close()
