@@ -84,9 +84,10 @@ def format_message(message: proto.Message) -> list[Segment] | None:
 
 
 def place_lines(view: proto.PlaceView) -> list[list[Segment]]:
-    """A place as a reader wants it: the title in bold, the description (the
-    terminal wraps it), then exits, items and people each on a line."""
-    lines = [[(view.title, "bold")]]
+    """A place as a reader wants it: after a blank line, the title in bold,
+    the description (the terminal wraps it), then exits, items and people
+    each on a line."""
+    lines = [[("", None)], [(view.title, "bold")]]
     lines += [[(paragraph, None)] for paragraph in view.description.split("\n")]
     lines.append([("Exits: ", "info"), (", ".join(view.exits) or "none", None)])
     if view.items:
@@ -237,6 +238,7 @@ class ChatClient:
         self._show_lock = threading.Lock()
         self.room = proto.LOBBY
         self.nicks: dict[str, str] = {}   # name_key -> nick, for completion
+        self.in_world = False             # the server sent a place: it runs a world
         self.exits: list[str] = []        # world mode, from the last look: for completion
         self.items_here: list[str] = []
         self.carried: list[str] = []
@@ -597,6 +599,8 @@ class ChatClient:
             for line in place_lines(message):
                 self.show(line)
             return
+        if self.own_move_in_world(message):
+            return  # the place itself comes next: the line would only repeat it
         segments = format_message(message)
         if segments is None:
             return
@@ -612,6 +616,10 @@ class ChatClient:
                 and self.phase == "fresh":
             self.phase = "live"
             self.show(info("reconnected; messages sent while you were away are lost"))
+
+    def own_move_in_world(self, message: proto.Message) -> bool:
+        return self.in_world and isinstance(message, (proto.EnteredRoom, proto.ExitedRoom)) \
+            and message.nick == self.nick
 
     def follow_session(self, message: proto.Message) -> bool:
         """The session's own packets; True when nothing more is to be shown."""
@@ -653,6 +661,7 @@ class ChatClient:
         elif isinstance(message, proto.EnteredRoom) and message.nick == self.nick:
             self.room = message.room
         elif isinstance(message, proto.PlaceView):
+            self.in_world = True
             self.room = message.title  # the prompt names the place
             self.exits = list(message.exits)
             self.items_here = [item_name(item) for item in message.items]

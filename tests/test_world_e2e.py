@@ -18,6 +18,7 @@ def test_walking_looking_and_carrying_in_the_terminal(terminal, server):
     term.wait_for_prompt()
     title = row_of(term, "The Jetty")
     assert term.screen.buffer[title][0].bold and term.screen.buffer[title][4].bold
+    assert term.lines[title - 1] == ""  # each place set apart from what came before
     rows = term.lines[title + 1:title + 3]
     assert " ".join(rows).startswith("Grey planks run out into a green, restless sea, slick "
                                      "with weed where the tide has been. A rowing boat")
@@ -57,6 +58,7 @@ def test_walking_looking_and_carrying_in_the_terminal(terminal, server):
     term.wait_for_line(r"\[pat drops the brass key\]")
     term.say("/i")
     term.wait_for_line(r"\*\*\* You carry nothing\.")
+    assert "pat entered room" not in term.text  # one's own walk shows the place only
     term.say("/join games")
     term.wait_for_text("*** error: there are no rooms to join in this world")
     term.say("/go sideways")
