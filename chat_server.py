@@ -55,6 +55,7 @@ KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 6}  # dead 
 WAKE = "wake"            # the selector key data of the wake-up socket
 TLS_RECORD = 1 << 14     # what one TLS write takes: one record
 TLS_HANDSHAKE = 0x16     # the first byte of a TLS ClientHello
+TLS_SILENCE = 1.0        # a TLS client speaks at once: one silent this long is plain
 NOT_TLS = "this server speaks TLS only: connect with --tls"
 ONLY_PLAIN = "this server does not speak TLS: connect without --tls"
 REDIS_URL_VARIABLE = "CHAT_REDIS_URL"
@@ -79,7 +80,7 @@ class Connection(Outlet):
     """One client socket: the delivery outlet plus what the transport needs."""
 
     __slots__ = ("sock", "peer", "decoder", "deadline", "events", "tls", "tls_wants_write",
-                 "fresh")
+                 "fresh", "accepted")
 
     def __init__(self, sock: socket.socket, peer: str, tls: Tls | None = None) -> None:
         super().__init__()
@@ -91,6 +92,7 @@ class Connection(Outlet):
         self.tls = tls          # None: plain text
         self.tls_wants_write = False  # the handshake waits for the socket to take more
         self.fresh = True       # nothing read yet (a plain port checks the first bytes)
+        self.accepted = time.monotonic()
 
     @property
     def setting_up(self) -> bool:
@@ -411,7 +413,11 @@ class ChatServer:
         for conn in self.delivery.take_closed():
             if not conn.gone and conn.tls is Tls.HANDSHAKE:
                 self.drop(conn, "closed during the TLS handshake")  # it cannot be told why
-            elif not conn.gone:  # cut once its error is written, or at the deadline
+                continue
+            if conn.tls is Tls.SNIFF and time.monotonic() - conn.accepted >= TLS_SILENCE:
+                conn.tls = None  # silent (the hello timeout): told in plain text
+                self.write(conn)
+            if not conn.gone:  # cut once its error is written, or at the deadline
                 conn.deadline = deadline
                 self.lingering[conn] = None
         for conn in self.delivery.take_input_changes():

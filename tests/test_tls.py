@@ -103,6 +103,16 @@ def test_a_stalled_handshake_is_cut_by_the_hello_timeout_while_others_chat(
     staller.close()
 
 
+@pytest.mark.server_args("--hello-timeout", "1.5")
+def test_a_silent_connection_on_the_tls_port_is_told_in_plain_text(tls_server):
+    silent = RawClient(tls_server.port)
+    silent.nick = "silent"
+    assert silent.expect(lambda m: True, timeout=5) == {
+        "type": "error", "message": "no hello within 1.5 seconds"}
+    silent.expect_closed(timeout=5)
+    silent.close()
+
+
 def test_the_client_refuses_a_certificate_it_cannot_trust(tls_server, certs):
     status, output = run_in_terminal("pat", "localhost", str(tls_server.port),
                                      "--tls-ca", str(certs / "other-ca.pem"))
