@@ -376,6 +376,7 @@ class ItemTaken:
     token: Any
     item: str
     granted: bool
+    unreachable: bool = False  # not granted because Redis is away
 
 
 @dataclass(frozen=True)
@@ -610,7 +611,7 @@ class TakeItem(Command):
         link.hand_over(ItemTaken(self.token, self.item, granted))
 
     def while_down(self, link) -> None:  # nobody can tell who has it: not now
-        link.hand_over(ItemTaken(self.token, self.item, False))
+        link.hand_over(ItemTaken(self.token, self.item, False, unreachable=True))
 
 
 @dataclass

@@ -1394,8 +1394,10 @@ class ChatCore:
         client, item = event.token, self.world.world.items[event.item]
         if not event.granted:
             if client.state is State.JOINED:
-                self.send(client, proto.Error(f"{item.the.capitalize()} is not here any "
-                                              "more: someone was quicker."))
+                self.send(client, proto.Error(
+                    "Nothing can be picked up while the chat servers' shared store is "
+                    "away; try again in a moment." if event.unreachable else
+                    f"{item.the.capitalize()} is not here any more: someone was quicker."))
             return
         player = proto.name_key(client.nick or "")
         self.world.place_item(item.id, player=player)

@@ -130,3 +130,25 @@ def test_a_session_newcomer_gets_the_history_of_the_place_it_arrives_in(mud):
     history = [m for m in got if m.get("history")]
     assert [m["message"] for m in history] == ["said in the study"]
     assert got[-1]["title"] == "The Study"
+
+
+def test_in_a_cluster_a_take_waits_for_redis_and_says_why_when_refused():
+    import chat_cluster as cluster
+    from tests.core_harness import FakeLink
+    node = Harness(link=FakeLink(), world_state=world.WorldState.fresh(
+        world.parse_world(SMALL, "small")))
+    pat = node.connect()
+    node.send(pat, {"type": "hello", "nick": "pat"})
+    claim = next(c for c in node.core.link.calls if c[0] == "claim")
+    node.core.cluster_event(cluster.Claimed(claim[1], "pat", True), node.now)
+    node.received(pat)
+    node.send(pat, {"type": "take", "item": "key"})
+    assert node.received(pat) == []  # Redis decides
+    token = next(c for c in node.core.link.calls if c[0] == "take_item")[1]
+    node.core.cluster_event(cluster.ItemTaken(token, "key", False), node.now)
+    assert node.received(pat)[0]["message"] == (
+        "The brass key is not here any more: someone was quicker.")
+    node.core.cluster_event(cluster.ItemTaken(token, "key", False, unreachable=True), node.now)
+    assert "shared store is away" in node.received(pat)[0]["message"]
+    node.core.cluster_event(cluster.ItemTaken(token, "key", True), node.now)
+    assert node.received(pat)[-1] == {"type": "inventory", "items": ["a brass key"]}
