@@ -78,7 +78,7 @@ def format_message(message: proto.Message) -> list[Segment] | None:
         rooms = ", ".join(f"{room.name} ({room.count})" for room in message.rooms)
         return info(f"rooms: {rooms}")
     if isinstance(message, proto.Inventory):
-        return info("You carry: " + ", ".join(message.items) if message.items
+        return info("You carry: " + listed(message.items, message.more) if message.items
                     else "You carry nothing.")
     return None
 
@@ -91,10 +91,15 @@ def place_lines(view: proto.PlaceView) -> list[list[Segment]]:
     lines += [[(paragraph, None)] for paragraph in view.description.split("\n")]
     lines.append([("Exits: ", "info"), (", ".join(view.exits) or "none", None)])
     if view.items:
-        lines.append([("You see: ", "info"), (", ".join(view.items), None)])
+        lines.append([("You see: ", "info"), (listed(view.items, view.more_items), None)])
     if view.people:
-        lines.append([("Here: ", "info"), (", ".join(view.people), None)])
+        lines.append([("Here: ", "info"), (listed(view.people, view.more_people), None)])
     return lines
+
+
+def listed(names: tuple[str, ...], more: int = 0) -> str:
+    """"a, b, c" (and how many the server left out of a long list)."""
+    return ", ".join(names) + (f" and {more:,} more" if more else "")
 
 
 def item_name(shown: str) -> str:

@@ -46,6 +46,9 @@ log = logging.getLogger("chat_core")
 
 MISTAKES_LOGGED = 5  # a client's mistakes logged before the rest go unlogged
 MAX_AWAY = 300       # characters of an away message
+PEOPLE_SHOWN = 100   # world mode: people named in one look...
+ITEMS_SHOWN = 50     # ...and items in a look or an inventory (with chat_world's
+# limits on names and descriptions, a look always fits in one packet)
 
 
 @dataclass(frozen=True)
@@ -1333,18 +1336,23 @@ class ChatCore:
         return ", ".join(world.view(self.world, proto.name_key(client.nick)).exits) or "none"
 
     def send_view(self, client: Client) -> None:
+        """The place, naming at most PEOPLE_SHOWN people and ITEMS_SHOWN items
+        (a crowd of thousands must not make a packet too large to send)."""
         seen = world.view(self.world, proto.name_key(client.nick))
         room = client.room
         people = [c.nick for c in room.members]
         people += [u.nick for u in self.remote.values() if proto.name_key(u.room) == room.key]
+        people.sort(key=display_order)
+        items = [item.shown for item in seen.items]
         self.send(client, proto.PlaceView(
             seen.place.id, seen.place.title, seen.place.description, tuple(seen.exits),
-            tuple(item.shown for item in seen.items),
-            tuple(sorted(people, key=display_order))))
+            tuple(items[:ITEMS_SHOWN]), tuple(people[:PEOPLE_SHOWN]),
+            max(0, len(items) - ITEMS_SHOWN), max(0, len(people) - PEOPLE_SHOWN)))
 
     def send_inventory(self, client: Client) -> None:
-        carried = self.world.carried_by(proto.name_key(client.nick))
-        self.send(client, proto.Inventory(tuple(item.shown for item in carried)))
+        carried = [i.shown for i in self.world.carried_by(proto.name_key(client.nick))]
+        self.send(client, proto.Inventory(tuple(carried[:ITEMS_SHOWN]),
+                                          max(0, len(carried) - ITEMS_SHOWN)))
 
     @handles(proto.Look)
     def on_look(self, client: Client, look: proto.Look) -> None:

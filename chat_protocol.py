@@ -511,24 +511,32 @@ class Resumed(Message):
 
 @dataclass(frozen=True, slots=True)
 class PlaceView(Message):
-    """What a player sees of a place (world mode)."""
+    """What a player sees of a place (world mode).  Long lists are cut:
+    ``more_items`` and ``more_people`` say how many were left out."""
     TYPE = "look"
     CHECKS = {"room": _check_text, "title": _check_text, "description": _check_text,
               "exits": _check_text_list, "items": _check_text_list,
               "people": _check_text_list}
+    OPTIONAL = {"more_items": lambda value, field: int(_check_number(value, field)),
+                "more_people": lambda value, field: int(_check_number(value, field))}
     room: str
     title: str
     description: str
     exits: tuple[str, ...]
     items: tuple[str, ...]
     people: tuple[str, ...]
+    more_items: int = 0
+    more_people: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Inventory(Message):
+    """What a player carries; ``more``: how many were left out of a long list."""
     TYPE = "inventory"
     CHECKS = {"items": _check_text_list}
+    OPTIONAL = {"more": lambda value, field: int(_check_number(value, field))}
     items: tuple[str, ...]
+    more: int = 0
 
 
 @dataclass(frozen=True, slots=True)

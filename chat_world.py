@@ -52,7 +52,9 @@ SHORT_DIRECTIONS = {"n": "north", "s": "south", "e": "east", "w": "west", "u": "
                     "sw": "southwest"}
 ARTICLES = ("a", "an", "the", "some")
 MAX_PLAYERS = 100_000  # players whose place is remembered (the longest unseen go first)
-MAX_TEXT = 4000        # characters of a title or description
+MAX_TEXT = 3000        # characters of a description...
+MAX_TITLE = 100        # ...of a place's title (or the world's name)...
+MAX_NAME = 60          # ...and of an item's name: a look always fits in a packet
 
 
 class WorldError(ValueError):
@@ -166,15 +168,16 @@ class WorldReader:
     def fail(self, reason: str, *path: str):
         raise WorldError(self.source, self.lines.of(*path), reason)
 
-    def text(self, table: dict, key: str, *path: str, required: bool = True) -> str:
+    def text(self, table: dict, key: str, *path: str, required: bool = True,
+             limit: int = MAX_TEXT) -> str:
         value = table.get(key)
         if value is None and not required:
             return ""
         if not isinstance(value, str) or (required and not value.strip()):
             self.fail(f'"{key}" must be {"a non-empty" if required else "a"} string',
                       *path, key)
-        if len(value) > MAX_TEXT:
-            self.fail(f'"{key}" is longer than {MAX_TEXT} characters', *path, key)
+        if len(value.strip()) > limit:
+            self.fail(f'"{key}" is longer than {limit} characters', *path, key)
         return value.strip()
 
     def only(self, table: dict, allowed: set[str], *path: str) -> None:
@@ -186,7 +189,7 @@ class WorldReader:
     def world(self) -> World:
         data = self.data
         self.only(data, {"name", "start", "places", "items"})
-        name = self.text(data, "name", required=False) or "the world"
+        name = self.text(data, "name", required=False, limit=MAX_TITLE) or "the world"
         items = {item_id: self.item(item_id, table)
                  for item_id, table in self.tables(data, "items").items()}
         places = {place_id: self.place(place_id, table, items)
@@ -225,7 +228,7 @@ class WorldReader:
     def item(self, item_id: str, table: dict) -> Item:
         path = ("items", item_id)
         self.only(table, {"name", "description", "article"}, *path)
-        name = self.text(table, "name", *path)
+        name = self.text(table, "name", *path, limit=MAX_NAME)
         article = table.get("article", "an" if name[:1].lower() in "aeiou" else "a")
         if not isinstance(article, str):
             self.fail('"article" must be a string', *path, "article")
@@ -247,7 +250,7 @@ class WorldReader:
             if item_id not in items:
                 self.fail(f'the item "{item_id}" is not described in "[items]"',
                           *path, "items")
-        return Place(place_id, self.text(table, "title", *path),
+        return Place(place_id, self.text(table, "title", *path, limit=MAX_TITLE),
                      prose(self.text(table, "description", *path)), exits, tuple(placed))
 
     def exit(self, direction: str, target: Any, items: dict[str, Item], *path: str) -> Exit:

@@ -116,3 +116,14 @@ def test_world_names_complete_from_the_start_of_any_word():
     assert complete(names, "", "br") == ["brass key"]
     assert complete(names, "smooth ", "st") == ["stone"]  # the rest of a name begun
     assert complete(names, "", "") == names
+
+
+def test_a_place_and_an_inventory_cut_short_say_how_many_more():
+    from chat_client import place_lines
+    view = proto.PlaceView("hall", "The Hall", "A hall.", ("north",), ("a key",),
+                           ("ann", "bob"), 0, 1234)
+    lines = ["".join(text for text, _ in line) for line in place_lines(view)]
+    assert lines == ["", "The Hall", "A hall.", "Exits: north", "You see: a key",
+                     "Here: ann, bob and 1,234 more"]
+    shown = format_message(proto.Inventory(("a key",), 7))
+    assert "".join(text for text, _ in shown) == "*** You carry: a key and 7 more"

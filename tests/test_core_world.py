@@ -152,3 +152,10 @@ def test_in_a_cluster_a_take_waits_for_redis_and_says_why_when_refused():
     assert "shared store is away" in node.received(pat)[0]["message"]
     node.core.cluster_event(cluster.ItemTaken(token, "key", True), node.now)
     assert node.received(pat)[-1] == {"type": "inventory", "items": ["a brass key"]}
+
+
+def test_a_crowded_place_names_a_hundred_people_and_says_how_many_more(mud):
+    crowd = mud.crowd(*[f"u{number:04d}" for number in range(1500)])
+    got = look(mud, crowd[0])
+    assert len(got["people"]) == 100 and got["more_people"] == 1400
+    assert got["people"][:2] == ["u0000", "u0001"]

@@ -179,6 +179,10 @@ def test_players_remembered_are_bounded_but_not_those_carrying_things(state, mon
     ('start = "a"\n[places."two words"]\ntitle = "A"\ndescription = "x"\n', 2,
      'the id "two words"'),
     ('start = "a"\n', None, "at least one place"),
+    ('start = "a"\n[places.a]\ntitle = "' + 'T' * 101 + '"\ndescription = "x"\n', 3,
+     '"title" is longer than 100 characters'),
+    ('start = "a"\n[places.a]\ntitle = "A"\ndescription = "x"\n[items.k]\nname = "'
+     + 'n' * 61 + '"\ndescription = "z"\n', 6, '"name" is longer than 60 characters'),
 ])
 def test_a_broken_world_file_is_refused_with_its_line_and_reason(text, line, reason):
     with pytest.raises(world.WorldError) as refused:
@@ -186,3 +190,14 @@ def test_a_broken_world_file_is_refused_with_its_line_and_reason(text, line, rea
     assert refused.value.line == line, str(refused.value)
     assert reason in refused.value.reason
     assert str(refused.value).startswith("broken.toml" + (f", line {line}" if line else ""))
+
+
+def test_the_largest_look_a_world_file_allows_fits_in_one_packet():
+    import chat_protocol as proto
+    from chat_core import ITEMS_SHOWN, PEOPLE_SHOWN
+    wide = "\U0001F600"  # four bytes of UTF-8 each
+    view = proto.PlaceView(
+        "p" * 32, wide * world.MAX_TITLE, wide * world.MAX_TEXT,
+        tuple(world.DIRECTIONS), tuple(f"a {wide * world.MAX_NAME}" for _ in range(ITEMS_SHOWN)),
+        tuple(wide * 32 for _ in range(PEOPLE_SHOWN)), 10**9, 10**9)
+    assert len(proto.encode(view)) <= proto.MAX_PAYLOAD + proto.HEADER_SIZE
