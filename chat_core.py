@@ -24,6 +24,7 @@ costs that event only; both are logged once with their traceback.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import hashlib
 import heapq
@@ -318,6 +319,8 @@ class ChatCore:
         self.origin_seq: int | None = None         # our event just published
         self.dead_cause: str | None = None         # the node whose death is applied
         self.unappended: dict[int, list[LogEntry]] = {}  # our seq -> entries, stream unknown
+        self.own_log: deque[LogEntry] = deque()    # the log's entries of our events, in order
+        self.first_of_death: dict[str, int] = {}   # dead node -> its first entry's number
         self.orphans: deque[tuple[float, RemoteUser]] = deque()  # grace ends, in order
         self.waiting_resumes: deque[tuple[float, Client, str, Position]] = deque()
         self.room_history: dict[str, deque[LogEntry]] = {}
@@ -608,12 +611,17 @@ class ChatCore:
         elif self.origin_seq is not None:
             entry.origin, entry.seq = self.node_id, self.origin_seq
             self.unappended.setdefault(self.origin_seq, []).append(entry)
+            self.own_log.append(entry)
+        if self.dead_cause is not None:
+            self.first_of_death.setdefault(self.dead_cause, entry.number)
 
     def forget_entry(self, entry: LogEntry) -> None:
         self.log_bytes -= entry.size
         self.log_trimmed = True
         if entry.origin is not None and entry.origin == self.node_id:
             self.unappended.pop(entry.seq, None)
+            if self.own_log and self.own_log[0] is entry:
+                self.own_log.popleft()
 
     def published(self) -> None:
         """We just told the cluster of a chat event: the entries logged for
@@ -811,7 +819,8 @@ class ChatCore:
         last_seen = position.number
         if self.log and self.log[0].number > last_seen + 1:
             return None
-        entries = [e for e in self.log if e.number > last_seen]
+        start = last_seen + 1 - self.log[0].number if self.log else 0  # numbers are consecutive
+        entries = list(itertools.islice(self.log, max(0, start), None))
         return self.reaching(entries, client.nick, client.room.key)
 
     def missed_elsewhere(self, nick: str, room: str,
@@ -821,10 +830,13 @@ class ChatCore:
         back that far)."""
         seen_at = LogEntry.seen_at
         node, cursor, published = position.node, position.cursor, position.published
-        first = next((i for i, e in enumerate(self.log)
-                      if not seen_at(e, node, cursor, published)), None)
+        log = self.log
         if self.log_start is None or cursor < self.log_start:
             return None  # it saw its last packet before we started reading
+        if self.log_trimmed and (not log or cursor < log[0].cursor):
+            return None  # what it missed may be among what the log let go
+        first = next((i for i in range(self.unseen_from(position), len(log))
+                      if not seen_at(log[i], node, cursor, published)), None)
         if first is None:
             return []
         if first == 0 and self.log_trimmed:
@@ -833,6 +845,29 @@ class ChatCore:
                    if not seen_at(e, node, cursor, published) or e.mover is not None]
         missed = self.reaching(entries, nick, room)
         return [e for e in missed if not seen_at(e, node, cursor, published)]
+
+    def unseen_from(self, position: Position) -> int:
+        """Where in the log to start looking for what a client of another
+        node has not seen, without reading the log from its start.
+
+        Our cursor only grows along the log, and an entry logged before it
+        reached the client's cursor is one the client has seen (its stream
+        entry is no later than our cursor then), except our own events
+        appended later and what a node's death led to: those are found in
+        their own short indexes."""
+        log = self.log
+        if not log:
+            return 0
+        base = log[0].number
+        start = bisect.bisect_left(log, position.cursor, key=lambda e: e.cursor)
+        for entry in reversed(self.own_log):  # ours the client may not have seen
+            if entry.stream is not None and entry.stream <= position.cursor:
+                break
+            start = min(start, entry.number - base)
+        death = self.first_of_death.get(position.node)
+        if death is not None:
+            start = min(start, death - base)
+        return max(0, start)
 
     def reaching(self, entries: list[LogEntry], nick: str, room: str) -> list[LogEntry]:
         """The entries that reached the user now called ``nick``, now in
