@@ -36,7 +36,7 @@ import json
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import chat_cluster as cluster
 import chat_protocol as proto
@@ -258,6 +258,49 @@ class Client:
         return f"<{self.nick or '?'} {self.peer}>"
 
 
+class DetachedSessions:
+    """The sessions whose connection was lost, found by what can reach them:
+    an event for a room costs that room's detached sessions only, a DM its
+    two names (a detached user can neither move nor rename)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[Client, tuple[str, str]] = {}  # -> (name key, room key)
+        self.by_room: dict[str, set[Client]] = {}
+        self.by_name: dict[str, Client] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def add(self, client: Client) -> None:
+        name, room = proto.name_key(client.nick), client.room.key
+        self.keys[client] = (name, room)
+        self.by_room.setdefault(room, set()).add(client)
+        self.by_name[name] = client
+
+    def discard(self, client: Client) -> None:
+        keys = self.keys.pop(client, None)
+        if keys is None:
+            return
+        name, room = keys
+        members = self.by_room[room]
+        members.discard(client)
+        if not members:
+            del self.by_room[room]
+        if self.by_name.get(name) is client:
+            del self.by_name[name]
+
+    def reached_by(self, entry: LogEntry) -> list[tuple[Client, str, str]]:
+        """The detached sessions the entry could reach, with their keys."""
+        target = entry.target
+        if target is None:
+            clients: Iterable[Client] = self.keys
+        elif isinstance(target, str):
+            clients = self.by_room.get(target, ())
+        else:
+            clients = [self.by_name[key] for key in target if key in self.by_name]
+        return [(client, *self.keys[client]) for client in clients]
+
+
 class RemoteUser:
     """A user on another node of the cluster.  When that node dies with the
     user's session, the user stays (an orphan) until ``orphan_until``
@@ -326,7 +369,7 @@ class ChatCore:
         self.room_history: dict[str, deque[LogEntry]] = {}
         self.sessions: dict[str, Client] = {}    # token -> session client
         self.attached_sessions = 0               # those with a connection
-        self.detached: set[Client] = set()
+        self.detached = DetachedSessions()
         self.expiring: deque[tuple[float, Client]] = deque()  # grace ends, in order
         self.clients: dict[Outlet, Client] = {}
         self.by_nick: dict[str, Client] = {}
@@ -645,8 +688,8 @@ class ChatCore:
     def count_missed(self, entry: LogEntry) -> None:
         """What a detached session would have received counts against the
         output bound; past it the session ends."""
-        for client in list(self.detached):
-            if entry.reaches(proto.name_key(client.nick), client.room.key):
+        for client, name, room in self.detached.reached_by(entry):
+            if entry.reaches(name, room):
                 client.missed += entry.size
                 if client.missed > self.limits.max_queue:
                     self.end_session(client, "missed more than the output bound")

@@ -199,3 +199,21 @@ def test_a_nick_held_for_a_dropped_session_says_so_and_for_how_long(chat):
                                      "nick pat is held for a session whose connection "
                                      "dropped; it is free in 45 seconds unless that session "
                                      "resumes"}]
+
+
+def test_only_what_would_reach_a_detached_session_counts_against_its_bound():
+    chat = Harness(replace(UNLIMITED, max_queue=5_000))
+    chris, lee = chat.joined("chris", "lee")
+    pat, token, _ = start_session(chat, "pat")
+    chat.send(lee, {"type": "enter", "room": "elsewhere"})
+    chat.lose(pat)
+    seen = []
+    for i in range(10):  # said in another room: pat would not have got it
+        chat.chat(lee, f"{i} " + "x" * 900)
+        chat.received(lee)
+        seen += chat.received(chris)
+    assert leave("pat") not in seen
+    for i in range(10):  # DMs to pat would have reached it
+        chat.send(chris, {"type": "dm", "to": "pat", "message": f"{i} " + "x" * 900})
+        seen += chat.received(chris)
+    assert leave("pat") in seen and chat.dropped == []
