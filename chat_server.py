@@ -634,11 +634,7 @@ def load_world(source: str | None, state_file: str | None) -> chat_world.WorldSt
         from chat_worlds import builtin_text
         text, source = builtin_text(), "the built-in world"
     else:
-        try:
-            text = Path(source).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read the world file {source}: "
-                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        text = read_text(source, "world")
     world = chat_world.parse_world(text, source)  # a WorldError is a ValueError
     if not state_file or not Path(state_file).exists():
         return chat_world.WorldState.fresh(world)
@@ -747,16 +743,17 @@ def read_access(args: argparse.Namespace) -> Access:
     def secret(path: str | None, what: str) -> str | None:
         return first_line_of(path, what) if path else None
 
-    motd = tuple(line.rstrip() for line in read_lines(args.motd, "message of the day")
-                 [:MOTD_LINES]) if args.motd else ()
+    lines = read_text(args.motd, "message of the day").splitlines() if args.motd else []
+    motd = tuple(line.rstrip() for line in lines[:MOTD_LINES])
     return Access(server_password=secret(args.password_file, "password"),
                   op_password=secret(args.op_password_file, "operator password"),
                   motd=tuple(line for line in motd if line))
 
 
-def read_lines(path: str, what: str) -> list[str]:
+def read_text(path: str, what: str) -> str:
+    """A file's text; ValueError naming the file and what it was for."""
     try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read the {what} file {path}: "
                          f"{getattr(exc, 'strerror', None) or exc}") from None
