@@ -998,7 +998,7 @@ class ChatCore:
         user = self.remote.pop(key, None)
         nick = user.nick if user else hello.nick
         room_name = user.room if user else proto.LOBBY
-        room = self.rooms.get(proto.name_key(room_name)) or Room(room_name)
+        room = self.room_named(room_name)
         missed = self.missed_elsewhere(nick, room.key, position)
         if missed is None:  # too long ago: a fresh hello will do (the nick is ours)
             self.expired(client)
@@ -1326,9 +1326,7 @@ class ChatCore:
     @handles(proto.WhoRequest)
     def on_who(self, client: Client, _: proto.WhoRequest) -> None:
         room = client.room
-        users = list(room.members)
-        users += [u for u in self.remote.values() if proto.name_key(u.room) == room.key]
-        users.sort(key=lambda user: display_order(user.nick))
+        users = self.users_in(room)
         away = {user.nick: user.away for user in users if user.away}
 
         def who(part: tuple) -> proto.WhoList:
@@ -1339,6 +1337,13 @@ class ChatCore:
                                    lambda nick: len(json_text(nick)) + 2 + len(
                                        json_text(away[nick])) if nick in away else 0):
             self.send(client, packet)
+
+    def users_in(self, room: Room) -> list[Client | RemoteUser]:
+        """Who is in a room, here and on other nodes, in reading order."""
+        users: list[Client | RemoteUser] = list(room.members)
+        users += [u for u in self.remote.values() if proto.name_key(u.room) == room.key]
+        users.sort(key=lambda user: display_order(user.nick))
+        return users
 
     @handles(proto.RoomsRequest)
     def on_rooms(self, client: Client, _: proto.RoomsRequest) -> None:
@@ -1367,7 +1372,11 @@ class ChatCore:
         if old.key == key:
             self.send(client, proto.Error(f"already in room {old.name}"))
             return
-        self.move(client, self.rooms.get(key) or Room(enter.room))
+        self.move(client, self.room_named(enter.room))
+
+    def room_named(self, name: str) -> Room:
+        """The room of that name, or a new one (it exists once entered)."""
+        return self.rooms.get(proto.name_key(name)) or Room(name)
 
     def move(self, client: Client, room: Room) -> None:
         """To another room: its old room sees it go, its new one arrive."""
@@ -1402,7 +1411,7 @@ class ChatCore:
             self.link.save_place(key, place)
             for player in forgotten:
                 self.link.save_place(player, None)
-        return self.rooms.get(proto.name_key(place)) or Room(place)
+        return self.room_named(place)
 
     def in_world(self, client: Client) -> bool:
         if self.world is None:
@@ -1417,10 +1426,7 @@ class ChatCore:
         """The place, naming at most PEOPLE_SHOWN people and ITEMS_SHOWN items
         (a crowd of thousands must not make a packet too large to send)."""
         seen = world.view(self.world, proto.name_key(client.nick))
-        room = client.room
-        people = [c.nick for c in room.members]
-        people += [u.nick for u in self.remote.values() if proto.name_key(u.room) == room.key]
-        people.sort(key=display_order)
+        people = [user.nick for user in self.users_in(client.room)]
         items = [item.shown for item in seen.items]
         self.send(client, proto.PlaceView(
             seen.place.id, seen.place.title, seen.place.description, tuple(seen.exits),
@@ -1456,7 +1462,7 @@ class ChatCore:
         place = moved.new.id
         if self.link:
             self.link.save_place(proto.name_key(client.nick), place)
-        self.move(client, self.rooms.get(proto.name_key(place)) or Room(place))
+        self.move(client, self.room_named(place))
         self.send_view(client)
 
     @handles(proto.Take)
