@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 import chat_protocol as proto
 from chat_args import add_version, first_line_of, int_in_range, program_name
+from chat_world import ARTICLES
 from chatui_core import SecretPrompt, escape_controls
 import ui_backend
 
@@ -105,7 +106,7 @@ def listed(names: tuple[str, ...], more: int = 0) -> str:
 def item_name(shown: str) -> str:
     """"a brass key" -> "brass key", for completion."""
     first, _, rest = shown.partition(" ")
-    return rest if first.lower() in ("a", "an", "the", "some") and rest else shown
+    return rest if first.lower() in ARTICLES and rest else shown
 
 
 def mentions(text: str, nick: str) -> bool:
@@ -125,6 +126,8 @@ class Command:
 
 
 def _command_table() -> dict[str, Command]:
+    look = lambda c, a: c.send(proto.Look(a or None))  # noqa: E731
+    inventory = lambda c, a: c.send(proto.InventoryRequest())  # noqa: E731
     return {
         "/q": Command("/q", "quit", lambda c, _: c.quit()),
         "/message": Command("/message NICK TEXT", "send a direct message",
@@ -154,22 +157,20 @@ def _command_table() -> dict[str, Command]:
                            lambda c, a: c.ignore(a)),
         "/unignore": Command("/unignore NICK", "show NICK's messages again",
                              lambda c, a: c.unignore(a)),
-        "/look": Command("/look [NAME]", "world mode: look around, or at something",
-                         lambda c, a: c.send(proto.Look(a or None))),
-        "/l": Command("/l [NAME]", "same as /look", lambda c, a: c.send(proto.Look(a or None))),
+        "/look": Command("/look [NAME]", "world mode: look around, or at something", look),
+        "/l": Command("/l [NAME]", "same as /look", look),
         "/go": Command("/go DIRECTION", "world mode: walk that way (north, up, ...)",
-                       lambda c, a: c.go(a)),
+                       lambda c, a: c.send_named(proto.Go, a, "/go")),
         **{f"/{short}": Command(f"/{short}", f"same as /go {direction}",
-                                lambda c, a, d=direction: c.go(d))
+                                lambda c, a, d=direction: c.send(proto.Go(d)))
            for short, direction in (("n", "north"), ("s", "south"), ("e", "east"),
                                     ("w", "west"), ("u", "up"), ("d", "down"))},
         "/take": Command("/take NAME", "world mode: pick something up",
-                         lambda c, a: c.handle_item(proto.Take, a, "/take")),
+                         lambda c, a: c.send_named(proto.Take, a, "/take")),
         "/drop": Command("/drop NAME", "world mode: put something down",
-                         lambda c, a: c.handle_item(proto.Drop, a, "/drop")),
-        "/inventory": Command("/inventory", "world mode: what you carry",
-                              lambda c, a: c.send(proto.InventoryRequest())),
-        "/i": Command("/i", "same as /inventory", lambda c, a: c.send(proto.InventoryRequest())),
+                         lambda c, a: c.send_named(proto.Drop, a, "/drop")),
+        "/inventory": Command("/inventory", "world mode: what you carry", inventory),
+        "/i": Command("/i", "same as /inventory", inventory),
         "/help": Command("/help", "show this list", lambda c, a: c.show_help()),
     }
 
@@ -363,13 +364,8 @@ class ChatClient:
             return
         self.send(proto.BanRequest(nick, int(minutes), reason.strip()))
 
-    def go(self, direction: str) -> None:
-        if not direction:
-            self.usage("/go")
-            return
-        self.send(proto.Go(direction))
-
-    def handle_item(self, make: type, name: str, command: str) -> None:
+    def send_named(self, make: type, name: str, command: str) -> None:
+        """A world command that names something (a direction, an item)."""
         if not name.strip():
             self.usage(command)
             return
