@@ -529,8 +529,8 @@ class RecordSession(Command):
 
     def queue(self, link, pipe) -> int:
         self.while_down(link)
-        pipe.hset(link.key("session:" + self.digest), mapping={
-            "nick": self.nick, "key": proto.name_key(self.nick), "node": link.node_id})
+        pipe.hset(link.key("session:" + self.digest),
+                  mapping=session_record(self.nick, link.node_id))
         if self.old:
             pipe.hdel(link.key("sessions:" + link.node_id), self.old)
         pipe.hset(link.key("sessions:" + link.node_id), self.nick, self.digest)
@@ -598,7 +598,7 @@ class TakeItem(Command):
 
     def queue(self, link, pipe) -> int:
         link.client.take_item(keys=[link.key("world:items")],
-                              args=[self.item, "place:" + self.place, "held:" + self.player],
+                              args=[self.item, lying_in(self.place), held_by(self.player)],
                               client=pipe)
         return 1
 
@@ -737,12 +737,12 @@ class ClusterLink:
         self._outbox.put(TakeItem(token, item, place, player, wire))
 
     def put_item(self, item: str, place: str) -> None:
-        self._outbox.put(SaveWorld(item, "place:" + place, "items"))
+        self._outbox.put(SaveWorld(item, lying_in(place), "items"))
         self.publish(RemoteItem(item, place, ""))
 
     def hold_item(self, item: str, player: str) -> None:
         """Who holds an item, in Redis only (the others learn it otherwise)."""
-        self._outbox.put(SaveWorld(item, "held:" + player, "items"))
+        self._outbox.put(SaveWorld(item, held_by(player), "items"))
 
     def save_place(self, player: str, place: str | None) -> None:
         self._outbox.put(SaveWorld(player, place, "players"))
@@ -889,8 +889,7 @@ class ClusterLink:
         if self.sessions:
             client.hset(self.key("sessions:" + node), mapping=dict(self.sessions))
             for nick, digest in self.sessions.items():
-                client.hset(self.key("session:" + digest), mapping={
-                    "nick": nick, "key": proto.name_key(nick), "node": node})
+                client.hset(self.key("session:" + digest), mapping=session_record(nick, node))
         for nick in list(self.users):
             if not client.claim_nick(keys=[self.key("nick:" + proto.name_key(nick))],
                                      args=[node, self.key("alive:")]):
@@ -1129,6 +1128,23 @@ class ClusterLink:
                               node=event.node)
 
 
+def session_record(nick: str, node: str) -> dict[str, str]:
+    """What ``P session:HASH`` holds: the nick, its name key (what a resume
+    must match) and the node holding the session."""
+    return {"nick": nick, "key": proto.name_key(nick), "node": node}
+
+
+PLACE, HELD = "place", "held"  # where an item is, in ``P world:items``
+
+
+def lying_in(place: str) -> str:
+    return f"{PLACE}:{place}"
+
+
+def held_by(player: str) -> str:
+    return f"{HELD}:{player}"
+
+
 def share_world_state(url: str, data: dict, prefix: str = "chat:") -> dict:
     """World mode in a cluster, at start-up: the world's state as Redis
     keeps it, after filling in (never overwriting) what Redis does not have
@@ -1140,17 +1156,17 @@ def share_world_state(url: str, data: dict, prefix: str = "chat:") -> dict:
         items, players = prefix + "world:items", prefix + "world:players"
         pipe = client.pipeline(transaction=False)
         for item, place in data.get("items", {}).items():
-            pipe.hsetnx(items, item, "place:" + place)
+            pipe.hsetnx(items, item, lying_in(place))
         for player, held in data.get("carried", {}).items():
             for item in held:
-                pipe.hsetnx(items, item, "held:" + player)
+                pipe.hsetnx(items, item, held_by(player))
         for player, place in data.get("players", {}).items():
             pipe.hsetnx(players, player, place)
         pipe.execute()
         shared = {"items": {}, "carried": {}, "players": {}}
         for item, where in client.hgetall(items).items():
             kind, _, value = where.decode().partition(":")
-            if kind == "place":
+            if kind == PLACE:
                 shared["items"][item.decode()] = value
             else:
                 shared["carried"].setdefault(value, []).append(item.decode())
