@@ -174,7 +174,7 @@ class ChatServer:
                 now = time.monotonic()
                 for event in self.link.take_events():
                     self.core.cluster_event(event, now)
-        elif conn.setting_up:
+        elif conn.tls is not None and conn.setting_up:  # (plain: one comparison per event)
             self.set_up_tls(conn)
         else:
             if mask & selectors.EVENT_READ and not conn.gone:
@@ -363,7 +363,7 @@ class ChatServer:
             if conn.closing:
                 self.half_close(conn)
             return
-        if conn.setting_up:
+        if conn.tls is not None and conn.setting_up:
             return  # written once TLS is up
         batch, later = take_batch(conn.out)
         data = batch[0] if len(batch) == 1 else b"".join(batch)
