@@ -564,6 +564,9 @@ def test_a_session_resumes_on_another_node_after_its_node_dies(nodes, client, si
     cat.send({"type": "dm", "to": "pat", "message": "are you back?"})
     said.append({"type": "dm", "from": "cat", "to": "pat", "message": "are you back?"})
     cat.expect(said[-1])
+    cat.chat("marker")  # once bob (on B) sees it, B has read the DM too: C's events
+    said.append(chat_from("cat", "marker"))  # reach B in order
+    bob.expect(said[-1])
     back = session_hello(b_node, "pat", resume=token, after=last)
     resumed = back.expect(lambda m: True)
     assert resumed == {"type": "resumed", "missed": len(said)}, back.received
