@@ -24,10 +24,10 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TextIO
 
-import chat_protocol as proto
-from chat_args import add_version, first_line_of, int_in_range, program_name
-from chat_world import ARTICLES
-from chatui_core import SecretPrompt, escape_controls
+from termchat.wire import protocol as proto
+from termchat.args import add_version, first_line_of, int_in_range, program_name
+from termchat.world.model import ARTICLES
+from termchat.ui.screen import SecretPrompt, escape_controls
 import ui_backend
 
 Segment = tuple[str, "str | None"]

@@ -1,15 +1,15 @@
 """The chat server's transport: command line, sockets and one selector loop.
 
 The listening sockets and every client socket sit in one ``selectors``
-selector.  This module knows the chat only through :class:`chat_core.ChatCore`
+selector.  This module knows the chat only through :class:`termchat.core.core.ChatCore`
 (connected / received / connection_lost / tick / cluster_event) and writes
-out what :class:`chat_delivery.Delivery` queued for each connection: one
+out what :class:`termchat.core.delivery.Delivery` queued for each connection: one
 ``send`` per socket per loop turn, never blocking.  A client whose queue
 passes the bound is dropped, so no client can stall the others.
 
 Usage: ``python chat_server.py PORT [--host ADDR] [limits] [--redis URL ...]``
 (``--help`` lists them).  With ``--redis`` the server is one node of a
-cluster (see chat_cluster.py).
+cluster (see termchat/cluster/link.py).
 
 With ``--tls-cert``/``--tls-key`` the port speaks only TLS.  A new
 connection's first byte is peeked at: a TLS ClientHello starts the
@@ -36,12 +36,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import chat_protocol as proto
-import chat_world
-from chat_args import (add_version, first_line_of, float_at_least, int_in_range,
+from termchat.wire import protocol as proto
+from termchat.world import model as world_model
+from termchat.args import (add_version, first_line_of, float_at_least, int_in_range,
                        program_name)
-from chat_core import Access, ChatCore, Limits, SessionSettings, format_address
-from chat_delivery import Delivery, Outlet
+from termchat.core.core import Access, ChatCore, Limits, SessionSettings, format_address
+from termchat.core.delivery import Delivery, Outlet
 
 log = logging.getLogger("chat_server")
 
@@ -110,7 +110,7 @@ class ChatServer:
                  redis_url: str | None = None, heartbeat: float = 1.0,
                  sessions: SessionSettings = SessionSettings(),
                  access: Access = Access(), tls: ssl.SSLContext | None = None,
-                 world_state: chat_world.WorldState | None = None,
+                 world_state: world_model.WorldState | None = None,
                  state_file: Path | None = None) -> None:
         self.listeners = list(listeners)
         self.tls = tls                      # the port speaks only TLS
@@ -123,7 +123,7 @@ class ChatServer:
         self._wake_reader, self._wake_writer = socket.socketpair()
         self.link = None
         if redis_url:
-            from chat_cluster import ClusterLink
+            from termchat.cluster.link import ClusterLink
             self.link = ClusterLink(redis_url, self.wake, heartbeat)
         self.delivery = Delivery(limits.max_queue)
         self.core = ChatCore(self.delivery, limits, self.link, sessions,
@@ -467,7 +467,7 @@ class StateSaver:
     beside it, synced, then renamed over it), at most every SAVE_EVERY
     seconds while it changes, and once more when the server stops."""
 
-    def __init__(self, state: chat_world.WorldState, path: Path) -> None:
+    def __init__(self, state: world_model.WorldState, path: Path) -> None:
         self.state, self.path = state, path
         self.saved_version = state.version
         self.last_save = 0.0
@@ -625,37 +625,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_world(source: str | None, state_file: str | None) -> chat_world.WorldState | None:
+def load_world(source: str | None, state_file: str | None) -> world_model.WorldState | None:
     """The world (and where everything was, from ``state_file`` if it
     exists); ValueError with the file, line and reason if it cannot be used."""
     if not source:
         return None
     if source == "builtin":
-        from chat_worlds import builtin_text
+        from termchat.world import builtin_text
         text, source = builtin_text(), "the built-in world"
     else:
         text = read_text(source, "world")
-    world = chat_world.parse_world(text, source)  # a WorldError is a ValueError
+    world = world_model.parse_world(text, source)  # a WorldError is a ValueError
     if not state_file or not Path(state_file).exists():
-        return chat_world.WorldState.fresh(world)
+        return world_model.WorldState.fresh(world)
     try:
         data = json.loads(Path(state_file).read_text(encoding="utf-8"))
-        return chat_world.WorldState.from_data(world, data)
+        return world_model.WorldState.from_data(world, data)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"cannot read the world state {state_file}: "
                          f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
-def shared_world(url: str, state: chat_world.WorldState) -> chat_world.WorldState:
+def shared_world(url: str, state: world_model.WorldState) -> world_model.WorldState:
     """In a cluster the world's state lives in Redis: ours (from --state,
     or the world as it begins) only fills in what Redis does not have."""
-    from chat_cluster import share_world_state
+    from termchat.cluster.link import share_world_state
     import redis
     try:
         data = share_world_state(url, state.to_data())
     except redis.RedisError as exc:
         raise ValueError(f"cannot read the world's state from Redis: {exc}") from None
-    return chat_world.WorldState.from_data(state.world, data)
+    return world_model.WorldState.from_data(state.world, data)
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -713,7 +713,7 @@ def cluster_url(args: argparse.Namespace) -> str | None:
     except ImportError:
         raise ValueError("a cluster needs the redis package: pip install -e '.[cluster]'") \
             from None
-    from chat_cluster import masked_url
+    from termchat.cluster.link import masked_url
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     except ValueError as exc:

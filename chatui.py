@@ -18,7 +18,7 @@ import sys
 import termios
 from typing import Iterable
 
-import chatui_core as core
+from termchat.ui import screen as core
 
 CSI = "\x1b["
 PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"

@@ -17,7 +17,7 @@ import sys
 import termios
 from typing import Iterable
 
-import chatui_core as core
+from termchat.ui import screen as core
 
 
 class CursesUnavailable(core.TerminalUnsuitable):

@@ -11,16 +11,16 @@ import json
 from dataclasses import replace
 from typing import Any
 
-import chat_cluster as cluster
-import chat_protocol as proto
-from chat_core import Access, ChatCore, Limits, SessionSettings
-from chat_delivery import Delivery, Outlet
+from termchat.cluster import events as cluster
+from termchat.wire import protocol as proto
+from termchat.core.core import Access, ChatCore, Limits, SessionSettings
+from termchat.core.delivery import Delivery, Outlet
 
 UNLIMITED = Limits(hello_timeout=0, max_per_ip=0, rate=0)
 
 
 class FakeLink:
-    """Stands in for chat_cluster.ClusterLink: records what the core asks,
+    """Stands in for termchat.cluster.link.ClusterLink: records what the core asks,
     and numbers the events it publishes as the real link does
     (``events``: each published node event with its seq)."""
 

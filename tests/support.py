@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import chat_protocol as proto
+from termchat.wire import protocol as proto
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT = 10.0

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-import chatui_core as core
+from termchat.ui import screen as core
 from chatui import KeyDecoder
 
 

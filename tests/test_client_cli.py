@@ -9,7 +9,7 @@ import sys
 import pexpect
 import pytest
 
-import chat_protocol as proto
+from termchat.wire import protocol as proto
 from chat_client import format_message
 from tests.support import ROOT
 

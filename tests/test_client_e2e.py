@@ -12,7 +12,7 @@ import pexpect
 
 import pytest
 
-import chat_protocol as proto
+from termchat.wire import protocol as proto
 from tests.support import (DEFAULT_TIMEOUT, ROOT, RawClient, ServerProcess, chat_from, join,
                            leave, wait_for)
 from tests.terminal import TerminalClient, cooked_mode_with_echo, with_chris

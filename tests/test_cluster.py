@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-import chat_protocol as proto
-from chat_cluster import find_redis_server
+from termchat.wire import protocol as proto
+from termchat.cluster.link import find_redis_server
 
 from tests.support import ROOT, RawClient, ServerProcess, chat_from, join, leave, wait_for
 

@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import pytest
 
-import chat_cluster as cluster
-import chat_core
-import chat_protocol as proto
-from chat_core import Access
+from termchat.cluster import events as cluster
+from termchat.core import core as chat_core
+from termchat.wire import protocol as proto
+from termchat.core.core import Access
 from tests.core_harness import UNLIMITED, FakeLink, Harness
 from tests.support import chat_from, join, leave
 

@@ -4,8 +4,8 @@ claims, session records, takeovers, a node's death)."""
 
 from dataclasses import replace
 
-import chat_cluster as cluster
-import chat_protocol as proto
+from termchat.cluster import events as cluster
+from termchat.wire import protocol as proto
 from tests.core_harness import FakeLink, Harness
 from tests.support import chat_from, join, leave
 

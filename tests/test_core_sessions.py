@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from chat_core import SessionSettings
+from termchat.core.core import SessionSettings
 from tests.core_harness import UNLIMITED, Harness
 from tests.support import chat_from, join, leave
 

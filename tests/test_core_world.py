@@ -3,7 +3,7 @@ the world module and turns what happened into packets for the right people."""
 
 import pytest
 
-import chat_world as world
+from termchat.world import model as world
 from tests.core_harness import Harness
 from tests.support import chat_from, join
 from tests.test_world import SMALL
@@ -133,7 +133,7 @@ def test_a_session_newcomer_gets_the_history_of_the_place_it_arrives_in(mud):
 
 
 def test_in_a_cluster_a_take_waits_for_redis_and_says_why_when_refused():
-    import chat_cluster as cluster
+    from termchat.cluster import events as cluster
     from tests.core_harness import FakeLink
     node = Harness(link=FakeLink(), world_state=world.WorldState.fresh(
         world.parse_world(SMALL, "small")))

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import chat_protocol as proto
+from termchat.wire import protocol as proto
 
 TEXTS = ["hello", "café crème", "你好，世界", "party 🎉🎉", "mixed ü 中 🙂 end"]
 

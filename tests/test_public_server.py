@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import chat_protocol as proto
+from termchat.wire import protocol as proto
 from chat_server import set_keepalive
 from tests.support import RawClient, ServerProcess, chat_from, join, wait_for
 

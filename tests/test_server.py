@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import chat_protocol as proto
+from termchat.wire import protocol as proto
 from tests.support import ROOT, RawClient, ServerProcess, chat_from, join, leave
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-import chat_protocol as proto
+from termchat.wire import protocol as proto
 from tests.support import RawClient, chat_from, join, leave, wait_for
 
 

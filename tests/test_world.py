@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-import chat_world as world
-from chat_worlds import builtin_text
+from termchat.world import model as world
+from termchat.world import builtin_text
 
 SMALL = '''
 name = "Test House"
@@ -193,8 +193,8 @@ def test_a_broken_world_file_is_refused_with_its_line_and_reason(text, line, rea
 
 
 def test_the_largest_look_a_world_file_allows_fits_in_one_packet():
-    import chat_protocol as proto
-    from chat_core import ITEMS_SHOWN, PEOPLE_SHOWN
+    from termchat.wire import protocol as proto
+    from termchat.core.core import ITEMS_SHOWN, PEOPLE_SHOWN
     wide = "\U0001F600"  # four bytes of UTF-8 each
     view = proto.PlaceView(
         "p" * 32, wide * world.MAX_TITLE, wide * world.MAX_TEXT,

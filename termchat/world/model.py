@@ -10,7 +10,7 @@ state returning what happened, or a :class:`Refusal` with the text to
 show; the chat core turns results into packets.  Players are named by
 their nick's name key.
 
-The format (the built-in world, chat_worlds/builtin.toml, is the example)::
+The format (the built-in world, termchat/world/builtin.toml, is the example)::
 
     name = "Gull Point"
     start = "jetty"
@@ -42,8 +42,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from chat_names import name_problem
-from chat_protocol import quote
+from termchat.wire.names import name_problem
+from termchat.wire.protocol import quote
 
 DIRECTIONS = ("north", "south", "east", "west", "up", "down",
               "northeast", "northwest", "southeast", "southwest", "in", "out")

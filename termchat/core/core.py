@@ -1,6 +1,6 @@
 """The chat itself, with no I/O: nicks, rooms, packet handlers, the cluster view,
 sessions (resumed here or, in a cluster, from any node) and the routing of
-world mode's packets to the world model (chat_world.py).
+world mode's packets to the world model (termchat.world.model).
 
 The transport feeds events in:
 
@@ -10,7 +10,7 @@ The transport feeds events in:
 - :meth:`ChatCore.tick` as time passes,
 - :meth:`ChatCore.cluster_event` with what another node said.
 
-and the core acts only through its outbox (a :class:`chat_delivery.Delivery`:
+and the core acts only through its outbox (a :class:`termchat.core.delivery.Delivery`:
 send to one connection, broadcast to a room or everyone, move between rooms,
 close after an error) and, in a cluster, through the link's queue-only
 methods.  Time comes in with the events; nothing here reads a clock, opens a
@@ -38,17 +38,17 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
-import chat_cluster as cluster
-import chat_protocol as proto
-import chat_world as world
-from chat_delivery import Outlet
+from termchat.cluster import events as cluster
+from termchat.wire import protocol as proto
+from termchat.world import model as world
+from termchat.core.delivery import Outlet
 
 log = logging.getLogger("chat_core")
 
 MISTAKES_LOGGED = 5  # a client's mistakes logged before the rest go unlogged
 MAX_AWAY = 300       # characters of an away message
 PEOPLE_SHOWN = 100   # world mode: people named in one look...
-ITEMS_SHOWN = 50     # ...and items in a look or an inventory (with chat_world's
+ITEMS_SHOWN = 50     # ...and items in a look or an inventory (with the world model's
 # limits on names and descriptions, a look always fits in one packet)
 
 
@@ -1777,7 +1777,7 @@ def _check_tables() -> None:
             ("cluster event", CLUSTER_HANDLERS, cluster.EVENT_TYPES)):
         missing = sorted(cls.__name__ for cls in set(registry) - set(table))
         if missing:
-            raise ImportError(f"chat_core has no handler for {what}(s): {', '.join(missing)}")
+            raise ImportError(f"the core has no handler for {what}(s): {', '.join(missing)}")
 
 
 _check_tables()

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from chat_names import MAX_NAME_LENGTH, name_key, name_problem, normalize  # noqa: F401
+from termchat.wire.names import MAX_NAME_LENGTH, name_key, name_problem, normalize  # noqa: F401
 
 HEADER_SIZE = 2
 MAX_PAYLOAD = 0xFFFF

@@ -26,10 +26,10 @@ Redis keys (``P`` is the prefix, ``chat:`` by default):
   sessions:ID``: hash nick -> HASH of a node's sessions, so that when the
   node dies the survivors keep those users present for the resume grace.
   A resume on another node takes the session (and its nick) over in one
-  step (TAKEOVER_SCRIPT) and says so with a ``takeover`` event.
+  step (scripts.TAKEOVER_SCRIPT) and says so with a ``takeover`` event.
 - World mode: ``P world:items`` (item -> ``place:ID`` or ``held:PLAYER``)
   and ``P world:players`` (player -> place).  Taking an item is decided
-  by Redis in one step (TAKE_SCRIPT), so two users on two nodes cannot
+  by Redis in one step (scripts.TAKE_SCRIPT), so two users on two nodes cannot
   both take it; every change is also an ``item`` event for the others.
 
 Guarantees.  Each node notices on its own when a node it knows stops
@@ -54,56 +54,25 @@ import time
 import urllib.parse
 import uuid
 from collections import deque
-from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, Callable, ClassVar, Iterator, get_type_hints
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
-import chat_protocol as proto
+from termchat.cluster import scripts
+from termchat.cluster.events import (Claimed, Conflict, DataLost, ItemTaken, LinkLost, LinkRestored,
+                                     NodeDead, NodeEvent, Progress, RemoteItem, RemoteJoin,
+                                     RemoteLeave, RemoteMove, RemotePresence, RemoteRename,
+                                     RemoteTakeover, Renamed, Snapshot, TakenOver, Undelivered,
+                                     parse_node_event, stream_id)
+from termchat.wire import protocol as proto
 
 log = logging.getLogger("chat_cluster")
 
-CLAIM_SCRIPT = """
-local owner = redis.call('GET', KEYS[1])
-if (not owner) or owner == ARGV[1] or redis.call('EXISTS', ARGV[2] .. owner) == 0 then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
-"""
-RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-RENAME_SCRIPT = """
-local owner = redis.call('GET', KEYS[2])
-if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
-  return 0
-end
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-redis.call('SET', KEYS[2], ARGV[1])
-return 1
-"""
-TAKEOVER_SCRIPT = """
-local key = redis.call('HGET', KEYS[1], 'key')
-if (not key) or key ~= ARGV[2] then return false end
-local old = redis.call('HGET', KEYS[1], 'node')
-redis.call('HSET', KEYS[1], 'node', ARGV[1])
-redis.call('SET', KEYS[2], ARGV[1])
-return old
-"""
-END_SESSION_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-TAKE_SCRIPT = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
-"""
 MAX_BACKOFF = 2.0
 STREAM_MAXLEN = 100_000     # events kept in the stream (approximately)
 READ_COUNT = 1000           # events taken per XREAD
 BUFFER_EVENTS = 10_000      # kept while Redis is away...
 BUFFER_SECONDS = 60.0       # ...for at most this long
+
 
 
 def find_redis_server() -> str | None:
@@ -120,305 +89,6 @@ def find_redis_server() -> str | None:
     except Exception:  # not installed, or no binary for this platform
         return None
 
-
-# --------------------------------------------------------------------------
-# What other nodes say (over Redis): validated at the door like client packets
-
-
-def _check_users(value: Any, name: str) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise proto.InvalidMessage(f'field "{name}" must be an object')
-    return {proto._check_name(nick, "nick"): proto._check_name(room, "room")
-            for nick, room in value.items()}
-
-
-def _check_speech_kind(value: Any, name: str) -> str:
-    if value not in (proto.ChatFrom.TYPE, proto.EmoteFrom.TYPE):
-        raise proto.InvalidMessage(f'field "{name}" must be chat or emote')
-    return value
-
-
-def _check_minutes(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 525_600:
-        raise proto.InvalidMessage(f'field "{name}" must be 0 to 525600 minutes')
-    return value
-
-
-def _check_moment(value: Any, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise proto.InvalidMessage(f'field "{name}" must be a time')
-    return float(value)
-
-
-def _check_address(value: Any, name: str) -> str:
-    text = proto._check_text(value, name)
-    if not 1 <= len(text) <= 64:
-        raise proto.InvalidMessage(f'field "{name}" must be an address')
-    return text
-
-
-# A field's type names the check its wire value must pass.
-Name = Annotated[str, proto._check_name]
-Text = Annotated[str, proto._check_text]
-SpeechKind = Annotated[str, _check_speech_kind]
-Users = Annotated[dict, _check_users]
-Minutes = Annotated[int, _check_minutes]
-Moment = Annotated[float, _check_moment]
-Address = Annotated[str, _check_address]
-
-
-@dataclass(frozen=True)
-class NodeEvent:
-    """Base of the events nodes publish to each other.  ``KIND`` is the wire
-    ``kind``; ``node`` is filled in by the link (the sender's id)."""
-
-    KIND: ClassVar[str]
-    node: str = field(default="", kw_only=True)
-    seq: int = field(default=0, kw_only=True)  # the sender's count: duplicates are dropped
-    stream: str = field(default="", kw_only=True, compare=False)  # its stream entry's ID
-
-    def to_wire(self, node: str, seq: int = 0) -> str:
-        obj = {"kind": self.KIND, "node": node, "seq": seq}
-        obj.update({f.name: getattr(self, f.name) for f in fields(self)
-                    if f.name not in ENVELOPE})
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-    @classmethod
-    def checks(cls) -> dict[str, Callable[[Any, str], Any]]:
-        """Each wire field (all but the envelope) and the check it must pass."""
-        hints = get_type_hints(cls, include_extras=True)
-        return {f.name: hints[f.name].__metadata__[0] for f in fields(cls)
-                if f.name not in ENVELOPE}
-
-
-ENVELOPE = ("node", "seq", "stream")  # what every event has beside its own fields
-
-
-@dataclass(frozen=True)
-class RemoteJoin(NodeEvent):
-    KIND = "join"
-    nick: Name
-    room: Name
-
-
-@dataclass(frozen=True)
-class RemoteLeave(NodeEvent):
-    KIND = "leave"
-    nick: Name
-
-
-@dataclass(frozen=True)
-class RemoteMove(NodeEvent):
-    KIND = "move"
-    nick: Name
-    old: Name
-    new: Name
-
-
-@dataclass(frozen=True)
-class RemoteSpeech(NodeEvent):
-    """A chat or an emote (``said``) in a room."""
-    KIND = "say"
-    said: SpeechKind
-    nick: Name
-    room: Name
-    message: Text
-
-
-@dataclass(frozen=True)
-class RemoteDirect(NodeEvent):
-    KIND = "dm"
-    sender: Name
-    to: Name
-    message: Text
-
-
-@dataclass(frozen=True)
-class RemoteRename(NodeEvent):
-    """A user of the node is now known as ``new``."""
-    KIND = "rename"
-    old: Name
-    new: Name
-
-
-@dataclass(frozen=True)
-class RemoteKick(NodeEvent):
-    """An operator of the sending node kicks ``nick`` (and bans its address
-    for ``minutes`` when not 0); every node shows it, the user's node acts."""
-    KIND = "kick"
-    nick: Name
-    by: Name
-    reason: Text
-    minutes: Minutes
-
-
-@dataclass(frozen=True)
-class RemoteBan(NodeEvent):
-    """An address is banned until a moment (Unix time), on every node."""
-    KIND = "ban"
-    address: Address
-    until: Moment
-    reason: Text
-
-
-@dataclass(frozen=True)
-class RemoteAway(NodeEvent):
-    """A user is away with a message (empty: back)."""
-    KIND = "away"
-    nick: Name
-    message: Text
-
-
-@dataclass(frozen=True)
-class RemotePresence(NodeEvent):
-    """The whole list of a node's users (nick -> room)."""
-    KIND = "presence"
-    users: Users
-
-
-@dataclass(frozen=True)
-class RemoteTakeover(NodeEvent):
-    """The sending node resumed ``nick``'s session, which ``old`` held: the
-    user is now there, in ``room``; nobody is told (it never left)."""
-    KIND = "takeover"
-    nick: Name
-    old: Address
-    room: Name
-
-
-@dataclass(frozen=True)
-class RemoteItem(NodeEvent):
-    """World mode: an item now lies in ``place`` or is held by ``holder``
-    (a player's name key); the other is empty."""
-    KIND = "item"
-    item: Name
-    place: Text
-    holder: Text
-
-
-NODE_EVENTS: dict[str, type[NodeEvent]] = {
-    cls.KIND: cls for cls in (RemoteJoin, RemoteLeave, RemoteMove, RemoteSpeech,
-                              RemoteDirect, RemoteAway, RemoteRename, RemoteKick, RemoteBan,
-                              RemotePresence, RemoteTakeover, RemoteItem)
-}
-NODE_EVENT_CHECKS = {cls: cls.checks() for cls in NODE_EVENTS.values()}
-
-
-def parse_node_event(data: bytes | str, stream: str = "") -> NodeEvent:
-    """One event read off Redis (from the stream entry ``stream``),
-    validated; InvalidMessage if it is bad."""
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise proto.InvalidMessage("event is not JSON") from exc
-    if not isinstance(obj, dict) or not isinstance(obj.get("node"), str):
-        raise proto.InvalidMessage("event is not an object with a node")
-    seq = obj.get("seq", 0)
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise proto.InvalidMessage("event has a bad seq")
-    cls = NODE_EVENTS.get(obj.get("kind"))  # type: ignore[arg-type]
-    if cls is None:
-        raise proto.InvalidMessage(f"unknown event kind {str(obj.get('kind'))[:40]!r}")
-    values = {}
-    for name, check in NODE_EVENT_CHECKS[cls].items():
-        if name not in obj:
-            raise proto.InvalidMessage(f'"{cls.KIND}" event needs field "{name}"')
-        values[name] = check(obj[name], name)
-    return cls(node=obj["node"], seq=seq, stream=stream, **values)
-
-
-# --------------------------------------------------------------------------
-# What the link hands the event loop
-
-
-@dataclass(frozen=True)
-class Claimed:
-    token: Any
-    nick: str
-    granted: bool
-
-
-@dataclass(frozen=True)
-class Renamed:
-    """The answer to a rename: the new nick was claimed and the old freed
-    in one step (granted), or someone else holds it."""
-    token: Any
-    old: str
-    new: str
-    granted: bool
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    nodes: dict  # node id -> {nick: room}
-
-
-@dataclass(frozen=True)
-class NodeDead:
-    """A node stopped beating; ``sessions`` (nick -> session hash) are its
-    users who keep the resume grace before they leave."""
-    node: str
-    sessions: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """The reader has read the stream up to ``cursor``; ``own`` pairs each
-    of this node's events read meanwhile (its seq) with its stream ID."""
-    cursor: str
-    own: tuple = ()
-    start: bool = False  # where reading starts: nothing before it was read
-
-@dataclass(frozen=True)
-class ItemTaken:
-    """The answer to taking an item: Redis gave it to the player, or it was
-    no longer there (someone on another node was quicker)."""
-    token: Any
-    item: str
-    granted: bool
-    unreachable: bool = False  # not granted because Redis is away
-
-
-@dataclass(frozen=True)
-class TakenOver:
-    """The answer to a resume of a session held elsewhere: ``old`` is the
-    node that held it (None: no such session, or Redis is away)."""
-    token: Any
-    nick: str
-    old: str | None
-
-
-@dataclass(frozen=True)
-class LinkLost:
-    reason: str
-
-
-@dataclass(frozen=True)
-class LinkRestored:
-    pass
-
-
-@dataclass(frozen=True)
-class Conflict:
-    nick: str
-
-
-@dataclass(frozen=True)
-class Undelivered:
-    """What this node's users said while Redis was away and could not be
-    kept for the other nodes (the buffer's bound was passed)."""
-    count: int
-
-
-@dataclass(frozen=True)
-class DataLost:
-    """Redis lost its data (restarted without persistence): presence is
-    being read again and messages in flight may be gone."""
-
-
-EVENT_TYPES: tuple[type, ...] = (Claimed, Renamed, Snapshot, NodeDead, LinkLost, LinkRestored,
-                                 Conflict, Undelivered, DataLost, Progress, TakenOver, ItemTaken,
-                                 *NODE_EVENTS.values())
 
 
 # --------------------------------------------------------------------------
@@ -810,12 +480,12 @@ class ClusterLink:
         client = self._redis_module.Redis.from_url(
             self.url, socket_connect_timeout=2, socket_timeout=5)
         client.ping()
-        client.claim_nick = client.register_script(CLAIM_SCRIPT)
-        client.rename_nick = client.register_script(RENAME_SCRIPT)
-        client.release_nick = client.register_script(RELEASE_SCRIPT)
-        client.take_over = client.register_script(TAKEOVER_SCRIPT)
-        client.end_session = client.register_script(END_SESSION_SCRIPT)
-        client.take_item = client.register_script(TAKE_SCRIPT)
+        client.claim_nick = client.register_script(scripts.CLAIM_SCRIPT)
+        client.rename_nick = client.register_script(scripts.RENAME_SCRIPT)
+        client.release_nick = client.register_script(scripts.RELEASE_SCRIPT)
+        client.take_over = client.register_script(scripts.TAKEOVER_SCRIPT)
+        client.end_session = client.register_script(scripts.END_SESSION_SCRIPT)
+        client.take_item = client.register_script(scripts.TAKE_SCRIPT)
         return client
 
     # ---- the writer thread ----
@@ -1174,11 +844,6 @@ def share_world_state(url: str, data: dict, prefix: str = "chat:") -> dict:
         return shared
     finally:
         client.close()
-
-
-def stream_id(text: str) -> tuple[int, int]:
-    milliseconds, _, sequence = text.partition("-")
-    return int(milliseconds), int(sequence or 0)
 
 
 def masked_url(url: str) -> str:

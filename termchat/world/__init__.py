@@ -1,4 +1,5 @@
-"""Worlds shipped with termchat for world mode (``--world builtin``)."""
+"""World mode: the model (model.py, no I/O) and the worlds shipped with
+termchat (``--world builtin``: builtin.toml, Gull Point)."""
 
 from importlib import resources
 

@@ -1,0 +1,42 @@
+"""The Lua scripts the cluster link runs in Redis, each one atomic step.
+
+KEYS and ARGV are as each command in link.py passes them."""
+
+CLAIM_SCRIPT = """
+local owner = redis.call('GET', KEYS[1])
+if (not owner) or owner == ARGV[1] or redis.call('EXISTS', ARGV[2] .. owner) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+RENAME_SCRIPT = """
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
+  return 0
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+TAKEOVER_SCRIPT = """
+local key = redis.call('HGET', KEYS[1], 'key')
+if (not key) or key ~= ARGV[2] then return false end
+local old = redis.call('HGET', KEYS[1], 'node')
+redis.call('HSET', KEYS[1], 'node', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1])
+return old
+"""
+END_SESSION_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+TAKE_SCRIPT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
