@@ -292,7 +292,7 @@ class ChatServer:
         if conn.fresh:
             conn.fresh = False
             if conn.tls is None and looks_like_tls(data):
-                self.core.refuse(conn, ONLY_PLAIN, time.monotonic())
+                self.core.refuse(conn, ONLY_PLAIN, proto.Code.BAD_PACKET, time.monotonic())
                 return
         self.core.received(conn, conn.decoder.feed(data), time.monotonic())
 
@@ -321,7 +321,7 @@ class ChatServer:
         if first[0] != TLS_HANDSHAKE:
             conn.tls = None
             conn.fresh = False
-            self.core.refuse(conn, NOT_TLS, time.monotonic())
+            self.core.refuse(conn, NOT_TLS, proto.Code.TLS_ONLY, time.monotonic())
             if conn.out:
                 self.write(conn)
         else:

@@ -173,6 +173,9 @@ def describe_messages(messages: list[dict], last: int = 20) -> str:
     return (f"... {skipped} earlier\n" if skipped else "") + "\n".join(shown)
 
 
+SESSION_EXPIRED = {"type": "error", "message": "session expired", "code": "session-expired"}
+
+
 def join(nick: str) -> dict:
     return {"type": "join", "nick": nick}
 

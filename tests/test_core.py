@@ -781,7 +781,8 @@ def test_operators_kick_and_everyone_sees_it():
     chat.send(op, {"type": "kick", "nick": "LEE", "reason": "spam"})
     kicked = {"type": "kick", "nick": "lee", "by": "op", "reason": "spam"}
     assert chat.received(chris) == [kicked, leave("lee")]
-    assert chat.received(lee) == [kicked]
+    assert chat.received(lee) == [kicked, {"type": "error", "code": "kicked",
+                                           "message": "you were kicked by op (spam)"}]
     assert chat.closed(lee)
 
 
@@ -834,6 +835,7 @@ def test_operators_kick_and_ban_users_of_other_nodes():
     node.received(here)
     node.core.cluster_event(cluster.RemoteJoin("mod", "lobby", node="b1"), node.now)
     node.core.cluster_event(cluster.RemoteKick("pat", "mod", "bye", 0, node="b1"), node.now)
-    assert node.received(here)[-1] == {"type": "kick", "nick": "pat", "by": "mod",
-                                       "reason": "bye"}
+    assert node.received(here)[-2:] == [
+        {"type": "kick", "nick": "pat", "by": "mod", "reason": "bye"},
+        {"type": "error", "code": "kicked", "message": "you were kicked by mod (bye)"}]
     assert node.closed(here)

@@ -7,7 +7,7 @@ from dataclasses import replace
 from termchat.cluster import events as cluster
 from termchat.wire import protocol as proto
 from tests.core_harness import FakeLink, Harness
-from tests.support import chat_from, join, leave
+from tests.support import SESSION_EXPIRED, chat_from, join, leave
 
 
 class Bus:
@@ -252,7 +252,7 @@ def test_an_unknown_session_elsewhere_is_expired_and_a_fresh_hello_works():
     node.send(outlet, {"type": "hello", "nick": "pat", "session": True,
                        "resume": "no-such-token", "after": "0000000000000001.A.0-0.0"})
     bus.pump()
-    assert node.received(outlet) == [{"type": "error", "message": "session expired"}]
+    assert node.received(outlet) == [SESSION_EXPIRED]
     node.send(outlet, {"type": "hello", "nick": "pat"})
     bus.pump()
     assert node.received(outlet) == [join("pat")]
@@ -267,7 +267,7 @@ def test_a_node_started_after_the_clients_last_packet_cannot_resume_it():
     bus.start("D")
     bus.kill("A")
     _, got = resume_on(bus, "D", "pat", token, last)
-    assert got == [{"type": "error", "message": "session expired"}]
+    assert got == [SESSION_EXPIRED]
 
 
 def test_a_session_still_connected_to_its_old_node_is_closed_there():
@@ -278,7 +278,8 @@ def test_a_session_still_connected_to_its_old_node_is_closed_there():
     outlet, got = resume_on(bus, "B", "pat", token, last)  # A never saw the old one drop
     assert got[0] == {"type": "resumed", "missed": 0}
     assert bus.nodes["A"].received(pat) == [
-        {"type": "error", "message": "your session was resumed on another connection"}]
+        {"type": "error", "message": "your session was resumed on another connection",
+         "code": "replaced"}]
     assert bus.nodes["A"].closed(pat)
     bus.nodes["A"].lose(pat)
     bus.pump()
@@ -295,11 +296,11 @@ def test_guessing_session_tokens_costs_the_connection():
         node.send(outlet, {"type": "hello", "nick": "pat", "session": True,
                            "resume": f"guess-{guess}", "after": "0000000000000001.A.0-0.0"})
         bus.pump()
-        assert node.received(outlet) == [{"type": "error", "message": "session expired"}]
+        assert node.received(outlet) == [SESSION_EXPIRED]
     node.send(outlet, {"type": "hello", "nick": "pat", "session": True, "resume": "guess-4",
                        "after": "0000000000000001.A.0-0.0"})
     bus.pump()
-    assert node.received(outlet) == [{"type": "error",
+    assert node.received(outlet) == [{"type": "error", "code": "throttled",
                                       "message": "too many resumes on one connection"}]
     assert node.closed(outlet)
     takeovers = [c for c in bus.core("B").link.calls if c[0] == "take_over"]
@@ -319,11 +320,11 @@ def test_a_failed_resume_elsewhere_gets_a_new_hello_deadline():
     node.tick(2)  # the first deadline passes while Redis is asked: not cut meanwhile
     assert not node.closed(outlet)
     bus.pump()
-    assert node.received(outlet) == [{"type": "error", "message": "session expired"}]
+    assert node.received(outlet) == [SESSION_EXPIRED]
     bus.tick(9)
     assert not node.closed(outlet)
     bus.tick(2)
-    assert node.received(outlet) == [{"type": "error",
+    assert node.received(outlet) == [{"type": "error", "code": "no-hello",
                                       "message": "no hello within 10 seconds"}]
 
 

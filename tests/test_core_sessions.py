@@ -7,7 +7,7 @@ import pytest
 
 from termchat.core.core import SessionSettings
 from tests.core_harness import UNLIMITED, Harness
-from tests.support import chat_from, join, leave
+from tests.support import SESSION_EXPIRED, chat_from, join, leave
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_the_grace_ending_announces_the_leave_and_frees_the_nick():
     assert chat.received(chris) == [leave("pat")]
     again = chat.connect()
     chat.send(again, hello("pat", session=True, resume=token, after="0"))
-    assert chat.received(again) == [{"type": "error", "message": "session expired"}]
+    assert chat.received(again) == [SESSION_EXPIRED]
     chat.send(again, hello("pat"))
     assert chat.received(again) == [join("pat")]
 
@@ -141,7 +141,7 @@ def test_quit_leaves_at_once(chat):
 def test_a_bad_token_gets_session_expired_and_a_fresh_hello_still_works(chat, token):
     outlet = chat.connect()
     chat.send(outlet, hello("pat", session=True, resume=token, after="1"))
-    assert chat.received(outlet) == [{"type": "error", "message": "session expired"}]
+    assert chat.received(outlet) == [SESSION_EXPIRED]
     assert not chat.closed(outlet)
     chat.send(outlet, hello("pat"))
     assert chat.received(outlet) == [join("pat")]
@@ -195,7 +195,7 @@ def test_a_nick_held_for_a_dropped_session_says_so_and_for_how_long(chat):
     chat.lose(outlet)
     chat.tick(15)
     again = chat.connect("pat")
-    assert chat.received(again) == [{"type": "error", "message":
+    assert chat.received(again) == [{"type": "error", "code": "nick-held", "message":
                                      "nick pat is held for a session whose connection "
                                      "dropped; it is free in 45 seconds unless that session "
                                      "resumes"}]

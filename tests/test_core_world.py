@@ -57,14 +57,16 @@ def test_an_item_taken_is_gone_for_the_others_and_the_place_sees_it(mud):
     assert mud.received(chris) == [picked]
     assert mud.received(pat) == [picked, {"type": "inventory", "items": ["a brass key"]}]
     mud.send(chris, {"type": "take", "item": "key"})
-    assert mud.received(chris) == [{"type": "error", "message": "There is no key here."}]
+    assert mud.received(chris) == [{"type": "error", "message": "There is no key here.",
+                                    "code": "world"}]
     assert look(mud, chris)["items"] == ["an oil lamp"]
 
 
 def test_the_locked_exit_answers_with_the_worlds_text_until_the_key_is_carried(mud):
     (pat,) = mud.joined("pat")
     mud.send(pat, {"type": "go", "exit": "down"})
-    assert mud.received(pat) == [{"type": "error", "message": "The cellar door is locked."}]
+    assert mud.received(pat) == [{"type": "error", "message": "The cellar door is locked.",
+                                  "code": "world"}]
     mud.send(pat, {"type": "take", "item": "brass key"}, {"type": "go", "exit": "down"})
     got = mud.received(pat)
     assert {"type": "info", "message": "You open the way with the brass key."} in got
@@ -80,7 +82,7 @@ def test_rooms_are_refused_in_world_mode_and_world_packets_elsewhere(mud):
     for packet in ({"type": "look"}, {"type": "go", "exit": "north"},
                    {"type": "take", "item": "x"}, {"type": "inventory"}):
         plain.send(chris, packet)
-        assert plain.received(chris) == [{"type": "error", "message":
+        assert plain.received(chris) == [{"type": "error", "code": "no-world", "message":
                                           "this server has no world (it was started "
                                           "without --world)"}]
 

@@ -30,7 +30,8 @@ def hello(port, nick, password="sesame"):
 
 def test_password_motd_op_kick_and_ban_over_sockets(guarded):
     wrong = hello(guarded.port, "eve", password="guess")
-    assert wrong.expect(lambda m: True) == {"type": "error", "message": "wrong server password"}
+    assert wrong.expect(lambda m: True) == {"type": "error", "message": "wrong server password",
+                                            "code": "wrong-password"}
     wrong.expect_closed()
     op = hello(guarded.port, "op")
     op.expect(join("op"))
@@ -45,9 +46,13 @@ def test_password_motd_op_kick_and_ban_over_sockets(guarded):
     op.expect(kicked)
     op.expect(leave("lee"))
     lee.expect(kicked)
+    assert lee.expect(lambda m: True) == {"type": "error", "code": "banned",
+                                          "message": "you were kicked by op "
+                                                     "(banned for 5 minutes: testing)"}
     lee.expect_closed()
     back = hello(guarded.port, "lee")
-    assert "banned" in back.expect(lambda m: True)["message"]
+    refused = back.expect(lambda m: True)
+    assert refused["code"] == "banned" and "banned" in refused["message"]
     assert "sesame" not in guarded.log_text() and "opsecret" not in guarded.log_text()
 
 

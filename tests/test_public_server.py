@@ -58,7 +58,8 @@ def test_a_connection_that_sends_half_a_hello_is_closed_at_the_timeout(start_ser
     error = slow.expect(lambda m: True, timeout=5)
     slow.expect_closed()
     elapsed = time.monotonic() - started
-    assert error == {"type": "error", "message": "no hello within 1 seconds"}
+    assert error == {"type": "error", "message": "no hello within 1 seconds",
+                     "code": "no-hello"}
     assert 0.8 < elapsed < 3, elapsed
     round_trip(pat, "still here")
 
@@ -70,7 +71,8 @@ def test_one_address_past_its_limit_is_refused_while_the_rest_chat(start_server)
         client.expect(join(client.nick))
     extra = RawClient(server.port, "d")
     assert extra.expect(lambda m: True) == {
-        "type": "error", "message": "too many connections from your address"}
+        "type": "error", "message": "too many connections from your address",
+        "code": "too-many"}
     extra.expect_closed(timeout=5)
     for client in clients:
         round_trip(client, f"{client.nick} still chatting")

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from termchat.wire import protocol as proto
-from tests.support import RawClient, chat_from, join, leave, wait_for
+from tests.support import SESSION_EXPIRED, RawClient, chat_from, join, leave, wait_for
 
 
 def session_client(port, nick, **fields):
@@ -84,7 +84,7 @@ def test_quit_produces_the_leave_at_once(connect, server):
 
 def test_a_bad_token_gets_session_expired_and_a_fresh_hello_works(server):
     client = session_client(server.port, "pat", resume="no-such-token", after="0")
-    assert client.expect(lambda m: True) == {"type": "error", "message": "session expired"}
+    assert client.expect(lambda m: True) == SESSION_EXPIRED
     client.send({"type": "hello", "nick": "pat"})
     client.expect(join("pat"))
 

@@ -80,7 +80,8 @@ def test_tls_clients_chat_and_the_log_says_tls(tls_server, tls_client):
 def test_a_plain_client_on_the_tls_port_is_told_at_once(tls_server):
     plain = RawClient(tls_server.port, "pat")
     started = time.monotonic()
-    assert plain.expect(lambda m: True, timeout=5) == {"type": "error", "message": NOT_TLS}
+    assert plain.expect(lambda m: True, timeout=5) == {"type": "error", "message": NOT_TLS,
+                                                           "code": "tls-only"}
     plain.expect_closed(timeout=5)
     assert time.monotonic() - started < 3
     plain.close()
@@ -108,7 +109,7 @@ def test_a_silent_connection_on_the_tls_port_is_told_in_plain_text(tls_server):
     silent = RawClient(tls_server.port)
     silent.nick = "silent"
     assert silent.expect(lambda m: True, timeout=5) == {
-        "type": "error", "message": "no hello within 1.5 seconds"}
+        "type": "error", "message": "no hello within 1.5 seconds", "code": "no-hello"}
     silent.expect_closed(timeout=5)
     silent.close()
 

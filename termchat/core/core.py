@@ -42,8 +42,11 @@ from termchat.cluster import events as cluster
 from termchat.wire import protocol as proto
 from termchat.world import model as world
 from termchat.core.delivery import Outlet
+from termchat.wire.protocol import Code
 
 log = logging.getLogger("chat_core")
+
+SESSION_EXPIRED = proto.Error("session expired", Code.SESSION_EXPIRED)
 
 MISTAKES_LOGGED = 5  # a client's mistakes logged before the rest go unlogged
 MAX_AWAY = 300       # characters of an away message
@@ -402,12 +405,12 @@ class ChatCore:
             client.address = None
             minutes = max(1, round((ban[0] - now) / 60))
             self.reject(client, f"you are banned from this server for {minutes} more "
-                                f"minutes" + (f" ({ban[1]})" if ban[1] else ""))
+                                f"minutes" + (f" ({ban[1]})" if ban[1] else ""), Code.BANNED)
             return
         count = self.per_address.get(key, 0)
         if self.limits.max_per_ip and count >= self.limits.max_per_ip:
             client.address = None
-            self.reject(client, "too many connections from your address")
+            self.reject(client, "too many connections from your address", Code.TOO_MANY)
             return
         self.per_address[key] = count + 1
         if self.limits.hello_timeout:
@@ -428,7 +431,7 @@ class ChatCore:
         client.held_bytes += sum(map(len, payloads))
         if client.held_bytes + outlet.queued > self.limits.max_queue:
             self.held_off(client)
-            self.reject(client, "too much sent at once")
+            self.reject(client, "too much sent at once", Code.TOO_LONG)
             return
         self.process(client, now)
 
@@ -450,13 +453,13 @@ class ChatCore:
             client.become(State.GONE)
         self.release_address(client)
 
-    def refuse(self, outlet: Outlet, reason: str, now: float) -> None:
+    def refuse(self, outlet: Outlet, reason: str, code: str, now: float) -> None:
         """The transport refuses a connection (plain text on a TLS port,
         or the reverse): an error, then the close."""
         self.now = now
         client = self.clients.get(outlet)
         if client is not None and client.state is State.GREETING:
-            self.reject(client, reason)
+            self.reject(client, reason, code)
 
     def release_address(self, client: Client) -> None:
         """The connection no longer counts against its address's limit."""
@@ -477,7 +480,8 @@ class ChatCore:
         while self.greeting and self.greeting[0][0] <= now:
             _, client = self.greeting.popleft()
             if client.state is State.GREETING:
-                self.reject(client, f"no hello within {self.limits.hello_timeout:g} seconds")
+                self.reject(client, f"no hello within {self.limits.hello_timeout:g} seconds",
+                            Code.NO_HELLO)
         while self.throttled and self.throttled[0][0] <= now:
             _, _, client = heapq.heappop(self.throttled)
             if client.state is not State.GONE:
@@ -594,17 +598,17 @@ class ChatCore:
         try:
             message = proto.parse_client_message(payload)
         except proto.MalformedPacket as exc:
-            self.reject(client, str(exc))
+            self.reject(client, str(exc), Code.BAD_PACKET)
             return
         except proto.InvalidMessage as exc:
             if client.state is State.GREETING:
-                self.reject(client, str(exc))
+                self.reject(client, str(exc), exc.code)
             else:
                 self.mistake(client, str(exc))
-                self.send(client, proto.Error(str(exc)))
+                self.send(client, proto.Error(str(exc), exc.code))
             return
         if client.state is State.GREETING and not isinstance(message, proto.Hello):
-            self.reject(client, "the first packet must be a hello")
+            self.reject(client, "the first packet must be a hello", Code.BAD_PACKET)
             return
         self.origin_seq = None
         PACKET_HANDLERS[type(message)](self, client, message)
@@ -699,13 +703,13 @@ class ChatCore:
         try:
             return proto.encode(message)
         except proto.PacketTooLarge:
-            self.send(client, proto.Error("message too long to send"))
+            self.send(client, proto.Error("message too long to send", Code.TOO_LONG))
             return None
 
-    def reject(self, client: Client, reason: str) -> None:
+    def reject(self, client: Client, reason: str, code: str) -> None:
         """Send an error, then close once it is written."""
         self.mistake(client, reason, closing=True)
-        self.send(client, proto.Error(reason))
+        self.send(client, proto.Error(reason, code))
         self.leave_chat(client)
         self.outbox.close(client.outlet)
         client.become(State.CLOSING)
@@ -714,7 +718,7 @@ class ChatCore:
     @handles(proto.Hello)
     def on_hello(self, client: Client, hello: proto.Hello) -> None:
         if client.state is not State.GREETING:
-            self.send(client, proto.Error("already said hello"))
+            self.send(client, proto.Error("already said hello", Code.BAD_PACKET))
             return
         if hello.resume is not None:
             self.resume(client, hello)
@@ -722,12 +726,15 @@ class ChatCore:
         refusal = self.password_refusal(client, self.access.server_password, hello.password,
                                         "server")
         if refusal:
-            self.reject(client, refusal)
+            self.reject(client, *refusal)
             return
         key = proto.name_key(hello.nick)
         holder = self.holder_of(key)
-        if holder is not None:
-            self.reject(client, self.held_message(key) or taken_message(hello.nick, holder))
+        held = self.held_message(key)
+        if held is not None:
+            self.reject(client, held, Code.NICK_HELD)
+        elif holder is not None:
+            self.reject(client, taken_message(hello.nick, holder), Code.NICK_TAKEN)
         elif self.link:
             client.become(State.CLAIMING)
             client.pending = hello
@@ -817,7 +824,7 @@ class ChatCore:
         exactly what it missed after ``after``, then live traffic."""
         client.resumes += 1
         if client.resumes > RESUMES_PER_CONNECTION:  # guessing tokens costs a close
-            self.reject(client, "too many resumes on one connection")
+            self.reject(client, "too many resumes on one connection", Code.THROTTLED)
             return
         session = self.sessions.get(hello.resume or "")
         if session is None and self.link is not None:
@@ -829,7 +836,7 @@ class ChatCore:
         if missed is None:
             if session is not None and session.state is State.DETACHED:
                 self.end_session(session, "could not be resumed")
-            self.send(client, proto.Error("session expired"))
+            self.send(client, SESSION_EXPIRED)
             return  # the connection stays open for a fresh hello
         if session.state is State.JOINED:  # the old connection is not known dead yet
             old = session.outlet
@@ -933,7 +940,7 @@ class ChatCore:
         """A resume handed to the cluster failed: the connection may say a
         fresh hello, within a new hello deadline."""
         client.become(State.GREETING)
-        self.send(client, proto.Error("session expired"))
+        self.send(client, SESSION_EXPIRED)
         if self.limits.hello_timeout:
             self.greeting.append((self.now + self.limits.hello_timeout, client))
 
@@ -942,7 +949,7 @@ class ChatCore:
         nick) over from whichever node does."""
         key = proto.name_key(hello.nick)
         if key in self.by_nick or key in self.claims or not hello.after:
-            self.send(client, proto.Error("session expired"))
+            self.send(client, SESSION_EXPIRED)
             return
         client.become(State.CLAIMING)
         client.pending = hello
@@ -1052,7 +1059,8 @@ class ChatCore:
             client.become(State.GONE)
         else:
             self.attached_sessions -= 1
-            self.send(client, proto.Error("your session was resumed on another connection"))
+            self.send(client, proto.Error("your session was resumed on another connection",
+                                          Code.REPLACED))
             self.outbox.close(client.outlet)
             client.become(State.CLOSING)
         self.link.forget(nick)
@@ -1098,7 +1106,7 @@ class ChatCore:
         target = self.by_nick.get(key)
         remote = self.remote.get(key)
         if target is None and remote is None:
-            self.send(client, proto.Error(f"no such user: {proto.quote(dm.to)}"))
+            self.send(client, proto.Error(f"no such user: {proto.quote(dm.to)}", Code.NO_USER))
             return
         to = target.nick if target else remote.nick
         message = proto.DirectFrom(client.nick, to, dm.message)
@@ -1119,12 +1127,12 @@ class ChatCore:
         and the old one freed in one step before anyone sees the change."""
         old, new = client.nick, change.nick
         if new == old:
-            self.send(client, proto.Error(f"you are already {old}"))
+            self.send(client, proto.Error(f"you are already {old}", Code.NICK_TAKEN))
             return
         key = proto.name_key(new)
         holder = self.holder_of(key)
         if holder is not None and key != proto.name_key(old):
-            self.send(client, proto.Error(taken_message(new, holder)))
+            self.send(client, proto.Error(taken_message(new, holder), Code.NICK_TAKEN))
         elif self.link:
             self.claims[key] = (client, new)
             self.link.rename(client, old, new)
@@ -1166,7 +1174,7 @@ class ChatCore:
                 self.link.left(event.new, key)  # nobody will use it after all
         elif not event.granted:
             holder = self.holder_of(key) or event.new
-            self.send(client, proto.Error(taken_message(event.new, holder)))
+            self.send(client, proto.Error(taken_message(event.new, holder), Code.NICK_TAKEN))
         else:
             self.rename(client, event.new)
 
@@ -1184,33 +1192,33 @@ class ChatCore:
     # ---- passwords and moderation ----
 
     def password_refusal(self, client: Client, expected: str | None, given: str | None,
-                         what: str) -> str | None:
-        """Why a password is refused (None: accepted, or none is needed).
-        Compared in constant time; an address that keeps guessing wrong is
-        refused for a while without being checked."""
+                         what: str) -> tuple[str, str] | None:
+        """Why a password is refused, and the code (None: accepted, or none
+        is needed).  Compared in constant time; an address that keeps
+        guessing wrong is refused for a while without being checked."""
         if expected is None:
             return None
         failures = self.wrong_passwords.setdefault(client.ban_key or client.peer, deque())
         while failures and failures[0] < self.now - WRONG_PASSWORD_WINDOW:
             failures.popleft()
         if len(failures) >= WRONG_PASSWORDS:
-            return "too many wrong passwords; try again in a minute"
+            return "too many wrong passwords; try again in a minute", Code.WRONG_PASSWORD
         if given is None:
-            return f"this server needs a {what} password"
+            return f"this server needs a {what} password", Code.NEEDS_PASSWORD
         if hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
             return None
         failures.append(self.now)
-        return f"wrong {what} password"
+        return f"wrong {what} password", Code.WRONG_PASSWORD
 
     @handles(proto.BecomeOperator)
     def on_become_operator(self, client: Client, op: proto.BecomeOperator) -> None:
         if self.access.op_password is None:
-            self.send(client, proto.Error("this server has no operators"))
+            self.send(client, proto.Error("this server has no operators", Code.NOT_OPERATOR))
             return
         refusal = self.password_refusal(client, self.access.op_password, op.password,
                                         "operator")
         if refusal:
-            self.send(client, proto.Error(refusal))
+            self.send(client, proto.Error(*refusal))
             return
         client.operator = True
         self.send(client, proto.Info("you are an operator now"))
@@ -1220,11 +1228,12 @@ class ChatCore:
         """The local user an operator's request is about, or None after
         telling the client why not."""
         if not client.operator:
-            self.send(client, proto.Error(f"only operators can {what}"))
+            self.send(client, proto.Error(f"only operators can {what}", Code.NOT_OPERATOR))
             return None
         target = self.by_nick.get(proto.name_key(nick or ""))
         if target is None and proto.name_key(nick or "") not in self.remote:
-            self.send(client, proto.Error(f"no such user: {proto.quote(nick or '')}"))
+            self.send(client, proto.Error(f"no such user: {proto.quote(nick or '')}",
+                                          Code.NO_USER))
         return target
 
     def kick_elsewhere(self, client: Client, nick: str, reason: str, minutes: int) -> None:
@@ -1248,7 +1257,7 @@ class ChatCore:
             self.list_bans(client)
             return
         if ban.minutes is None:
-            self.send(client, proto.Error('"ban" needs field "minutes"'))
+            self.send(client, proto.Error('"ban" needs field "minutes"', Code.BAD_PACKET))
             return
         target = self.operators_target(client, ban.nick, "ban")
         if target is not None:
@@ -1265,7 +1274,7 @@ class ChatCore:
                  proto.quote(reason, 200))
         if self.link:
             self.link.publish(cluster.RemoteBan(key, until + self.wall_offset, reason))
-        self.kick(target, by, kick_reason(reason, minutes))
+        self.kick(target, by, kick_reason(reason, minutes), banned=True)
 
     @applies(cluster.RemoteKick)
     def on_remote_kick(self, event: cluster.RemoteKick) -> None:
@@ -1286,7 +1295,7 @@ class ChatCore:
 
     def list_bans(self, client: Client) -> None:
         if not client.operator:
-            self.send(client, proto.Error("only operators can see the bans"))
+            self.send(client, proto.Error("only operators can see the bans", Code.NOT_OPERATOR))
             return
         live = sorted((until, key, reason) for key, (until, reason) in self.bans.items()
                       if until > self.now)
@@ -1297,15 +1306,19 @@ class ChatCore:
             self.send(client, proto.Info(f"ban: {key} for {minutes} more minutes"
                                          + (f" ({reason})" if reason else "")))
 
-    def kick(self, target: Client, by: str, reason: str) -> None:
+    def kick(self, target: Client, by: str, reason: str, banned: bool = False) -> None:
         """Everyone hears of it, then the user leaves (no grace: a kicked
-        session is over) and the connection closes."""
+        session is over) and the connection closes, after an error that
+        tells its client (by its code) not to come back by itself."""
         log.info("kick %s by %s: %s", target.nick, by, proto.quote(reason, 200))
-        self.announce(proto.Kicked(target.nick, by, proto.quote(reason, 300)))
+        reason = proto.quote(reason, 300)
+        self.announce(proto.Kicked(target.nick, by, reason))
         outlet = target.outlet
         if target.state is State.DETACHED:
             self.end_session(target, f"kicked by {by}")
             return
+        told = f"you were kicked by {by}" + (f" ({reason})" if reason else "")
+        self.send(target, proto.Error(told, Code.BANNED if banned else Code.KICKED))
         self.leave_chat(target)
         self.outbox.close(outlet)
         target.become(State.CLOSING)
@@ -1316,7 +1329,7 @@ class ChatCore:
         text = away.message.strip()
         if len(text) > MAX_AWAY:
             self.send(client, proto.Error(f"away message too long (at most {MAX_AWAY} "
-                                          "characters)"))
+                                          "characters)", Code.TOO_LONG))
             return
         client.away = text or None
         self.send(client, proto.Info(f"you are away: {text}" if text else "you are back"))
@@ -1365,12 +1378,13 @@ class ChatCore:
     def on_enter(self, client: Client, enter: proto.EnterRoom) -> None:
         if self.world:
             self.send(client, proto.Error("there are no rooms to join in this world: walk "
-                                          "with go (exits: " + self.exits_here(client) + ")"))
+                                          "with go (exits: " + self.exits_here(client) + ")",
+                                          Code.WORLD))
             return
         key = proto.name_key(enter.room)
         old = client.room
         if old.key == key:
-            self.send(client, proto.Error(f"already in room {old.name}"))
+            self.send(client, proto.Error(f"already in room {old.name}", Code.BAD_PACKET))
             return
         self.move(client, self.room_named(enter.room))
 
@@ -1416,7 +1430,7 @@ class ChatCore:
     def in_world(self, client: Client) -> bool:
         if self.world is None:
             self.send(client, proto.Error("this server has no world (it was started "
-                                          "without --world)"))
+                                          "without --world)", Code.NO_WORLD))
         return self.world is not None
 
     def exits_here(self, client: Client) -> str:
@@ -1446,7 +1460,7 @@ class ChatCore:
             self.send_view(client)
             return
         said = world.look_at(self.world, proto.name_key(client.nick), look.at)
-        self.send(client, proto.Error(said.text) if isinstance(said, world.Refusal)
+        self.send(client, proto.Error(said.text, Code.WORLD) if isinstance(said, world.Refusal)
                   else proto.Info(said))
 
     @handles(proto.Go)
@@ -1455,7 +1469,7 @@ class ChatCore:
             return
         moved = world.go(self.world, proto.name_key(client.nick), go.exit)
         if isinstance(moved, world.Refusal):
-            self.send(client, proto.Error(moved.text))
+            self.send(client, proto.Error(moved.text, Code.WORLD))
             return
         if moved.key is not None:
             self.send(client, proto.Info(f"You open the way with {moved.key.the}."))
@@ -1477,7 +1491,7 @@ class ChatCore:
             return
         item = world.choose_here(self.world, player, take.item)
         if isinstance(item, world.Refusal):
-            self.send(client, proto.Error(item.text))
+            self.send(client, proto.Error(item.text, Code.WORLD))
         else:
             self.link.take_item(client, item.id, self.world.place_of(player), player)
 
@@ -1489,7 +1503,8 @@ class ChatCore:
                 self.send(client, proto.Error(
                     "Nothing can be picked up while the chat servers' shared store is "
                     "away; try again in a moment." if event.unreachable else
-                    f"{item.the.capitalize()} is not here any more: someone was quicker."))
+                    f"{item.the.capitalize()} is not here any more: someone was quicker.",
+                    Code.WORLD))
             return
         player = proto.name_key(client.nick or "")
         self.world.place_item(item.id, player=player)
@@ -1520,7 +1535,7 @@ class ChatCore:
                     verb: str) -> None:
         """The place sees it done (as an emote); the doer gets its inventory."""
         if isinstance(result, world.Refusal):
-            self.send(client, proto.Error(result.text))
+            self.send(client, proto.Error(result.text, Code.WORLD))
             return
         self.say_in_room(client, proto.EmoteFrom(client.nick, f"{verb} {result.item.the}"))
         self.send_inventory(client)
@@ -1585,7 +1600,7 @@ class ChatCore:
             return
         hello, client.pending = client.pending, None
         if not event.granted:
-            self.reject(client, f"nick {nick} is already taken")
+            self.reject(client, f"nick {nick} is already taken", Code.NICK_TAKEN)
             return
         try:
             self.complete_hello(client, nick, hello.session)
@@ -1741,7 +1756,7 @@ class ChatCore:
         client = self.by_nick.get(proto.name_key(event.nick))
         if client is not None:
             self.reject(client, f"nick {event.nick} was taken on another server while "
-                                "this one was cut off")
+                                "this one was cut off", Code.NICK_TAKEN)
 
     def sync_node(self, node: str, users: dict[str, str]) -> None:
         """Make our view of a node's users match ``users`` (nick -> room)."""

@@ -33,11 +33,42 @@ class MalformedPacket(ProtocolError):
 
 
 class InvalidMessage(ProtocolError):
-    """The peer sent a JSON payload that is not a valid message."""
+    """The peer sent a JSON payload that is not a valid message; ``code`` is
+    the refusal code its error carries (a bad nick, or any other fault)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code or Code.BAD_PACKET
 
 
 class PacketTooLarge(ProtocolError):
     """Encoding a message would not fit in one packet (local misuse)."""
+
+
+class Code:
+    """What an ``error`` refuses or ends, for clients to decide by (never by
+    the text): every error the server sends carries one (SPEC, "Refusals
+    carry a code")."""
+
+    BAD_PACKET = "bad-packet"          # malformed or invalid input
+    NO_HELLO = "no-hello"              # no hello within the hello timeout
+    BAD_NICK = "bad-nick"
+    NICK_TAKEN = "nick-taken"
+    NICK_HELD = "nick-held"            # held for a session whose connection dropped
+    NEEDS_PASSWORD = "needs-password"
+    WRONG_PASSWORD = "wrong-password"
+    TOO_MANY = "too-many"              # connections from one address
+    THROTTLED = "throttled"            # new connections from one address, too fast
+    BANNED = "banned"
+    KICKED = "kicked"
+    SESSION_EXPIRED = "session-expired"
+    REPLACED = "replaced"              # the session was resumed on another connection
+    NO_USER = "no-user"
+    NOT_OPERATOR = "not-operator"
+    NO_WORLD = "no-world"
+    WORLD = "world"                    # a game refusal: shown as the world's narration
+    TLS_ONLY = "tls-only"
+    TOO_LONG = "too-long"
 
 
 # --------------------------------------------------------------------------
@@ -143,7 +174,8 @@ def _check_name(value: Any, field: str) -> str:
     text = normalize(_check_text(value, field))
     problem = name_problem(text)
     if problem:
-        raise InvalidMessage(f'invalid {field} "{quote(text)}": {problem}')
+        raise InvalidMessage(f'invalid {field} "{quote(text)}": {problem}',
+                             Code.BAD_NICK if field == "nick" else None)
     return text
 
 
@@ -421,9 +453,12 @@ class Left(Message):
 
 @dataclass(frozen=True, slots=True)
 class Error(Message):
+    """A refusal: ``code`` (see Code) says what it refuses, ``message`` in words."""
     TYPE = "error"
     CHECKS = {"message": _check_text}
+    OPTIONAL = {"code": _check_text}
     message: str
+    code: str = ""
 
 
 @dataclass(frozen=True, slots=True)
