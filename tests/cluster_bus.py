@@ -1,0 +1,149 @@
+"""Several chat cores in memory, joined by a bus that plays Redis and each
+node's link threads: one stream in one order, nick claims, session
+records, takeovers, a node's death.  No sockets, no threads, no clock."""
+
+from dataclasses import replace
+
+from termchat.cluster import events as cluster
+from termchat.wire import protocol as proto
+from tests.core_harness import FakeLink, Harness
+
+
+class Bus:
+    """What Redis and each node's link threads would do, run by pump()."""
+
+    def __init__(self, *names: str) -> None:
+        self.nodes = {name: Harness(link=FakeLink(name)) for name in names}
+        self.stream: list[tuple[str, object]] = []
+        self.appended = dict.fromkeys(names, 0)  # of each node's events
+        self.read = dict.fromkeys(names, 0)      # stream entries each node has read
+        self.answered = dict.fromkeys(names, 0)  # link calls answered
+        self.sessions: dict[str, tuple[str, str]] = {}  # digest -> (node, name key)
+        self.dead: set[str] = set()
+        for name, node in self.nodes.items():
+            node.core.cluster_event(cluster.Progress("0-0", start=True), node.now)
+
+    def core(self, name):
+        return self.nodes[name].core
+
+    def pump(self) -> None:
+        """Until quiet: answer link calls, append events, deliver the stream."""
+        busy = True
+        while busy:
+            busy = False
+            for name, node in self.nodes.items():
+                if name in self.dead:
+                    continue
+                busy |= self.answer_calls(name, node)
+                busy |= self.append(name, node)
+                busy |= self.deliver(name, node)
+
+    def answer_calls(self, name, node) -> bool:
+        calls = node.core.link.calls[self.answered[name]:]
+        self.answered[name] += len(calls)
+        for call in calls:
+            kind, *args = call
+            if kind == "claim":
+                node.core.cluster_event(cluster.Claimed(args[0], args[1], True), node.now)
+            elif kind == "record_session":
+                self.sessions[args[0]] = (name, proto.name_key(args[1]))
+            elif kind == "end_session" and args[0] in self.sessions:
+                if self.sessions[args[0]][0] == (args[2] or name):
+                    del self.sessions[args[0]]
+            elif kind == "take_over":
+                token, digest, nick = args
+                held = self.sessions.get(digest)
+                old = held[0] if held and held[1] == proto.name_key(nick) else None
+                if old is not None:
+                    self.sessions[digest] = (name, held[1])
+                node.core.cluster_event(cluster.TakenOver(token, nick, old), node.now)
+        return bool(calls)
+
+    def append(self, name, node) -> bool:
+        events = node.core.link.events[self.appended[name]:]
+        self.appended[name] += len(events)
+        for event in events:
+            self.stream.append((f"{len(self.stream) + 1}-0", event))
+        return bool(events)
+
+    def deliver(self, name, node) -> bool:
+        entries = self.stream[self.read[name]:]
+        self.read[name] += len(entries)
+        own = []
+        for entry_id, event in entries:
+            if event.node == name:
+                own.append((event.seq, entry_id))
+            else:
+                node.core.cluster_event(replace(event, stream=entry_id), node.now)
+        if entries:
+            node.core.cluster_event(cluster.Progress(entries[-1][0], tuple(own)), node.now)
+        return bool(entries)
+
+    def start(self, name) -> None:
+        """A node that joins now: it reads the stream from its end."""
+        self.nodes[name] = node = Harness(link=FakeLink(name))
+        for table in (self.appended, self.answered):
+            table[name] = 0
+        self.read[name] = len(self.stream)
+        last = self.stream[-1][0] if self.stream else "0-0"
+        node.core.cluster_event(cluster.Progress(last, start=True), node.now)
+
+    def kill(self, name) -> None:
+        """SIGKILL: the node stops; every survivor notices it on its own."""
+        self.dead.add(name)
+        sessions = {}
+        for digest, (node, key) in self.sessions.items():
+            if node == name:
+                user = next(u for u in self.core(next(iter(self.live))).remote.values()
+                            if proto.name_key(u.nick) == key)
+                sessions[user.nick] = digest
+        for survivor in self.live:
+            self.core(survivor).cluster_event(cluster.NodeDead(name, sessions),
+                                              self.nodes[survivor].now)
+        self.pump()
+
+    @property
+    def live(self):
+        return [name for name in self.nodes if name not in self.dead]
+
+    def tick(self, seconds) -> None:
+        for name in self.live:
+            self.nodes[name].tick(seconds)
+        self.pump()
+
+
+
+def session_on(bus, name, nick):
+    node = bus.nodes[name]
+    outlet = node.connect()
+    node.send(outlet, {"type": "hello", "nick": nick, "session": True})
+    bus.pump()
+    got = node.received(outlet)
+    assert got[0]["type"] == "join" and got[1]["type"] == "session", got
+    return outlet, got[1]["token"], got
+
+
+def user_on(bus, name, nick):
+    node = bus.nodes[name]
+    outlet = node.connect(nick)
+    bus.pump()
+    return outlet
+
+
+def said(bus, name, outlet, text):
+    bus.nodes[name].chat(outlet, text)
+    bus.pump()
+
+
+def bare(messages):
+    return [{k: v for k, v in m.items() if k not in ("id", "time", "history")}
+            for m in messages]
+
+
+def resume_on(bus, name, nick, token, after):
+    node = bus.nodes[name]
+    outlet = node.connect()
+    node.send(outlet, {"type": "hello", "nick": nick, "session": True, "resume": token,
+                       "after": after})
+    bus.pump()
+    return outlet, node.received(outlet)
