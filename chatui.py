@@ -138,6 +138,8 @@ def sgr_for(style: str | None, color: bool) -> str:
         return CSI + "1;7m"
     if style == "bold":
         return CSI + "1m"
+    if style == "status":
+        return CSI + "7m"
     index = core.style_key_color(style) if color else None
     if index is None:
         return ""
@@ -217,7 +219,7 @@ class AnsiTerminal:
         return self._keys.incomplete
 
     # output
-    def draw(self, rows, prompt, text, column, full) -> None:
+    def draw(self, rows, prompt, text, column, full, status="") -> None:
         height, width = self._height, self._width
         out = [CSI + "?25l"]
         if full:
@@ -228,6 +230,9 @@ class AnsiTerminal:
                 if y < len(rows):
                     out.append(self._styled(rows[y]))
         out.append(f"{CSI}{height};1H{CSI}2K{CSI}1m{prompt}{CSI}0m{text}")
+        if status:  # at the right, the last column left free
+            out.append(f"{CSI}{height};{max(1, width - len(status))}H"
+                       f"{sgr_for('status', self.color)}{status}{CSI}0m")
         out.append(f"{CSI}{height};{min(width, column + 1)}H{CSI}?25h")
         self._write("".join(out))
 
@@ -258,5 +263,5 @@ def check_terminal() -> None:
     core.check_terminal_streams()
 
 
-init_windows, read_command, print_message, end_windows, stop_input, bell = \
+init_windows, read_command, print_message, end_windows, stop_input, bell, print_older = \
     core.module_functions(AnsiTerminal)

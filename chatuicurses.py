@@ -185,7 +185,7 @@ class CursesTerminal:
         return core.CONTROL_KEYS.get(value, char)
 
     # output
-    def draw(self, rows, prompt, text, column, full) -> None:
+    def draw(self, rows, prompt, text, column, full, status="") -> None:
         uc = _uc
         if full:
             uc.lib1.clearok(self._out, True)
@@ -200,6 +200,9 @@ class CursesTerminal:
         uc.wmove(self._in, 0, 0)
         self._put(self._in, prompt, "bold")
         self._put(self._in, text, None)
+        if status:  # at the right, the last column left free
+            uc.wmove(self._in, 0, max(0, self._width - 1 - len(status)))
+            self._put(self._in, status, "status")
         column = min(self._width - 1, column)
         uc.wmove(self._in, 0, column)
         uc.wnoutrefresh(self._in)
@@ -222,6 +225,8 @@ class CursesTerminal:
             attr = uc.A_DIM
         elif style == "mention":
             attr = uc.A_BOLD | uc.A_REVERSE
+        elif style == "status":
+            attr = uc.A_REVERSE
         elif self.color:
             index = core.style_key_color(style)
             if index:
@@ -251,5 +256,5 @@ def check_terminal() -> None:
         raise core.TerminalUnsuitable(f"the terminal type TERM={term!r} cannot move the cursor")
 
 
-init_windows, read_command, print_message, end_windows, stop_input, bell = \
+init_windows, read_command, print_message, end_windows, stop_input, bell, print_older = \
     core.module_functions(CursesTerminal)

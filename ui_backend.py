@@ -3,8 +3,9 @@
 ``load(name)`` returns a backend by name, chosen at run time; ``check``
 tells whether it can run on this terminal before anything is sent or
 drawn.  Every backend module exposes the same functions: ``init_windows(color=True)``,
-``read_command(prompt, complete=None)``, ``print_message(msg)``,
-``end_windows()``, plus ``stop_input()``, ``bell()`` and ``check_terminal()``.
+``read_command(prompt, complete=None, at_top=None)``, ``print_message(msg)``,
+``end_windows()``, plus ``stop_input()``, ``bell()``, ``print_older(msgs)``
+(lines to go above everything shown) and ``check_terminal()``.
 Adding a backend means adding its module and one line to BACKENDS.
 """
 
@@ -20,7 +21,7 @@ BACKENDS = {
 DEFAULT = "curses"
 FALLBACK = "ansi"  # needs nothing but a terminal: suggested when another fails
 FUNCTIONS = ("init_windows", "read_command", "print_message", "end_windows", "stop_input",
-             "bell", "check_terminal")
+             "bell", "print_older", "check_terminal")
 
 
 class BackendUnavailable(RuntimeError):

@@ -102,6 +102,74 @@ def test_scrollback_view_and_paging():
     assert core.row_text(scrollback.view(80, 10)[0]) == "line 0"
 
 
+def filled(count, width=80):
+    scrollback = core.Scrollback()
+    for i in range(count):
+        scrollback.add([(f"line {i}", None)], width)
+    return scrollback
+
+
+def test_while_scrolled_up_the_new_lines_below_are_counted():
+    scrollback = filled(50)
+    scrollback.view(80, 10)
+    assert (scrollback.offset, scrollback.new_below) == (0, 0)
+    scrollback.page_up(10)
+    scrollback.view(80, 10)
+    assert scrollback.new_below == 0  # scrolled, but nothing new yet
+    for i in range(3):
+        scrollback.add([(f"new {i}", None)], 80)
+    scrollback.view(80, 10)
+    assert scrollback.new_below == 3
+    scrollback.add([("a long one " * 20, None)], 80)  # three rows: still one line
+    scrollback.view(80, 10)
+    assert scrollback.new_below == 4
+    assert scrollback.offset == 9 + 6
+    scrollback.page_down(12)  # 11 rows down: "new 1" at the bottom of the view
+    rows = [core.row_text(row) for row in scrollback.view(80, 10)]
+    assert rows[-2:] == ["new 0", "new 1"] and scrollback.new_below == 2
+    scrollback.page_down(10)
+    scrollback.view(80, 10)
+    assert (scrollback.offset, scrollback.new_below) == (0, 0)
+
+
+def test_scroll_status_says_how_many_wait_below():
+    assert core.scroll_status(0, 80) == "-- scrolled up (End) --"
+    assert core.scroll_status(1, 80) == "-- 1 new line below (End) --"
+    assert core.scroll_status(12, 80) == "-- 12 new lines below (End) --"
+    assert core.scroll_status(12, 40) == "-MORE(12)-"
+    assert core.scroll_status(0, 40) == "-MORE-"
+
+
+def test_showing_top_is_true_only_when_the_oldest_line_is_in_view():
+    scrollback = filled(50)
+    scrollback.view(80, 10)
+    assert not scrollback.showing_top
+    for _ in range(5):
+        scrollback.page_up(10)
+    assert core.row_text(scrollback.view(80, 10)[0]) == "line 0" and scrollback.showing_top
+    short = filled(3)
+    short.view(80, 10)
+    assert short.showing_top
+
+
+def test_lines_added_above_go_before_the_oldest_and_do_not_count_as_new():
+    scrollback = filled(5)
+    scrollback.page_up(3)
+    scrollback.add_above([[("old 0", None)], [("old 1", None)]])
+    rows = [core.row_text(row) for row in scrollback.view(80, 100)]
+    assert rows == ["old 0", "old 1", "line 0", "line 1", "line 2", "line 3", "line 4"]
+    assert scrollback.new_below == 0
+
+
+def test_lines_added_above_never_push_out_newer_ones():
+    scrollback = core.Scrollback(limit=4)
+    for i in range(3):
+        scrollback.add([(f"line {i}", None)], 80)
+    scrollback.add_above([[(f"old {i}", None)] for i in range(5)])
+    rows = [core.row_text(row) for row in scrollback.view(80, 100)]
+    assert rows == ["old 4", "line 0", "line 1", "line 2"]  # the newest of the old
+
+
 def test_input_view_scrolls_to_keep_the_cursor_visible():
     prompt, text, column = core.input_view("pat> ", "x" * 200, 200, 40)
     assert prompt == "pat> " and column <= 39 and text.endswith("x")
@@ -145,6 +213,7 @@ class FakeTerminal:
         self.rows, self.cols = rows, cols
         self.output: list[str] = []
         self.input_row = ""
+        self.status = ""
         self.column = 0
         self.fail_setup = fail_setup
         self.calls: list[str] = []
@@ -188,11 +257,12 @@ class FakeTerminal:
     def beep(self):
         self.calls.append("beep")
 
-    def draw(self, rows, prompt, text, column, full):
+    def draw(self, rows, prompt, text, column, full, status=""):
         with self.drawn:
             if rows is not None:
                 self.output = [core.row_text(row) for row in rows]
             self.input_row, self.column = prompt + text, column
+            self.status = status
             self.drawn.notify_all()
 
     def wait_until(self, condition, timeout=5):
@@ -292,6 +362,66 @@ def test_page_up_shows_older_lines_and_enter_follows_new_output_again():
     screen.read_command("> ")
     helper.join(5)
     assert term.output == ["line 7", "line 8", "line 9"]
+
+
+def test_the_input_row_says_new_lines_wait_and_end_goes_back_to_them():
+    term = FakeTerminal(rows=4, cols=80)
+    screen = screen_on(term)
+    for i in range(10):
+        screen.print_message(f"line {i}")
+
+    def other_thread():
+        term.wait_until(lambda t: t.output == ["line 7", "line 8", "line 9"])
+        assert term.status == ""
+        term.type("half")
+        term.press(core.PAGE_UP)
+        term.wait_until(lambda t: t.status == "-- scrolled up (End) --")
+        screen.print_message("line 10")
+        screen.print_message("line 11")
+        term.wait_until(lambda t: t.status == "-- 2 new lines below (End) --")
+        assert term.output == ["line 5", "line 6", "line 7"] and term.input_row == "> half"
+        term.press(core.HOME, core.END)
+        term.wait_until(lambda t: t.output == ["line 9", "line 10", "line 11"]
+                        and t.status == "" and t.column == len("> half"))
+        term.press(core.ENTER)
+
+    helper = threading.Thread(target=other_thread)
+    helper.start()
+    assert screen.read_command("> ") == "half"
+    helper.join(5)
+
+
+def test_page_up_at_the_top_asks_for_more_and_older_lines_go_above():
+    term = FakeTerminal(rows=4)
+    screen = screen_on(term)
+    for i in range(4):
+        screen.print_message(f"line {i}")
+    asked = []
+
+    def at_top():
+        asked.append(term.output[:])
+        screen.print_older(["old 0", "old 1"])
+
+    def other_thread():
+        term.wait_until(lambda t: t.output == ["line 1", "line 2", "line 3"])
+        term.press(core.PAGE_UP)  # shows the top: asks
+        term.wait_until(lambda t: len(asked) == 1)
+        term.press(core.PAGE_UP)
+        term.wait_until(lambda t: t.output[0] == "old 0")
+        term.press(core.ENTER)
+
+    helper = threading.Thread(target=other_thread)
+    helper.start()
+    screen.read_command("> ", at_top=at_top)
+    helper.join(5)
+    assert asked[0] == ["line 0", "line 1", "line 2"]
+
+
+def test_the_queue_of_lines_not_drawn_yet_is_bounded():
+    screen = screen_on(FakeTerminal())
+    for i in range(core.SCROLLBACK_LINES + 100):
+        screen.print_message("x")
+    assert len(screen._pending) == core.SCROLLBACK_LINES
 
 
 def test_a_failed_setup_is_undone():

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Protocol, Sequence, Union
 
 import wcwidth
 
-# A piece of text with a style key: None (plain), "info", "error", "dim", "bold",
+# A piece of text with a style key: None (plain), "info", "error", "dim", "bold", "status",
 # "mention" (a line naming the user: bold and reversed), or "nick:NAME" (a
 # stable colour chosen from the name).
 Segment = tuple[str, Union[str, None]]
@@ -176,27 +176,50 @@ class Scrollback:
     newest row; 0 means following new output.  Each line keeps its wrapped
     rows for the last width it was drawn at, so a redraw re-wraps nothing.
     At most ``limit`` lines and ``byte_limit`` bytes of text are kept; the
-    oldest go first.
+    oldest go first.  While the view is scrolled up, ``new_below`` counts
+    the lines that came since and wait below it; ``showing_top`` says the
+    view reaches the oldest line kept.
     """
 
     def __init__(self, limit: int = SCROLLBACK_LINES, byte_limit: int = SCROLLBACK_BYTES) -> None:
-        # each entry: [segments, width wrapped at, rows at that width, size in bytes]
+        # each entry: [segments, width wrapped at, rows at that width, size in bytes,
+        #              its number in order of arrival (-1: history put above)]
         self.lines: collections.deque[list] = collections.deque()
         self.limit = limit
         self.byte_limit = byte_limit
         self.size = 0
         self.offset = 0
+        self.added = 0              # lines added at the bottom, ever
+        self.scrolled_at: int | None = None  # self.added when the view left the bottom
+        self.new_below = 0
+        self.showing_top = True
 
     def add(self, segments: list[Segment], width: int) -> None:
-        size = sum(len(text.encode("utf-8", "replace")) for text, _ in segments)
-        entry = [segments, 0, [], size]
+        entry = self._entry(segments, self.added)
+        self.added += 1
         self.lines.append(entry)
+        self._trim()
+        if self.offset:
+            self.offset += len(self._rows(entry, width))
+
+    def add_above(self, lines: Sequence[list[Segment]]) -> None:
+        """Older lines (history asked for), above everything kept, as many
+        as there is room for (the newest of them first)."""
+        for segments in reversed(lines):
+            if len(self.lines) >= self.limit or self.size >= self.byte_limit:
+                return
+            entry = self._entry(segments, -1)
+            self.lines.appendleft(entry)
+
+    def _entry(self, segments: list[Segment], number: int) -> list:
+        size = sum(len(text.encode("utf-8", "replace")) for text, _ in segments)
         self.size += size
+        return [segments, 0, [], size, number]
+
+    def _trim(self) -> None:
         while len(self.lines) > self.limit or (self.size > self.byte_limit
                                                and len(self.lines) > 1):
             self.size -= self.lines.popleft()[3]
-        if self.offset:
-            self.offset += len(self._rows(entry, width))
 
     @staticmethod
     def _rows(entry: list, width: int) -> list[Row]:
@@ -217,14 +240,47 @@ class Scrollback:
                 break
         rows = [row for chunk in reversed(chunks) for row in chunk]
         self.offset = max(0, min(self.offset, len(rows) - height))
+        self.showing_top = len(chunks) == len(self.lines) and self.offset >= len(rows) - height
+        self._count_new_below(width)
         end = len(rows) - self.offset
         return rows[max(0, end - height):end]
 
+    def _count_new_below(self, width: int) -> None:
+        """How many of the lines below the view came after it left the bottom."""
+        if not self.offset:
+            self.scrolled_at, self.new_below = None, 0
+            return
+        if self.scrolled_at is None:
+            self.scrolled_at = self.added
+        below, count = self.offset, 0
+        for entry in reversed(self.lines):
+            rows = len(self._rows(entry, width))
+            if rows > below:
+                break
+            below -= rows
+            count += entry[4] >= self.scrolled_at
+        self.new_below = count
+
     def page_up(self, height: int) -> None:
+        if not self.offset:
+            self.scrolled_at = self.added
         self.offset += max(1, height - 1)
 
     def page_down(self, height: int) -> None:
         self.offset = max(0, self.offset - max(1, height - 1))
+
+    def to_bottom(self) -> None:
+        self.offset = 0
+
+
+def scroll_status(new_below: int, width: int) -> str:
+    """What the input row says while the output is scrolled up (as irssi's
+    ``-- more --`` and WeeChat's ``-MORE(N)-``)."""
+    if width >= 60:
+        lines = "line" if new_below == 1 else "lines"
+        return (f"-- {new_below} new {lines} below (End) --" if new_below
+                else "-- scrolled up (End) --")
+    return f"-MORE({new_below})-" if new_below else "-MORE-"
 
 
 # --------------------------------------------------------------------------
@@ -438,7 +494,8 @@ class Terminal(Protocol):
     (``final``: the wait for the rest of an escape sequence is over);
     ``waiting_for_more`` says a partial escape sequence is buffered.
     ``draw`` gets the output rows (None: unchanged), the input row's
-    prompt, visible text and cursor column, and whether to repaint it all.
+    prompt, visible text and cursor column, whether to repaint it all, and
+    a status to show at the right of the input row ("": none).
     """
 
     input_fd: int
@@ -453,7 +510,7 @@ class Terminal(Protocol):
     def read_keys(self, final: bool) -> Iterable[str]: ...
     def waiting_for_more(self) -> bool: ...
     def draw(self, rows: list[Row] | None, prompt: str, text: str, column: int,
-             full: bool) -> None: ...
+             full: bool, status: str = "") -> None: ...
     def beep(self) -> None: ...
 
 
@@ -465,7 +522,11 @@ class ChatScreen:
         terminal.color = color
         self.scrollback = Scrollback()
         self.editor = LineEditor()
-        self._pending: collections.deque[Message] = collections.deque()
+        # lines from other threads, not drawn yet: no more than the scrollback keeps
+        self._pending: collections.deque[Message] = collections.deque(maxlen=SCROLLBACK_LINES)
+        self._older: list[Sequence[Message]] = []  # history to put above, not drawn yet
+        self._paged_up = False  # the last key was PageUp: did it reach the top?
+        self._at_top: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
@@ -511,6 +572,12 @@ class ChatScreen:
             self._pending.append(message)
             self._wake()
 
+    def print_older(self, messages: Sequence[Message]) -> None:
+        """Queue older lines to go above everything shown; safe from any thread."""
+        with self._lock:
+            self._older.append(list(messages))
+            self._wake()
+
     def bell(self) -> None:
         """Ring the terminal bell (from any thread)."""
         with self._lock:
@@ -524,13 +591,16 @@ class ChatScreen:
             self._wake()
 
     def read_command(self, prompt: str | Callable[[], str],
-                     complete: Completer | None = None) -> str:
+                     complete: Completer | None = None,
+                     at_top: Callable[[], None] | None = None) -> str:
         """Edit a line at the bottom row and return it when Enter is pressed.
 
-        ``prompt`` may be a callable, asked again at each redraw.  Raises
-        EOFError on Ctrl-D at an empty line (or after stop_input) and
+        ``prompt`` may be a callable, asked again at each redraw; ``at_top``
+        is called when PageUp reaches the oldest line kept.  Raises EOFError
+        on Ctrl-D at an empty line (or after stop_input) and
         KeyboardInterrupt on Ctrl-C."""
         get_prompt = prompt if callable(prompt) else (lambda: prompt)
+        self._at_top = at_top
         final = False
         while True:
             self._absorb_pending()
@@ -588,10 +658,15 @@ class ChatScreen:
 
     def _absorb_pending(self) -> None:
         with self._lock:
-            messages, self._pending = self._pending, collections.deque()
+            messages = list(self._pending)
+            self._pending.clear()
+            older, self._older = self._older, []
             bells, self._bells = self._bells, 0
         if bells:
             self.terminal.beep()
+        for batch in older:
+            self.scrollback.add_above([as_segments(message) for message in batch])
+            self._output_changed = True
         if not messages:
             return
         width = self.terminal.size()[1]
@@ -607,10 +682,18 @@ class ChatScreen:
         text, cursor = self.editor.text, self.editor.cursor
         if isinstance(prompt, SecretPrompt):  # one * per character typed
             text, cursor = "*" * len(graphemes(text)), len(graphemes(text[:cursor]))
-        shown_prompt, text, column = input_view(prompt, text, cursor, width)
-        self.terminal.draw(rows, shown_prompt, text, column, self._full_redraw)
+        status = scroll_status(self.scrollback.new_below, width) \
+            if self.scrollback.offset else ""
+        room = width - len(status) - 1 if status and width - len(status) > 20 else width
+        shown_prompt, text, column = input_view(prompt, text, cursor, room)
+        self.terminal.draw(rows, shown_prompt, text, column, self._full_redraw,
+                           status if room < width else "")
         self._output_changed = False
         self._full_redraw = False
+        if self._paged_up:
+            self._paged_up = False
+            if self.scrollback.showing_top and self._at_top is not None:
+                self._at_top()
 
     def _handle_key(self, key: str, complete: Completer | None,
                     remember: bool = True) -> str | None:
@@ -623,7 +706,7 @@ class ChatScreen:
         action = {
             LEFT: editor.left, RIGHT: editor.right,
             HOME: lambda: editor.move(0), CTRL_A: lambda: editor.move(0),
-            END: lambda: editor.move(len(editor.text)),
+            END: self._end,
             CTRL_E: lambda: editor.move(len(editor.text)),
             WORD_LEFT: lambda: editor.move(editor.word_start()),
             WORD_RIGHT: lambda: editor.move(editor.word_end()),
@@ -652,9 +735,17 @@ class ChatScreen:
             editor.insert(key)
         return None
 
+    def _end(self) -> None:
+        """End: to the end of the line, and back to the newest output."""
+        self.editor.move(len(self.editor.text))
+        if self.scrollback.offset:
+            self.scrollback.to_bottom()
+            self._output_changed = True
+
     def _page_up(self) -> None:
         self.scrollback.page_up(self.terminal.size()[0] - 1)
         self._output_changed = True
+        self._paged_up = True
 
     def _page_down(self) -> None:
         self.scrollback.page_down(self.terminal.size()[0] - 1)
@@ -684,7 +775,8 @@ def style_key_color(style: str | None) -> int | None:
 
 
 def module_functions(terminal_factory: Callable[[], Terminal]):
-    """The four functions every backend exposes (plus stop_input and bell),
+    """The four functions every backend exposes (plus stop_input, bell and
+    print_older),
     bound to one lazily created screen on the backend's terminal."""
     holder: dict[str, ChatScreen] = {}
 
@@ -697,11 +789,14 @@ def module_functions(terminal_factory: Callable[[], Terminal]):
         screen().terminal.color = color
         screen().start()
 
-    def read_command(prompt, complete=None) -> str:
-        return screen().read_command(prompt, complete)
+    def read_command(prompt, complete=None, at_top=None) -> str:
+        return screen().read_command(prompt, complete, at_top)
 
     def print_message(message: Message) -> None:
         screen().print_message(message)
+
+    def print_older(messages: Sequence[Message]) -> None:
+        screen().print_older(messages)
 
     def end_windows() -> None:
         if "screen" in holder:
@@ -713,5 +808,6 @@ def module_functions(terminal_factory: Callable[[], Terminal]):
     def bell() -> None:
         screen().bell()
 
-    return init_windows, read_command, print_message, end_windows, stop_input, bell
+    return init_windows, read_command, print_message, end_windows, stop_input, bell, \
+        print_older
 
