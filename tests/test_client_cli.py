@@ -10,7 +10,8 @@ import pexpect
 import pytest
 
 from termchat.wire import protocol as proto
-from chat_client import format_message
+from termchat.client.formatting import format_message, place_lines
+from termchat.client.view import complete_name
 from tests.support import ROOT
 
 
@@ -109,9 +110,8 @@ def test_every_packet_has_its_display_form(message, shown):
 
 
 def test_world_names_complete_from_the_start_of_any_word():
-    from chat_client import ChatClient
     names = ["smooth stone", "storm lantern", "brass key"]
-    complete = ChatClient.complete_name
+    complete = complete_name
     assert complete(names, "", "sto") == ["smooth stone", "storm lantern"]
     assert complete(names, "", "br") == ["brass key"]
     assert complete(names, "smooth ", "st") == ["stone"]  # the rest of a name begun
@@ -119,7 +119,6 @@ def test_world_names_complete_from_the_start_of_any_word():
 
 
 def test_a_place_and_an_inventory_cut_short_say_how_many_more():
-    from chat_client import place_lines
     view = proto.PlaceView("hall", "The Hall", "A hall.", ("north",), ("a key",),
                            ("ann", "bob"), 0, 1234)
     lines = ["".join(text for text, _ in line) for line in place_lines(view)]

@@ -67,16 +67,26 @@ def test_bad_room_name_is_refused_locally(terminal, connect):
     term.wait_for_text("usage: /join ROOM")
 
 
-def test_help_lists_every_command(terminal):
-    term = terminal("pat", rows=50)
+HELP_SHOWS = ("/q", "/message NICK TEXT (/msg)", "/me TEXT", "/who", "/join ROOM", "/leave",
+              "/rooms", "/nick NEW", "/away [TEXT]", "/ignore [NICK]", "/unignore NICK",
+              "/op PASSWORD", "/kick NICK [REASON]", "/ban [NICK MINUTES [REASON]]",
+              "/reconnect", "/help [COMMAND | keys]", "//TEXT")
+
+
+def test_help_fits_80x24_and_keys_and_details_have_their_own(terminal):
+    term = terminal("pat")  # 80x24
     term.wait_for_text("pat has joined")
     term.say("/help")
-    term.wait_for_text("Ctrl-D on an empty line")
-    for command in ("/q", "/message NICK TEXT", "/msg", "/me TEXT", "/who",
-                    "/join ROOM", "/leave", "/rooms", "/nick NEW", "/away [TEXT]",
-                    "/ignore [NICK]", "/unignore NICK", "/op PASSWORD", "/kick NICK [REASON]",
-                    "/ban [NICK MINUTES [REASON]]", "/help", "keys:", "PageUp/PageDown"):
-        assert command in term.text, command
+    term.wait_for_text("*** commands (/help COMMAND for one of them, /help keys for the keys):")
+    for shown in HELP_SHOWS:  # all of it on the screen at once
+        assert shown in term.text, shown
+    assert "/look" not in term.text and "world" not in term.text  # no world here
+    assert "pat has joined" in term.lines[0]  # nothing scrolled away
+    term.say("/help keys")
+    term.wait_for_text("Ctrl-C, Ctrl-D (empty line)")
+    assert "PageUp/PageDown" in term.text
+    term.say("/help msg")
+    term.wait_for_text("*** /message NICK TEXT (also /msg): a direct message, seen by NICK")
 
 
 def test_unknown_command_is_answered_locally(terminal, connect):

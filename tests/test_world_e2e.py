@@ -59,10 +59,22 @@ def test_walking_looking_and_carrying_in_the_terminal(terminal, server):
     term.say("/i")
     term.wait_for_line(r"\*\*\* You carry nothing\.")
     assert "pat entered room" not in term.text  # one's own walk shows the place only
-    term.say("/join games")
-    term.wait_for_text("*** error: there are no rooms to join in this world")
+    term.say("/join games")  # game refusals are the world's narration, not errors
+    term.wait_for_text("*** there are no rooms to join in this world")
     term.say("/go sideways")
-    term.wait_for_text("*** error: You cannot go sideways from here (exits: up).")
+    term.wait_for_text("*** You cannot go sideways from here (exits: up).")
+    assert "error" not in term.text
     chris.close()
     term.say("/q")
     assert term.wait_exit() == 0
+
+
+@pytest.mark.server_args("--world", "builtin")
+def test_help_lists_the_world_commands_in_world_mode(terminal):
+    term = terminal("pat")
+    term.prompt_room = "The Jetty"
+    term.wait_for_prompt()
+    term.say("/help")
+    term.wait_for_text("world:  /look [NAME] (/l)   /go DIRECTION (/n /s /e /w /u /d)")
+    term.wait_for_text("/drop NAME   /inventory (/i)")
+    assert "*** commands (/help COMMAND" in term.text and "/reconnect" in term.text
