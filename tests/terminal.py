@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import sys
 import time
 from typing import Callable
@@ -76,6 +77,8 @@ class TerminalClient:
         else:
             self.child = pexpect.spawn(client[0], client[1:], dimensions=(rows, cols),
                                        env=env, cwd=str(ROOT))
+        self.child.delaybeforesend = None  # keys go at once (a whole sequence per send)
+        self.child.ptyproc.delayafterclose = 0
         self.nick = nick
         self.screen = ScrollingScreen(cols, rows)
         self.stream = ScrollingStream(self.screen)
@@ -202,9 +205,17 @@ class TerminalClient:
         return int(match.group(1)), self.raw[match.end():].decode("utf-8", "replace")
 
     def close(self) -> None:
+        """End the client (or the shell running it: SIGHUP, as when its
+        terminal goes away; SIGKILL if that does not do) without pexpect's
+        fixed waits."""
         if self.child.isalive():
-            self.child.terminate(force=True)
-        self.child.close()
+            self.child.kill(signal.SIGHUP)
+            deadline = time.monotonic() + 2
+            while self.child.isalive() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if self.child.isalive():
+                self.child.kill(signal.SIGKILL)
+        self.child.close(force=True)
 
 
 def cooked_mode_with_echo(stty_output: str) -> bool:
