@@ -126,3 +126,46 @@ def test_a_place_and_an_inventory_cut_short_say_how_many_more():
                      "Here: ann, bob and 1,234 more"]
     shown = format_message(proto.Inventory(("a key",), 7))
     assert "".join(text for text, _ in shown) == "*** You carry: a key and 7 more"
+
+
+def self_signed_pem(path):
+    """A self-signed certificate (and its key) for localhost, as a test
+    server of one's own would have."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .sign(key, hashes.SHA256()))
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())
+                     + cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+@pytest.mark.parametrize("ui", ["curses", "ansi"])
+def test_a_self_signed_certificate_suggests_tls_ca(tmp_path, ui):
+    """Issue 20, finding 9: the refusal gave no hint of what to do."""
+    from tests.support import ServerProcess
+    pem = str(self_signed_pem(tmp_path / "self.pem"))
+    server = ServerProcess("--tls-cert", pem, "--tls-key", pem)
+    try:
+        status, output = run_in_terminal("pat", "localhost", str(server.port), "--tls",
+                                         "--ui", ui)
+        assert status == 1 and output.count("\n") <= 1, output
+        assert "the server's certificate is not trusted: self-signed certificate" in output
+        assert "trust that with --tls-ca FILE" in output
+        assert "hello pat" not in server.log_text()
+    finally:
+        server.cleanup()

@@ -4,6 +4,7 @@ the screen is read through the pyte terminal emulator."""
 import json
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -141,7 +142,8 @@ def test_quit_exits_zero_and_restores_the_terminal(terminal, connect):
     watcher = connect("watcher")
     term = terminal("pat", then_stty=True)
     watcher.expect(join("pat"))
-    term.wait_for_prompt()
+    term.say("/who")  # answered after the session packet: the client holds its token
+    term.wait_for_text("*** in lobby: pat, watcher")
     term.say("/q")
     status, stty = term.wait_exit_status_line()
     assert status == 0
@@ -476,3 +478,63 @@ def test_nick_colors_are_stable(terminal, connect):
     rows = [term.screen.buffer[i] for i, line in enumerate(term.lines) if line.startswith("chris:")]
     colors = {row[0].fg for row in rows}
     assert len(colors) == 1 and colors != {"default"}
+
+
+@pytest.mark.server_args("--rate", "0")
+def test_while_scrolled_up_the_input_row_counts_new_lines_and_end_returns(terminal, connect):
+    """Issue 20, finding 7: new messages arrived unseen while scrolled up."""
+    term = terminal("pat")
+    term.wait_for_prompt()
+    chris = connect("chris")
+    for i in range(30):
+        chris.chat(f"line {i:02}")
+    term.wait_for_text("chris: line 29")
+    term.type("half")
+    term.key("pageup")
+    term.wait_for(lambda t: t.lines[-1].endswith("-- scrolled up (End) --"), what="scrolled")
+    chris.chat("new one")
+    chris.chat("new two")
+    term.wait_for(lambda t: re.fullmatch(r"pat> half +-- 2 new lines below \(End\) --",
+                                         t.lines[-1]), what="two new lines counted")
+    assert "new one" not in term.text and term.cursor == (23, len("pat> half"))
+    assert term.screen.buffer[23][60].reverse  # set apart from the typing
+    term.key("end")
+    term.wait_for_text("chris: new two")
+    term.wait_for_prompt("half")
+    term.key("pageup")
+    term.wait_for(lambda t: "scrolled up" in t.lines[-1], what="scrolled again")
+    term.key("pagedown")
+    term.wait_for_prompt("half")
+
+
+def test_a_flood_of_nicks_from_a_hostile_server_is_bounded(terminal, scripted):
+    """Issue 20, finding 11: 1,000,000 nicks in who packets grew the client
+    by 200 MiB and made Tab take seconds.  The client keeps the most
+    recently seen names only."""
+    term = terminal("pat", port=scripted.port)
+    wait_for(lambda: scripted.packets(), describe=term.describe)
+    scripted.send({"type": "join", "nick": "pat"})
+    term.wait_for_prompt()
+    before = resident_kib(term.child.pid)
+    names = [f"n{number:07}" for number in range(300_000)]
+    flood = b"".join(proto.encode_object({"type": "who", "room": "lobby",
+                                          "nicks": names[start:start + 5000]})
+                     for start in range(0, len(names), 5000))
+    scripted.conn.sendall(flood)
+    scripted.send({"type": "chat", "nick": "zz-last", "message": "done"})
+    term.wait_for_text("zz-last: done", timeout=30)
+    term.type("n0000000")
+    term.key("tab")  # the first names sent are forgotten: nothing to complete
+    term.type("!")
+    term.wait_for_prompt("n0000000!")
+    term.key("ctrl-u")
+    term.type(names[-1])
+    term.key("tab")  # the last ones are kept
+    term.wait_for_prompt(names[-1] + ": ")
+    grown = resident_kib(term.child.pid) - before
+    assert grown < 40 * 1024, f"the client grew by {grown} KiB"
+
+
+def resident_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])

@@ -1,10 +1,11 @@
 """Client commands end to end under both UIs: what is sent and what shows."""
 
+import re
 from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProcess, chat_from
+from tests.support import ServerProcess, chat_from, join
 from tests.terminal import TerminalClient, with_chris as ready
 
 
@@ -158,3 +159,91 @@ def server_with_password(tmp_path):
     process = ServerProcess("--password-file", str(tmp_path / "server-pw"))
     yield process
     process.cleanup()
+
+
+def test_the_password_prompt_says_once_what_is_shown_even_with_timestamps(
+        server_with_password, ui):
+    """Issue 20, findings 1 and 6: --timestamps crashed on the first line
+    without a server time; the prompt's lines contradicted each other."""
+    port = server_with_password.port
+    term = TerminalClient("pat", port, ui, extra=("--timestamps",))
+    asked = f"password for 127.0.0.1:{port}: "
+    try:
+        term.wait_for(lambda t: t.lines[-1] == asked.rstrip(), what="the password prompt")
+        told = " ".join(line for line in term.lines[:-1] if line)
+        assert re.fullmatch(r"\d\d:\d\d \*\*\* error: this server needs a server password: "
+                            r"type it at the prompt below \(shown as \*\)", told), told
+        term.type("guess")
+        term.wait_for(lambda t: t.lines[-1] == asked + "*****", what="five stars")
+        term.key("enter")
+        term.wait_for_text("wrong server password: type it at the prompt below")
+        term.type("sesame")
+        term.key("enter")
+        term.wait_for_line(r"\d\d:\d\d \*\*\* pat has joined the chat")
+        assert term.text.count("password") == 2 and "sesame" not in term.text
+    finally:
+        term.close()
+
+
+OPS = str(Path(__file__).parent / "data" / "ops")
+
+
+def operator(connect):
+    op = connect("op")
+    op.send({"type": "op", "password": "opsecret"})
+    op.expect({"type": "info", "message": "you are an operator now"})
+    return op
+
+
+def joins_of(client, nick):
+    client.chat("marker")  # everything before it has arrived
+    client.expect(lambda m: m == chat_from(client.nick, "marker"))
+    return [m for m in client.received if m == join(nick)]
+
+
+@pytest.mark.server_args("--op-password-file", OPS)
+def test_a_kicked_client_stays_out_until_reconnect_and_shows_nothing_twice(terminal, connect):
+    """Issue 20, finding 2: a kicked client was back within a second."""
+    op = operator(connect)
+    term = terminal("frank")
+    term.wait_for_text("frank has joined")
+    op.chat("before the kick")
+    term.wait_for_text("op: before the kick")
+    op.send({"type": "kick", "nick": "frank", "reason": "being rude"})
+    term.wait_for_text("*** frank was kicked by op (being rude)")
+    term.wait_for_text("*** kicked: the client will not reconnect by itself (/reconnect, or "
+                       "/q to quit)")
+    term.wait_quiet(1.0)  # twice the first retry's wait
+    assert "reconnecting..." not in term.text and "error" not in term.text
+    assert len(joins_of(op, "frank")) == 1
+    term.say("/reconnect")
+    term.wait_for_text("*** reconnected; messages sent while you were away are lost")
+    op.expect(join("frank"))
+    term.wait_quiet(0.3)
+    assert term.text.count("op: before the kick") == 1  # the history is not shown again
+    term.say("back")
+    op.expect(chat_from("frank", "back"))
+
+
+@pytest.mark.server_args("--op-password-file", OPS)
+def test_a_banned_client_says_so_once_and_does_not_retry(terminal, connect):
+    """Issue 20, finding 2: a banned client retried for ever, printing the
+    refusal at every step of the backoff."""
+    op = operator(connect)
+    term = terminal("frank")
+    term.wait_for_text("frank has joined")
+    op.send({"type": "ban", "nick": "frank", "minutes": 1, "reason": "spamming"})
+    term.wait_for_text("*** frank was kicked by op (banned for 1 minutes: spamming)")
+    halted = "*** banned: the client will not reconnect by itself"
+    term.wait_for_text(halted)
+    term.say("/reconnect")
+    term.wait_for_text("*** error: you are banned from this server for 1 more minutes "
+                       "(spamming)")
+    term.wait_for(lambda t: t.text.count(halted) == 2, what="the second halt")
+    term.wait_quiet(1.0)
+    assert term.text.count("you are banned from this server") == 1
+    assert term.text.count(halted) == 2 and "reconnecting..." not in term.text.replace(
+        "*** reconnecting to", "")
+    assert len(joins_of(op, "frank")) == 1
+    term.say("/q")
+    assert term.wait_exit() == 0

@@ -13,7 +13,7 @@ import time
 import pexpect
 import pytest
 
-from tests.support import DEFAULT_TIMEOUT, ROOT, chat_from, join
+from tests.support import DEFAULT_TIMEOUT, ROOT, chat_from, join, wait_for
 from tests.terminal import TerminalClient, with_chris
 
 
@@ -65,44 +65,99 @@ def test_term_dumb_is_refused_with_a_clear_line(server, connect, ui):
     no_join_of(watcher, "ghost")
 
 
-@pytest.fixture
-def silent_server():
-    """A listening socket that accepts and never says a word."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted = []
-    stop = threading.Event()
+class Listener:
+    """A port that accepts connections and never says a word; with
+    ``hang_up``, it reads the hello and closes (a service that is not a chat
+    server, or one at capacity that closes without a word)."""
 
-    def accept():
-        listener.settimeout(0.2)
-        while not stop.is_set():
+    def __init__(self, hang_up=False):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.hang_up = hang_up
+        self.hung_up = 0
+        self.accepted = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        self.sock.settimeout(0.05)
+        while not self.stop.is_set():
             try:
-                accepted.append(listener.accept()[0])
+                conn = self.sock.accept()[0]
             except OSError:
-                pass
+                continue
+            if self.hang_up:
+                conn.settimeout(DEFAULT_TIMEOUT)
+                conn.recv(1 << 16)
+                conn.close()
+                self.hung_up += 1
+            else:
+                self.accepted.append(conn)
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join(5)
-    for sock in accepted:
-        sock.close()
-    listener.close()
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        for sock in self.accepted:
+            sock.close()
+        self.sock.close()
 
 
-def test_a_server_that_never_answers_gets_a_notice_then_the_client_gives_up(silent_server, ui):
-    term = TerminalClient("pat", silent_server, ui, then_stty=True)
+@pytest.fixture
+def listener():
+    made = []
+
+    def make(**options):
+        made.append(Listener(**options))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def test_a_server_that_never_answers_gets_a_notice_then_the_client_gives_up(listener, ui):
+    """The timing (3 s, then 10 s) is the session's, tested without a terminal
+    (tests/test_client_session.py); here the same path with shorter waits."""
+    port = listener().port
+    term = TerminalClient("pat", port, ui, then_stty=True, extra=("--answer-timeout", "1.5"))
     try:
         started = time.monotonic()
-        where = f"127.0.0.1:{silent_server}"
-        term.wait_for_text(f"*** waiting for {where} to answer...", timeout=6)
-        assert 2.5 < time.monotonic() - started < 6
-        status, _ = term.wait_exit_status_line(timeout=12)
+        where = f"127.0.0.1:{port}"
+        term.wait_for_text(f"*** waiting for {where} to answer...")
+        noticed = time.monotonic() - started
+        status, _ = term.wait_exit_status_line()
         assert status == 1
-        assert 9 < time.monotonic() - started < 14
+        assert noticed < 1.5 < time.monotonic() - started
         assert f"no answer from {where}: is it a chat server?" in term.text
     finally:
         term.close()
+
+
+def test_a_server_that_closes_before_answering_is_said_so_then_given_up_on(listener, ui):
+    """Issue 20, finding 4: the client showed nothing at all."""
+    closing = listener(hang_up=True)
+    port = closing.port
+    term = TerminalClient("pat", port, ui, then_stty=True, extra=("--answer-timeout", "1.5"))
+    try:
+        where = f"127.0.0.1:{port}"
+        term.wait_for_text(f"*** {where} closed the connection before answering: is it a "
+                           "chat server?", timeout=1.0)
+        term.wait_for_text(f"*** waiting for {where} to answer...")
+        wait_for(lambda: closing.hung_up >= 2, describe=term.describe)  # tried again
+        term.pump()
+        assert term.text.count("closed the connection before answering") == 1
+        status, _ = term.wait_exit_status_line()
+        assert status == 1 and f"no answer from {where}: is it a chat server?" in term.text
+    finally:
+        term.close()
+
+
+def test_the_answer_timeouts_default_to_3_and_10_seconds():
+    import chat_client
+    from termchat.client.session import Timeouts
+    assert chat_client.parse_args(["pat", "host", "1"]).answer_timeout == 10
+    assert Timeouts.answering_within(10) == Timeouts() == Timeouts(3.0, 10.0, 0.5, 15.0)
 
 
 CLUSTERS = [("\U0001F44D\U0001F3FD", 2), ("\U0001F1EF\U0001F1F5", 2),

@@ -4,7 +4,7 @@ connection is resumed unseen, with the missed messages shown once."""
 import socket
 import threading
 
-from tests.support import chat_from, join, wait_for
+from tests.support import RawClient, ServerProcess, chat_from, join, wait_for
 from tests.test_client_e2e import scripted  # noqa: F401  (fixture)
 
 
@@ -92,8 +92,40 @@ def test_q_sends_quit_to_a_server_that_granted_a_session(terminal, scripted):  #
     wait_for(lambda: scripted.packets(), describe=term.describe)
     scripted.send({"type": "join", "nick": "pat", "id": "1", "time": 1.0})
     scripted.send({"type": "session", "token": "secret-token", "grace": 60})
-    term.wait_for_text("*** pat has joined the chat")
+    scripted.send({"type": "info", "message": "after the session"})
+    term.wait_for_text("*** after the session")  # the client has read the token
     term.say("/q")
     assert term.wait_exit() == 0
     wait_for(lambda: {"type": "quit"} in scripted.packets(), describe=term.describe)
     assert "secret-token" not in term.text
+
+
+def test_after_a_server_restart_the_prompt_and_the_server_agree_on_the_room(server, terminal):
+    """Issue 20, finding 3: the prompt kept a room the restarted server had
+    forgotten; the client now goes back to it."""
+    term = terminal("pam")
+    term.wait_for_prompt()
+    term.say("/join games")
+    term.prompt_room = "games"
+    term.wait_for_prompt()
+    port = server.port
+    server.stop()
+    term.wait_for_text("*** connection lost; reconnecting...")
+    again = ServerProcess(port=port)
+    try:
+        term.wait_for_text("*** reconnected; messages sent while you were away are lost",
+                           timeout=20)
+        term.wait_for(lambda t: t.text.count("*** pam entered room games") == 2,
+                      what="the room entered again")
+        term.wait_for_prompt()
+        term.say("/who")
+        term.wait_for_text("*** in games: pam")
+        watcher = RawClient(again.port, "watcher")
+        watcher.expect(join("watcher"))
+        watcher.send({"type": "enter", "room": "games"})
+        term.wait_for_text("*** watcher entered room games")
+        term.say("still in games")
+        watcher.expect(chat_from("pam", "still in games"))
+        watcher.close()
+    finally:
+        again.cleanup()
