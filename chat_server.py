@@ -40,7 +40,8 @@ from termchat.wire import protocol as proto
 from termchat.world import model as world_model
 from termchat.args import (add_version, first_line_of, float_at_least, int_in_range,
                        program_name)
-from termchat.core.core import Access, ChatCore, Limits, SessionSettings, format_address
+from termchat.core.core import Access, ChatCore, Limits, SessionSettings
+from termchat.core.gate import format_address
 from termchat.core.delivery import Delivery, Outlet
 
 log = logging.getLogger("chat_server")
@@ -124,7 +125,8 @@ class ChatServer:
         self.link = None
         if redis_url:
             from termchat.cluster.link import ClusterLink
-            self.link = ClusterLink(redis_url, self.wake, heartbeat)
+            self.link = ClusterLink(redis_url, self.wake, heartbeat,
+                                    history_seconds=sessions.resume_grace + 30)
         self.delivery = Delivery(limits.max_queue)
         self.core = ChatCore(self.delivery, limits, self.link, sessions,
                              wall_offset=time.time() - time.monotonic(), access=access,
@@ -578,6 +580,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "reading from it for a while (default 5)")
     limits.add_argument("--burst", type=int_in_range("burst", 1), default=defaults.burst,
                         metavar="N", help="packets at once before --rate applies (default 20)")
+    limits.add_argument("--connect-rate", type=float_at_least("rate", 0),
+                        default=defaults.connect_rate, metavar="PER_SECOND",
+                        help="new connections a second from one address, IPv6 /64; past it "
+                             "one is refused before its hello (default 1)")
+    limits.add_argument("--connect-burst", type=int_in_range("burst", 1),
+                        default=defaults.connect_burst, metavar="N",
+                        help="new connections at once before --connect-rate applies "
+                             "(default 32)")
     limits.add_argument("--max-queue", type=int_in_range("size", 1),
                         default=defaults.max_queue, metavar="BYTES",
                         help="drop a client whose unsent output passes this (default 1 MiB)")
@@ -794,7 +804,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{program_name()}: {exc}", file=sys.stderr)
         return 2
     limits = Limits(max_queue=args.max_queue, hello_timeout=args.hello_timeout,
-                    max_per_ip=args.max_per_ip, rate=args.rate, burst=args.burst)
+                    max_per_ip=args.max_per_ip, rate=args.rate, burst=args.burst,
+                    connect_rate=args.connect_rate, connect_burst=args.connect_burst)
     sessions = SessionSettings(history=args.history, resume_grace=args.resume_grace)
     try:
         access = read_access(args)

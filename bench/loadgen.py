@@ -33,7 +33,7 @@ from chat_server import raise_open_file_limit  # noqa: E402,F401
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-UNLIMITED = ("--rate", "0", "--max-per-ip", "0")  # load scenarios: abuse limits off
+UNLIMITED = ("--rate", "0", "--max-per-ip", "0", "--connect-rate", "0")  # abuse limits off
 
 
 def make_certificates(directory: str) -> tuple[str, ssl.SSLContext]:

@@ -19,6 +19,7 @@ class Bus:
         self.read = dict.fromkeys(names, 0)      # stream entries each node has read
         self.answered = dict.fromkeys(names, 0)  # link calls answered
         self.sessions: dict[str, tuple[str, str]] = {}  # digest -> (node, name key)
+        self.owners: dict[str, str] = {}  # name key -> the node that claimed it
         self.dead: set[str] = set()
         for name, node in self.nodes.items():
             node.core.cluster_event(cluster.Progress("0-0", start=True), node.now)
@@ -44,7 +45,18 @@ class Bus:
         for call in calls:
             kind, *args = call
             if kind == "claim":
-                node.core.cluster_event(cluster.Claimed(args[0], args[1], True), node.now)
+                token, nick = args
+                node.core.cluster_event(self.claim(name, nick, token), node.now)
+            elif kind in ("left", "release"):
+                if self.owners.get(proto.name_key(args[0])) == name:
+                    del self.owners[proto.name_key(args[0])]
+            elif kind == "rename":
+                token, old, new = args
+                self.owners.pop(proto.name_key(old), None)
+                self.owners[proto.name_key(new)] = name
+                seq = next(e.seq for e in reversed(node.core.link.events)
+                           if isinstance(e, cluster.RemoteRename) and e.new == new)
+                node.core.cluster_event(cluster.Renamed(token, old, new, True, seq), node.now)
             elif kind == "record_session":
                 self.sessions[args[0]] = (name, proto.name_key(args[1]))
             elif kind == "end_session" and args[0] in self.sessions:
@@ -56,8 +68,18 @@ class Bus:
                 old = held[0] if held and held[1] == proto.name_key(nick) else None
                 if old is not None:
                     self.sessions[digest] = (name, held[1])
+                    self.owners[held[1]] = name
                 node.core.cluster_event(cluster.TakenOver(token, nick, old), node.now)
         return bool(calls)
+
+    def claim(self, name, nick, token):
+        """The claim script: a nick free, ours, or a dead node's is granted."""
+        key = proto.name_key(nick)
+        owner = self.owners.get(key)
+        if owner not in (None, name) and owner not in self.dead:
+            return cluster.Claimed(token, nick, False)
+        self.owners[key] = name
+        return cluster.Claimed(token, nick, True, owner if owner in self.dead else "")
 
     def append(self, name, node) -> bool:
         events = node.core.link.events[self.appended[name]:]
@@ -79,14 +101,21 @@ class Bus:
             node.core.cluster_event(cluster.Progress(entries[-1][0], tuple(own)), node.now)
         return bool(entries)
 
-    def start(self, name) -> None:
-        """A node that joins now: it reads the stream from its end."""
+    def start(self, name, history=False) -> None:
+        """A node that joins now: it reads the stream from its end, or with
+        ``history`` from its start (the recent past a real node reads)."""
         self.nodes[name] = node = Harness(link=FakeLink(name))
         for table in (self.appended, self.answered):
             table[name] = 0
-        self.read[name] = len(self.stream)
+        self.read[name] = 0 if history else len(self.stream)
         last = self.stream[-1][0] if self.stream else "0-0"
-        node.core.cluster_event(cluster.Progress(last, start=True), node.now)
+        start = "0-0" if history else last
+        catching_up = history and bool(self.stream)
+        node.core.cluster_event(cluster.Progress(start, start=True, catching_up=catching_up,
+                                                 caught_up=not catching_up), node.now)
+        if catching_up:
+            self.deliver(name, node)
+            node.core.cluster_event(cluster.Progress(last, caught_up=True), node.now)
 
     def kill(self, name) -> None:
         """SIGKILL: the node stops; every survivor notices it on its own."""
@@ -94,7 +123,7 @@ class Bus:
         sessions = {}
         for digest, (node, key) in self.sessions.items():
             if node == name:
-                user = next(u for u in self.core(next(iter(self.live))).remote.values()
+                user = next(u for u in self.core(next(iter(self.live))).parts.presence.users.values()
                             if proto.name_key(u.nick) == key)
                 sessions[user.nick] = digest
         for survivor in self.live:

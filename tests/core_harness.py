@@ -16,50 +16,62 @@ from termchat.wire import protocol as proto
 from termchat.core.core import Access, ChatCore, Limits, SessionSettings
 from termchat.core.delivery import Delivery, Outlet
 
-UNLIMITED = Limits(hello_timeout=0, max_per_ip=0, rate=0)
+UNLIMITED = Limits(hello_timeout=0, max_per_ip=0, rate=0, connect_rate=0)
 
 
 class FakeLink:
-    """Stands in for termchat.cluster.link.ClusterLink: records what the core asks,
-    and numbers the events it publishes as the real link does
-    (``events``: each published node event with its seq)."""
+    """Stands in for termchat.cluster.link.ClusterLink (the core's
+    ports.Link): records what the core asks, and numbers the events it
+    publishes as the real link does (``events``: each published node event
+    with its seq)."""
 
     def __init__(self, node_id: str = "node-a") -> None:
         self.node_id = node_id
         self.calls: list[tuple] = []
         self.events: list[Any] = []
+        self._published = 0
 
     @property
     def published_count(self) -> int:
-        return len(self.events)
+        return self._published
 
-    def _publish(self, event: Any) -> None:
-        self.events.append(replace(event, node=self.node_id, seq=len(self.events) + 1))
+    def _publish(self, event: Any) -> int:
+        self._published += 1
+        self.events.append(replace(event, node=self.node_id, seq=self._published))
+        return self._published
 
     def claim(self, token: Any, nick: str, key: str) -> None:
         self.calls.append(("claim", token, nick))
 
-    def joined(self, nick: str, room: str) -> None:
+    def release(self, nick: str, key: str) -> None:
+        self.calls.append(("release", nick))
+
+    def joined(self, nick: str, room: str, replaces: str = "") -> int:
         self.calls.append(("joined", nick, room))
-        self._publish(cluster.RemoteJoin(nick, room))
+        return self._publish(cluster.RemoteJoin(nick, room, replaces))
 
-    def rename(self, token: Any, old: str, new: str) -> None:
+    def rename(self, token: Any, old: str, new: str) -> int:
         self.calls.append(("rename", token, old, new))
-        self._publish(cluster.RemoteRename(old, new))
+        return self._publish(cluster.RemoteRename(old, new))
 
-    def left(self, nick: str, key: str) -> None:
+    def left(self, nick: str, key: str) -> int:
         self.calls.append(("left", nick))
-        self._publish(cluster.RemoteLeave(nick))
+        return self._publish(cluster.RemoteLeave(nick))
 
-    def moved(self, nick: str, old: str, new: str) -> None:
+    def moved(self, nick: str, old: str, new: str, way: str = "") -> int:
         self.calls.append(("moved", nick, old, new))
-        self._publish(cluster.RemoteMove(nick, old, new))
+        return self._publish(cluster.RemoteMove(nick, old, new, way))
 
-    def publish(self, event: Any) -> None:
+    def publish(self, event: Any) -> int:
         self.calls.append(("publish", event))
-        self._publish(event)
+        return self._publish(event)
 
-    def record_session(self, digest: str, nick: str, old: str | None = None) -> None:
+    def ban(self, address: str, minutes: int, reason: str) -> int:
+        self.calls.append(("ban", address, minutes, reason))
+        return self._publish(cluster.RemoteBan(address, minutes * 60.0, reason))
+
+    def record_session(self, digest: str, nick: str, old: str | None = None,
+                       room: str | None = None) -> None:
         self.calls.append(("record_session", digest, nick))
 
     def end_session(self, digest: str | None, nick: str, node: str | None = None) -> None:
@@ -68,19 +80,21 @@ class FakeLink:
     def take_over(self, token: Any, digest: str, nick: str) -> None:
         self.calls.append(("take_over", token, digest, nick))
 
-    def adopted(self, nick: str, room: str, old: str) -> None:
+    def adopted(self, nick: str, room: str, old: str) -> int:
         self.calls.append(("adopted", nick, room, old))
-        self._publish(cluster.RemoteTakeover(nick, old, room))
+        return self._publish(cluster.RemoteTakeover(nick, old, room))
 
     def forget(self, nick: str) -> None:
         self.calls.append(("forget", nick))
 
-    def take_item(self, token: Any, item: str, place: str, player: str) -> None:
+    def take_item(self, token: Any, item: str, place: str, player: str) -> int:
         self.calls.append(("take_item", token, item, place, player))
+        self._published += 1  # the number its event gets if Redis grants it
+        return self._published
 
-    def put_item(self, item: str, place: str) -> None:
+    def put_item(self, item: str, place: str) -> int:
         self.calls.append(("put_item", item, place))
-        self._publish(cluster.RemoteItem(item, place, ""))
+        return self._publish(cluster.RemoteItem(item, place, ""))
 
     def save_place(self, player: str, place: str | None) -> None:
         self.calls.append(("save_place", player, place))

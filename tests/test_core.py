@@ -13,6 +13,7 @@ import pytest
 
 from termchat.cluster import events as cluster
 from termchat.core import core as chat_core
+from termchat.core import tables
 from termchat.wire import protocol as proto
 from termchat.core.core import Access
 from tests.core_harness import UNLIMITED, FakeLink, Harness
@@ -85,7 +86,7 @@ def test_any_packet_before_hello_is_refused_and_closed(chat):
               {"type": "hello", "nick": "rude"})
     assert "first packet must be a hello" in error_of(chat.received(rude))
     assert chat.closed(rude)
-    assert "rude" not in chat.core.by_nick
+    assert "rude" not in chat.core.parts.presence.users
 
 
 def test_a_second_hello_gets_an_error_and_the_connection_stays(chat):
@@ -304,10 +305,10 @@ def test_a_reader_whose_queue_passes_the_bound_is_dropped_with_a_leave():
 def test_a_handler_that_raises_costs_that_client_only(chat, monkeypatch, caplog):
     pat, bad = chat.joined("pat", "bad")
 
-    def boom(core, client, message):
+    def boom(parts, conn, message, now):
         raise RuntimeError("injected")
 
-    monkeypatch.setitem(chat_core.PACKET_HANDLERS, proto.WhoRequest, boom)
+    monkeypatch.setitem(tables.PACKET_HANDLERS, proto.WhoRequest, boom)
     chat.send(bad, {"type": "who"}, {"type": "chat", "message": "never"})
     assert chat.closed(bad)
     assert chat.received(pat) == [leave("bad")]
@@ -317,19 +318,19 @@ def test_a_handler_that_raises_costs_that_client_only(chat, monkeypatch, caplog)
 
 
 def test_every_client_message_has_a_handler():
-    assert set(proto.CLIENT_MESSAGES.values()) == set(chat_core.PACKET_HANDLERS)
-    assert set(cluster.EVENT_TYPES) == set(chat_core.CLUSTER_HANDLERS)
+    assert set(proto.CLIENT_MESSAGES.values()) == set(tables.PACKET_HANDLERS)
+    assert set(cluster.EVENT_TYPES) == set(tables.CLUSTER_HANDLERS)
 
 
 def test_a_missing_handler_fails_at_import(monkeypatch):
-    monkeypatch.delitem(chat_core.PACKET_HANDLERS, proto.RoomsRequest)
+    monkeypatch.delitem(tables.PACKET_HANDLERS, proto.RoomsRequest)
     with pytest.raises(ImportError, match="RoomsRequest"):
-        chat_core._check_tables()
+        tables.check_tables(proto.CLIENT_MESSAGES.values(), cluster.EVENT_TYPES)
 
 
 def test_a_connection_cannot_go_back_to_an_earlier_state(chat):
     (pat,) = chat.joined("pat")
-    client = chat.core.clients[pat]
+    client = chat.core.connection(pat)
     with pytest.raises(RuntimeError):
         client.become(chat_core.State.GREETING)
 
@@ -342,7 +343,7 @@ def node():
 
 
 def grant(node, outlet, nick, granted=True):
-    client = node.core.clients[outlet]
+    client = node.core.connection(outlet)
     node.core.cluster_event(cluster.Claimed(client, nick, granted), node.now)
 
 
@@ -366,7 +367,7 @@ def test_what_is_held_during_a_claim_counts_against_the_bound():
     greedy = node.connect("greedy")
     node.send(greedy, *[{"type": "chat", "message": "x" * 1000}] * 10)
     assert node.closed(greedy)
-    assert node.core.clients[greedy].held_bytes == 0
+    assert node.core.connection(greedy).held_bytes == 0
 
 
 def test_a_held_packet_that_crashes_its_handler_costs_that_client_only(node, monkeypatch):
@@ -374,10 +375,10 @@ def test_a_held_packet_that_crashes_its_handler_costs_that_client_only(node, mon
     grant(node, pat, "pat")
     node.received(pat)
 
-    def boom(core, client, message):
+    def boom(parts, conn, message, now):
         raise RuntimeError("injected")
 
-    monkeypatch.setitem(chat_core.PACKET_HANDLERS, proto.RoomsRequest, boom)
+    monkeypatch.setitem(tables.PACKET_HANDLERS, proto.RoomsRequest, boom)
     bad = node.connect("bad")
     node.send(bad, {"type": "rooms"})
     grant(node, bad, "bad")                      # the replay raises inside the fence
@@ -416,10 +417,10 @@ def test_a_cluster_event_whose_handler_raises_is_dropped_alone(node, monkeypatch
     grant(node, pat, "pat")
     node.received(pat)
 
-    def boom(core, event):
+    def boom(parts, event, now):
         raise KeyError("injected")
 
-    monkeypatch.setitem(chat_core.CLUSTER_HANDLERS, cluster.RemoteMove, boom)
+    monkeypatch.setitem(tables.CLUSTER_HANDLERS, cluster.RemoteMove, boom)
     node.core.cluster_event(cluster.RemoteMove("x", "a", "b", node="b1"), node.now)
     node.core.cluster_event(cluster.RemoteJoin("bob", "lobby", node="b1"), node.now)
     assert node.received(pat) == [join("bob")]
@@ -715,7 +716,7 @@ def test_in_a_cluster_the_rename_waits_for_the_claim(node):
     grant(node, pat, "pat")
     node.received(pat)
     node.send(pat, {"type": "nick", "nick": "pam"})
-    client = node.core.clients[pat]
+    client = node.core.connection(pat)
     assert ("rename", client, "pat", "pam") in node.core.link.calls
     assert node.received(pat) == []
     node.core.cluster_event(cluster.Renamed(client, "pat", "pam", False), node.now)

@@ -94,7 +94,7 @@ def test_a_session_taken_over_from_a_live_node_goes_quietly_there():
     outlet, got = resume_on(bus, "B", "pat", token, last)  # the shared port sent it to B
     assert bare(got) == [{"type": "resumed", "missed": 1}, chat_from("amy", "are you there?")]
     assert bus.nodes["A"].received(amy) == []  # no leave, no join
-    assert "pat" not in {c.nick for c in bus.core("A").clients.values()}
+    assert bus.core("A").parts.presence.local("pat") is None  # B's user now
     said(bus, "A", amy, "welcome back")
     assert bare(bus.nodes["B"].received(outlet)) == [chat_from("amy", "welcome back")]
     bus.nodes["A"].received(amy)
@@ -193,7 +193,7 @@ def test_a_resume_whose_connection_drops_while_it_waits_gives_the_session_back()
     last = bus.nodes["A"].received(pat)[-1]["id"]
     bus.kill("A")
     node = bus.nodes["B"]
-    node.core.stream_cursor = (0, 0)  # as if B's reader lagged behind what pat saw
+    node.core.parts.log.stream_cursor = (0, 0)  # as if B's reader lagged behind what pat saw
     outlet = node.connect()
     node.send(outlet, {"type": "hello", "nick": "pat", "session": True, "resume": token,
                        "after": last})

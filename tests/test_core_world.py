@@ -34,10 +34,12 @@ def test_going_tells_the_old_place_and_the_new_and_shows_the_mover_around(mud):
     mud.send(lee, {"type": "go", "exit": "north"})
     mud.received(lee), mud.received(chris), mud.received(pat)
     mud.send(pat, {"type": "go", "exit": "n"})
-    assert mud.received(chris) == [{"type": "exit", "nick": "pat", "room": "The Hall"}]
-    assert mud.received(lee) == [{"type": "enter", "nick": "pat", "room": "The Study"}]
+    assert mud.received(chris) == [{"type": "exit", "nick": "pat", "room": "The Hall",
+                                    "way": "north"}]
+    assert mud.received(lee) == [{"type": "enter", "nick": "pat", "room": "The Study",
+                                  "way": "north"}]
     got = mud.received(pat)
-    assert got[0] == {"type": "enter", "nick": "pat", "room": "The Study"}
+    assert got[0] == {"type": "enter", "nick": "pat", "room": "The Study", "way": "north"}
     assert got[1]["type"] == "look" and got[1]["people"] == ["lee", "pat"]
 
 
@@ -69,8 +71,24 @@ def test_the_locked_exit_answers_with_the_worlds_text_until_the_key_is_carried(m
                                   "code": "world"}]
     mud.send(pat, {"type": "take", "item": "brass key"}, {"type": "go", "exit": "down"})
     got = mud.received(pat)
-    assert {"type": "info", "message": "You open the way with the brass key."} in got
+    passing = {"type": "info",
+               "message": "You unlock the way down with the brass key; it locks again behind you."}
+    assert passing in got
     assert got[-1]["title"] == "The Cellar"
+    mud.send(pat, {"type": "go", "exit": "up"}, {"type": "go", "exit": "down"})
+    assert mud.received(pat).count(passing) == 1  # said each time the key opens it
+
+
+def test_a_locked_exit_lets_through_only_while_the_key_is_carried(mud):
+    pat, chris = mud.joined("pat", "chris")
+    mud.send(pat, {"type": "take", "item": "key"}, {"type": "go", "exit": "down"},
+             {"type": "drop", "item": "key"}, {"type": "go", "exit": "up"})
+    mud.received(pat), mud.received(chris)
+    mud.send(chris, {"type": "go", "exit": "down"})  # the key lies in the cellar now
+    assert mud.received(chris) == [{"type": "error", "message": "The cellar door is locked.",
+                                    "code": "world"}]
+    mud.send(pat, {"type": "go", "exit": "down"})
+    assert mud.received(pat)[0]["code"] == "world"
 
 
 def test_rooms_are_refused_in_world_mode_and_world_packets_elsewhere(mud):
@@ -118,7 +136,8 @@ def test_a_rename_keeps_the_place_and_what_is_carried(mud):
     mud.send(pat, {"type": "inventory"})
     assert mud.received(pat) == [{"type": "inventory", "items": ["an oil lamp"]}]
     mud.send(pat, {"type": "go", "exit": "south"})
-    assert mud.received(chris)[-1] == {"type": "enter", "nick": "pam", "room": "The Hall"}
+    assert mud.received(chris)[-1] == {"type": "enter", "nick": "pam", "room": "The Hall",
+                                       "way": "south"}
 
 
 def test_a_session_newcomer_gets_the_history_of_the_place_it_arrives_in(mud):

@@ -110,7 +110,7 @@ def test_a_flooder_is_throttled_loses_nothing_and_others_are_served(start_server
 
 @pytest.mark.parametrize("extra", [(), ("--max-queue", "300000")])
 def test_who_amplification_does_not_stall_anyone(start_server, extra):
-    server = start_server("--max-per-ip", "0", *extra)
+    server = start_server("--max-per-ip", "0", "--connect-rate", "0", *extra)
     crowd = connect_many(server.port, [f"member{i:04d}" + "m" * 22 for i in range(1000)])
     try:
         bystander = RawClient(server.port, "bystander")
@@ -162,7 +162,7 @@ def count_of(kind):
 
 
 def test_who_with_wide_names_arrives_whole_in_packets_that_fit(start_server):
-    server = start_server("--max-per-ip", "0", "--rate", "0")
+    server = start_server("--max-per-ip", "0", "--rate", "0", "--connect-rate", "0")
     asker = RawClient(server.port, "asker")
     asker.expect(join("asker"))
     crowd = connect_many(server.port, WIDE_NAMES)
@@ -177,7 +177,7 @@ def test_who_with_wide_names_arrives_whole_in_packets_that_fit(start_server):
 
 
 def test_rooms_with_wide_names_arrive_whole_in_packets_that_fit(start_server):
-    server = start_server("--max-per-ip", "0", "--rate", "0")
+    server = start_server("--max-per-ip", "0", "--rate", "0", "--connect-rate", "0")
     asker = RawClient(server.port, "asker")
     asker.expect(join("asker"))
     crowd = connect_many(server.port, [f"u{i}" for i in range(700)])

@@ -192,7 +192,7 @@ def test_largest_rebroadcast_that_fits_is_delivered(connect):
     assert pat.expect(lambda m: m["type"] == "chat")["message"] == text
 
 
-@pytest.mark.server_args("--rate", "0", "--max-per-ip", "0")
+@pytest.mark.server_args("--rate", "0", "--max-per-ip", "0", "--connect-rate", "0")
 def test_stuck_reader_does_not_stall_others_and_is_dropped(server):
     stuck = socket.create_connection(("127.0.0.1", server.port))
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -244,7 +244,7 @@ def test_bad_port_prints_usage_and_exits_2(args):
     assert result.stderr.startswith("usage:") and "Traceback" not in result.stderr
 
 
-@pytest.mark.server_args("--rate", "0", "--max-per-ip", "0")
+@pytest.mark.server_args("--rate", "0", "--max-per-ip", "0", "--connect-rate", "0")
 def test_many_connections_past_the_select_limit(server):
     wanted = 1500
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -194,7 +194,7 @@ def test_a_broken_world_file_is_refused_with_its_line_and_reason(text, line, rea
 
 def test_the_largest_look_a_world_file_allows_fits_in_one_packet():
     from termchat.wire import protocol as proto
-    from termchat.core.core import ITEMS_SHOWN, PEOPLE_SHOWN
+    from termchat.core.worldplay import ITEMS_SHOWN, PEOPLE_SHOWN
     wide = "\U0001F600"  # four bytes of UTF-8 each
     view = proto.PlaceView(
         "p" * 32, wide * world.MAX_TITLE, wide * world.MAX_TEXT,

@@ -53,7 +53,7 @@ def test_walking_looking_and_carrying_in_the_terminal(terminal, server):
     term.say("/d")
     term.prompt_room = "The Oil Cellar"
     term.wait_for_prompt()
-    term.wait_for_text("*** You open the way with the brass key.")
+    term.wait_for_text("*** You unlock the trapdoor with the brass key; it falls shut behind you.")
     term.say("/drop brass key")
     term.wait_for_line(r"\[pat drops the brass key\]")
     term.say("/i")

@@ -39,7 +39,7 @@ def test_walkers_meet_talk_in_their_place_and_share_its_items(mud):
     assert go(chris, "north")["title"] == "The Cliff Path"
     go(chris, "north")
     assert go(chris, "west")["people"] == ["chris", "pat"]
-    pat.expect({"type": "enter", "nick": "chris", "room": "The Keeper's Cottage"})
+    pat.expect({"type": "enter", "nick": "chris", "room": "The Keeper's Cottage", "way": "west"})
     lee = walker(mud.port, "lee")  # still on the jetty
     chris.chat("is the kettle on?")
     pat.expect(chat_from("chris", "is the kettle on?"))

@@ -5,7 +5,7 @@ no Redis.  The chat core imports this module, never the link."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Annotated, Any, Callable, ClassVar, get_type_hints
 
 from termchat.wire import protocol as proto
@@ -34,9 +34,10 @@ def _check_minutes(value: Any, name: str) -> int:
     return value
 
 
-def _check_moment(value: Any, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise proto.InvalidMessage(f'field "{name}" must be a time')
+def _check_seconds(value: Any, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+            not 0 <= value <= 366 * 86400:
+        raise proto.InvalidMessage(f'field "{name}" must be a number of seconds')
     return float(value)
 
 
@@ -53,7 +54,7 @@ Text = Annotated[str, proto._check_text]
 SpeechKind = Annotated[str, _check_speech_kind]
 Users = Annotated[dict, _check_users]
 Minutes = Annotated[int, _check_minutes]
-Moment = Annotated[float, _check_moment]
+Seconds = Annotated[float, _check_seconds]
 Address = Annotated[str, _check_address]
 
 
@@ -86,9 +87,12 @@ ENVELOPE = ("node", "seq", "stream")  # what every event has beside its own fiel
 
 @dataclass(frozen=True)
 class RemoteJoin(NodeEvent):
+    """``replaces``: the node that held the nick when it was claimed, if its
+    heartbeat had stopped (its user is taken over, not joined anew)."""
     KIND = "join"
     nick: Name
     room: Name
+    replaces: Text = ""
 
 
 @dataclass(frozen=True)
@@ -99,10 +103,12 @@ class RemoteLeave(NodeEvent):
 
 @dataclass(frozen=True)
 class RemoteMove(NodeEvent):
+    """``way``: in world mode, the direction the mover went."""
     KIND = "move"
     nick: Name
     old: Name
     new: Name
+    way: Text = ""
 
 
 @dataclass(frozen=True)
@@ -144,10 +150,11 @@ class RemoteKick(NodeEvent):
 
 @dataclass(frozen=True)
 class RemoteBan(NodeEvent):
-    """An address is banned until a moment (Unix time), on every node."""
+    """An address is banned for ``seconds`` from now, on every node (a
+    duration: the nodes' clocks need not agree)."""
     KIND = "ban"
     address: Address
-    until: Moment
+    seconds: Seconds
     reason: Text
 
 
@@ -192,6 +199,8 @@ NODE_EVENTS: dict[str, type[NodeEvent]] = {
                               RemotePresence, RemoteTakeover, RemoteItem)
 }
 NODE_EVENT_CHECKS = {cls: cls.checks() for cls in NODE_EVENTS.values()}
+NODE_EVENT_OPTIONAL = {cls: {f.name for f in fields(cls) if f.default is not MISSING}
+                       for cls in NODE_EVENTS.values()}
 
 
 def parse_node_event(data: bytes | str, stream: str = "") -> NodeEvent:
@@ -211,9 +220,10 @@ def parse_node_event(data: bytes | str, stream: str = "") -> NodeEvent:
         raise proto.InvalidMessage(f"unknown event kind {str(obj.get('kind'))[:40]!r}")
     values = {}
     for name, check in NODE_EVENT_CHECKS[cls].items():
-        if name not in obj:
+        if name in obj:
+            values[name] = check(obj[name], name)
+        elif name not in NODE_EVENT_OPTIONAL[cls]:
             raise proto.InvalidMessage(f'"{cls.KIND}" event needs field "{name}"')
-        values[name] = check(obj[name], name)
     return cls(node=obj["node"], seq=seq, stream=stream, **values)
 
 
@@ -223,9 +233,11 @@ def parse_node_event(data: bytes | str, stream: str = "") -> NodeEvent:
 
 @dataclass(frozen=True)
 class Claimed:
+    """The answer to a nick claim; ``replaces``: the dead node it was taken from."""
     token: Any
     nick: str
     granted: bool
+    replaces: str = ""
 
 
 @dataclass(frozen=True)
@@ -236,11 +248,15 @@ class Renamed:
     old: str
     new: str
     granted: bool
+    seq: int = 0  # the number the rename event was published under
 
 
 @dataclass(frozen=True)
 class Snapshot:
+    """Everyone's presence as Redis has it, and the bans in force
+    (address -> (seconds left, reason))."""
     nodes: dict  # node id -> {nick: room}
+    bans: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -257,7 +273,9 @@ class Progress:
     of this node's events read meanwhile (its seq) with its stream ID."""
     cursor: str
     own: tuple = ()
-    start: bool = False  # where reading starts: nothing before it was read
+    start: bool = False       # where reading starts: nothing before it was read
+    catching_up: bool = False  # (with start) reading the recent past, up to the end
+    caught_up: bool = False    # the end of the stream as it was at the start is read
 
 @dataclass(frozen=True)
 class ItemTaken:
@@ -276,6 +294,7 @@ class TakenOver:
     token: Any
     nick: str
     old: str | None
+    room: str = ""  # where the session's user last was
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,6 @@ nicks the sending node does not own, are ignored.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import shutil
@@ -58,17 +57,21 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from termchat.cluster import scripts
-from termchat.cluster.events import (Claimed, Conflict, DataLost, ItemTaken, LinkLost, LinkRestored,
-                                     NodeDead, NodeEvent, Progress, RemoteItem, RemoteJoin,
-                                     RemoteLeave, RemoteMove, RemotePresence, RemoteRename,
-                                     RemoteTakeover, Renamed, Snapshot, TakenOver, Undelivered,
-                                     parse_node_event, stream_id)
+from termchat.cluster.events import (Claimed, Conflict, DataLost, ItemTaken, LinkLost,
+                                     LinkRestored, NodeDead, NodeEvent, Progress, RemoteBan,
+                                     RemoteItem, RemoteJoin, RemoteLeave, RemoteMove,
+                                     RemotePresence, RemoteRename, RemoteTakeover, Renamed,
+                                     Snapshot, TakenOver, Undelivered, parse_node_event,
+                                     stream_id)
 from termchat.wire import protocol as proto
 
 log = logging.getLogger("chat_cluster")
 
 MAX_BACKOFF = 2.0
-STREAM_MAXLEN = 100_000     # events kept in the stream (approximately)
+STREAM_MAXLEN = 100_000     # events kept in the stream (approximately)...
+STREAM_SECONDS = 600        # ...for at most this long...
+STREAM_BYTES = 256 << 20    # ...and at most this many bytes of them
+HISTORY_SECONDS = 90.0      # what a node reads of the stream's past when it starts
 READ_COUNT = 1000           # events taken per XREAD
 BUFFER_EVENTS = 10_000      # kept while Redis is away...
 BUFFER_SECONDS = 60.0       # ...for at most this long
@@ -120,7 +123,9 @@ class ClaimNick(Command):
         return 1
 
     def answer(self, link, results) -> None:
-        link.hand_over(Claimed(self.token, self.nick, bool(results[0])))
+        taken_from = results[0]  # None: refused; b'': free or ours; else a dead node's
+        link.hand_over(Claimed(self.token, self.nick, taken_from is not None,
+                               taken_from.decode() if taken_from else ""))
 
     def while_down(self, link) -> None:
         link.hand_over(Claimed(self.token, self.nick, True))  # claimed again on reconnection
@@ -133,7 +138,8 @@ class RenameNick(Command):
     token: Any
     old: str
     new: str
-    wire: str  # the RemoteRename event, numbered like any publish
+    wire: str  # the RemoteRename event, numbered like any publish...
+    seq: int   # ...under this number
 
     def queue(self, link, pipe) -> int:
         link.client.rename_nick(keys=[link.key("nick:" + proto.name_key(self.old)),
@@ -151,12 +157,12 @@ class RenameNick(Command):
             pipe.hset(link.key("users:" + link.node_id), self.new, room)
             link.append(pipe, self.wire)
             pipe.execute()
-        link.hand_over(Renamed(self.token, self.old, self.new, granted))
+        link.hand_over(Renamed(self.token, self.old, self.new, granted, self.seq))
 
     def while_down(self, link) -> None:  # as a claim: made good on reconnection
         link.users[self.new] = link.users.pop(self.old, None) or "lobby"
         link.keep_for_later(self.wire)
-        link.hand_over(Renamed(self.token, self.old, self.new, True))
+        link.hand_over(Renamed(self.token, self.old, self.new, True, self.seq))
 
 
 @dataclass
@@ -191,16 +197,17 @@ class ClearPresence(Command):
 
 @dataclass
 class RecordSession(Command):
-    """A session of ours, under its (current) nick; ``old`` is a nick it
-    had before (a rename), whose entry goes."""
+    """A session of ours, under its (current) nick, in its room; ``old`` is
+    a nick it had before (a rename), whose entry goes."""
     digest: str
     nick: str
     old: str | None = None
+    room: str | None = None
 
     def queue(self, link, pipe) -> int:
         self.while_down(link)
         pipe.hset(link.key("session:" + self.digest),
-                  mapping=session_record(self.nick, link.node_id))
+                  mapping=session_record(self.nick, link.node_id, self.room))
         if self.old:
             pipe.hdel(link.key("sessions:" + link.node_id), self.old)
         pipe.hset(link.key("sessions:" + link.node_id), self.nick, self.digest)
@@ -249,9 +256,12 @@ class TakeOver(Command):
         return 1
 
     def answer(self, link, results) -> None:
-        old = results[0]
-        link.hand_over(TakenOver(self.token, self.nick,
-                                 old.decode() if isinstance(old, bytes) else None))
+        held = results[0]  # None: no such session; else [old node, room]
+        if not held:
+            link.hand_over(TakenOver(self.token, self.nick, None))
+            return
+        old, room = (value.decode() if isinstance(value, bytes) else "" for value in held)
+        link.hand_over(TakenOver(self.token, self.nick, old or None, room))
 
     def while_down(self, link) -> None:
         link.hand_over(TakenOver(self.token, self.nick, None))
@@ -301,6 +311,18 @@ class SaveWorld(Command):
 
 
 @dataclass
+class SaveBan(Command):
+    """A ban in Redis: a key that expires with it (Redis's own clock)."""
+    address: str
+    seconds: float
+    reason: str
+
+    def queue(self, link, pipe) -> int:
+        pipe.set(link.key("ban:" + self.address), self.reason, px=max(1, int(self.seconds * 1000)))
+        return 1
+
+
+@dataclass
 class Publish(Command):
     wire: str  # the event as JSON, numbered: a retry is recognised as one
 
@@ -328,7 +350,7 @@ class ClusterLink:
     event classes above, read with take_events)."""
 
     def __init__(self, url: str, wake: Callable[[], None], heartbeat: float = 1.0,
-                 prefix: str = "chat:") -> None:
+                 prefix: str = "chat:", history_seconds: float = HISTORY_SECONDS) -> None:
         import redis  # the optional 'cluster' extra
 
         self._redis_module = redis
@@ -349,9 +371,13 @@ class ClusterLink:
         self.cursor: str | None = None     # the last stream ID read (the reader's)
         self.restart_reading = False       # Redis lost its data: read the new stream from 0
         self.grace_until = 0.0             # after a reconnection, nodes may still be coming back
+        self.history_ms = int(history_seconds * 1000)  # the stream's past read at start
+        self.catch_up_end: tuple[int, int] | None = None  # ...up to here (the reader's)
+        self.sizes: deque[tuple[str, int]] = deque()  # stream entries read and their sizes
+        self.stream_bytes = 0              # ...together (the reader's)
+        self.trim_to: str | None = None    # the stream holds too many bytes: trim to here
         self._logged: set[tuple[str, str]] = set()
         self._published = 0                # our events so far (the event loop's count)
-        self._applied: dict[str, int] = {}  # each node's last event handed over (reader's)
         self._in_flight: list[Command] = []
         self._wake = wake
         self._outbox: queue.Queue[Command] = queue.Queue()
@@ -387,8 +413,13 @@ class ClusterLink:
     def claim(self, token: Any, nick: str, key: str) -> None:
         self._outbox.put(ClaimNick(token, nick, key))
 
-    def record_session(self, digest: str, nick: str, old: str | None = None) -> None:
-        self._outbox.put(RecordSession(digest, nick, old))
+    def release(self, nick: str, key: str) -> None:
+        """A nick claimed for nothing (its connection went meanwhile)."""
+        self._outbox.put(ClearPresence(nick, key))
+
+    def record_session(self, digest: str, nick: str, old: str | None = None,
+                       room: str | None = None) -> None:
+        self._outbox.put(RecordSession(digest, nick, old, room))
 
     def end_session(self, digest: str, nick: str, node: str | None = None) -> None:
         self._outbox.put(EndSession(digest, nick, node or self.node_id))
@@ -396,19 +427,20 @@ class ClusterLink:
     def take_over(self, token: Any, digest: str, nick: str) -> None:
         self._outbox.put(TakeOver(token, digest, nick))
 
-    def adopted(self, nick: str, room: str, old: str) -> None:
+    def adopted(self, nick: str, room: str, old: str) -> int:
         """We resumed a session another node held: presence, then the event."""
         self._outbox.put(SetPresence(nick, room))
-        self.publish(RemoteTakeover(nick, old, room))
+        return self.publish(RemoteTakeover(nick, old, room))
 
-    def take_item(self, token: Any, item: str, place: str, player: str) -> None:
+    def take_item(self, token: Any, item: str, place: str, player: str) -> int:
         self._published += 1
         wire = RemoteItem(item, "", player).to_wire(self.node_id, self._published)
         self._outbox.put(TakeItem(token, item, place, player, wire))
+        return self._published
 
-    def put_item(self, item: str, place: str) -> None:
+    def put_item(self, item: str, place: str) -> int:
         self._outbox.put(SaveWorld(item, lying_in(place), "items"))
-        self.publish(RemoteItem(item, place, ""))
+        return self.publish(RemoteItem(item, place, ""))
 
     def hold_item(self, item: str, player: str) -> None:
         """Who holds an item, in Redis only (the others learn it otherwise)."""
@@ -423,26 +455,38 @@ class ClusterLink:
         self._outbox.put(ClearPresence(nick, proto.name_key(nick)))
         self._outbox.put(EndSession(None, nick, self.node_id))
 
-    def rename(self, token: Any, old: str, new: str) -> None:
+    def rename(self, token: Any, old: str, new: str) -> int:
         self._published += 1
         wire = RemoteRename(old, new).to_wire(self.node_id, self._published)
-        self._outbox.put(RenameNick(token, old, new, wire))
+        self._outbox.put(RenameNick(token, old, new, wire, self._published))
+        return self._published
 
-    def joined(self, nick: str, room: str) -> None:
+    def joined(self, nick: str, room: str, replaces: str = "") -> int:
         self._outbox.put(SetPresence(nick, room))
-        self.publish(RemoteJoin(nick, room))
+        return self.publish(RemoteJoin(nick, room, replaces))
 
-    def left(self, nick: str, key: str) -> None:
+    def left(self, nick: str, key: str) -> int:
+        """The leave is in the stream before the nick is free, so that a
+        join of it by anyone else comes after the leave in every node's
+        reading (the pipeline runs the commands in order)."""
+        seq = self.publish(RemoteLeave(nick))
         self._outbox.put(ClearPresence(nick, key))
-        self.publish(RemoteLeave(nick))
+        return seq
 
-    def moved(self, nick: str, old: str, new: str) -> None:
+    def moved(self, nick: str, old: str, new: str, way: str = "") -> int:
         self._outbox.put(SetPresence(nick, new))
-        self.publish(RemoteMove(nick, old, new))
+        return self.publish(RemoteMove(nick, old, new, way))
 
-    def publish(self, event: NodeEvent) -> None:
+    def ban(self, address: str, minutes: int, reason: str) -> int:
+        """A ban for every node, also those that start later (Redis keeps it
+        until it ends)."""
+        self._outbox.put(SaveBan(address, minutes * 60.0, reason))
+        return self.publish(RemoteBan(address, minutes * 60.0, reason))
+
+    def publish(self, event: NodeEvent) -> int:
         self._published += 1
         self._outbox.put(Publish(event.to_wire(self.node_id, self._published)))
+        return self._published
 
     def take_events(self) -> list:
         events = []
@@ -460,7 +504,16 @@ class ClusterLink:
         self._wake()
 
     def append(self, pipe, wire: str) -> None:
-        pipe.xadd(self.key("stream"), {"e": wire}, maxlen=STREAM_MAXLEN, approximate=True)
+        """Add an event to the stream, letting entries older than
+        STREAM_SECONDS go (by Redis's clock, approximately)."""
+        oldest = f"{max(0, self.redis_ms() - STREAM_SECONDS * 1000)}-0"
+        pipe.xadd(self.key("stream"), {"e": wire}, minid=oldest, approximate=True)
+
+    def redis_ms(self) -> int:
+        """Milliseconds by Redis's clock, as the last stream entry read says
+        (this process's clock until one is read)."""
+        cursor = self.cursor
+        return stream_id(cursor)[0] if cursor and cursor != "0-0" else int(time.time() * 1000)
 
     def keep_for_later(self, wire: str) -> None:
         """Redis is away: keep an event for it, within the buffer's bounds."""
@@ -499,6 +552,9 @@ class ClusterLink:
                     self.client = self._connect()
                     self._register()
                     backoff = 0.1
+                    next_beat = time.monotonic() + self.heartbeat
+                if time.monotonic() - next_beat > self.ttl_ms / 1000:
+                    self._beat()  # we were stopped: be registered again before writing
                     next_beat = time.monotonic() + self.heartbeat
                 timeout = max(0.0, next_beat - time.monotonic())
                 self._process(self._next_commands(timeout))
@@ -559,10 +615,11 @@ class ClusterLink:
         if self.sessions:
             client.hset(self.key("sessions:" + node), mapping=dict(self.sessions))
             for nick, digest in self.sessions.items():
-                client.hset(self.key("session:" + digest), mapping=session_record(nick, node))
+                client.hset(self.key("session:" + digest),
+                            mapping=session_record(nick, node, self.users.get(nick)))
         for nick in list(self.users):
-            if not client.claim_nick(keys=[self.key("nick:" + proto.name_key(nick))],
-                                     args=[node, self.key("alive:")]):
+            if client.claim_nick(keys=[self.key("nick:" + proto.name_key(nick))],
+                                 args=[node, self.key("alive:")]) is None:
                 self.hand_over(Conflict(nick))
         pipe = client.pipeline(transaction=False)
         self.append(pipe, RemotePresence(dict(self.users)).to_wire(node))  # unnumbered:
@@ -575,7 +632,7 @@ class ClusterLink:
             self.hand_over(Undelivered(self.dropped))
             self.dropped = 0
         self.grace_until = time.monotonic() + self.ttl_ms / 1000 + MAX_BACKOFF
-        self.hand_over(Snapshot(self.read_presence()))
+        self.hand_over(Snapshot(self.read_presence(), self.read_bans()))
         with self._state_lock:
             self._connected = True
             if self._was_lost:
@@ -606,7 +663,11 @@ class ClusterLink:
         pipe.set(self.key("alive:" + self.node_id), "1", px=self.ttl_ms)
         pipe.sismember(self.key("nodes"), self.node_id)
         pipe.smembers(self.key("nodes"))
-        _, registered, members = pipe.execute()
+        pipe.xtrim(self.key("stream"), maxlen=STREAM_MAXLEN, approximate=True)
+        if self.trim_to is not None:
+            pipe.xtrim(self.key("stream"), minid=self.trim_to, approximate=True)
+            self.trim_to = None
+        registered, members = pipe.execute()[1:3]
         if not registered or not self._connected:
             self._register()
         self.registered = {n.decode() for n in members}
@@ -637,6 +698,21 @@ class ClusterLink:
             snapshot[node] = {k.decode(): v.decode() for k, v in users.items()}
             self.watched.add(node)
         return snapshot
+
+    def read_bans(self) -> dict[str, tuple[float, str]]:
+        """The bans in force: address -> (seconds left, reason)."""
+        client, prefix = self.client, self.key("ban:")
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.pttl(key)
+            pipe.get(key)
+        results = pipe.execute()
+        bans = {}
+        for key, left, reason in zip(keys, results[0::2], results[1::2]):
+            if reason is not None and left and left > 0:
+                bans[key.decode()[len(prefix):]] = (left / 1000, reason.decode())
+        return bans
 
     def deregister(self) -> None:
         """Leave the cluster (a clean stop).  Users with a session stay
@@ -708,23 +784,31 @@ class ClusterLink:
                 backoff = min(MAX_BACKOFF, backoff * 2)
 
     def _start_reading(self, client) -> None:
-        """Where to read from: the end of the stream the first time; after a
-        reconnection, where we were, unless that is past the end of the
-        stream (Redis lost its data): then from its start."""
+        """Where to read from.  The first time: the stream's recent past
+        (HISTORY_SECONDS by Redis's clock), so that this node can replay
+        what the sessions of a node that died (or the node this one
+        replaces) missed; the core holds new hellos until that is read.
+        After a reconnection, where we were, unless that is past the end of
+        the stream (Redis lost its data): then from its start."""
         last = client.xrevrange(self.key("stream"), count=1)
         end = last[0][0].decode() if last else "0-0"
+        catching_up = False
         if self.cursor is None:
-            self.cursor = end
+            past = stream_id(end)[0] - self.history_ms
+            self.cursor = f"{past}-0" if past > 0 and end != "0-0" else end
+            catching_up = stream_id(self.cursor) < stream_id(end)
+            self.catch_up_end = stream_id(end) if catching_up else None
         elif stream_id(self.cursor) > stream_id(end):
             self.cursor = "0-0"
-        self.hand_over(Progress(self.cursor, start=True))
+        self.hand_over(Progress(self.cursor, start=True, catching_up=catching_up,
+                                caught_up=not catching_up))
 
     def _receive(self, client, batch: list[tuple[str, bytes]]) -> None:
-        """A batch of stream entries (ID, event): parsed, checked, handed
-        over in order, then how far the stream has been read."""
-        events = []
+        """A batch of stream entries (ID, event): parsed and handed over in
+        order (the core vets them), then how far the stream has been read."""
         own = []
         for entry_id, data in batch:
+            self.count_bytes(entry_id, len(data))
             try:
                 event = parse_node_event(data, entry_id)
             except proto.ProtocolError as exc:
@@ -733,75 +817,46 @@ class ClusterLink:
             if event.node == self.node_id:
                 own.append((event.seq, entry_id))
                 continue
-            if not self._first_time(event):
-                continue
             if not self._from_a_member(client, event.node):
                 self.log_once("ignoring events from an unregistered node", event.node[:40])
                 continue
-            events.append(event)
-        owners = self._owners(client, events)
-        for event in events:
-            vetted = self._owned(event, owners)
-            if vetted is not event:
-                self.log_once("ignoring a node's claims to nicks it does not own",
-                              event.node[:40])
-            if vetted is not None:
-                self.watched.add(event.node)
-                self.hand_over(vetted)
+            self.watched.add(event.node)
+            self.hand_over(event)
         if batch:
-            self.hand_over(Progress(batch[-1][0], tuple(own)))
+            last = stream_id(batch[-1][0])
+            caught_up = self.catch_up_end is not None and last >= self.catch_up_end
+            if caught_up:
+                self.catch_up_end = None
+            self.hand_over(Progress(batch[-1][0], tuple(own), caught_up=caught_up))
 
-    def _first_time(self, event: NodeEvent) -> bool:
-        """False for an event appended twice (a retry after Redis failed
-        mid-write): each node numbers its events."""
-        if not event.seq:
-            return True
-        if event.seq <= self._applied.get(event.node, 0):
-            return False
-        self._applied[event.node] = event.seq
-        return True
+    def count_bytes(self, entry_id: str, size: int) -> None:
+        """Keep the stream's bytes (as read here) under STREAM_BYTES: past
+        it, the beat trims the stream's oldest entries."""
+        sizes = self.sizes
+        sizes.append((entry_id, size))
+        self.stream_bytes += size
+        oldest_kept = stream_id(entry_id)[0] - STREAM_SECONDS * 1000  # gone from Redis too
+        while sizes and (len(sizes) > STREAM_MAXLEN or stream_id(sizes[0][0])[0] < oldest_kept):
+            self.stream_bytes -= sizes.popleft()[1]
+        while self.stream_bytes > STREAM_BYTES and sizes:
+            oldest, dropped = sizes.popleft()
+            self.stream_bytes -= dropped
+            self.trim_to = oldest
 
     def _from_a_member(self, client, node: str) -> bool:
         if node not in self.registered:
             self.registered = {n.decode() for n in client.smembers(self.key("nodes"))}
         return node in self.registered
 
-    @staticmethod
-    def _claimed_nicks(event: NodeEvent) -> list[str]:
-        if isinstance(event, (RemoteJoin, RemoteTakeover)):
-            return [event.nick]
-        if isinstance(event, RemotePresence):
-            return list(event.users)
-        return []
 
-    def _owners(self, client, events: list[NodeEvent]) -> dict[str, str | None]:
-        """Who Redis says owns each nick that joins or presence claim, in
-        one round trip for the batch."""
-        nicks = sorted({nick for event in events for nick in self._claimed_nicks(event)})
-        if not nicks:
-            return {}
-        owners = client.mget([self.key("nick:" + proto.name_key(n)) for n in nicks])
-        return {nick: owner.decode() if owner is not None else None
-                for nick, owner in zip(nicks, owners)}
-
-    def _owned(self, event: NodeEvent, owners: dict[str, str | None]) -> NodeEvent | None:
-        """Joins and presence claim nicks: keep only those Redis says the
-        node owns (a leave, a move or a message is checked by the core
-        against the node it knows each nick to be on)."""
-        nicks = self._claimed_nicks(event)
-        owned = {nick for nick in nicks if owners.get(nick) == event.node}
-        if len(owned) == len(nicks):
-            return event
-        if isinstance(event, (RemoteJoin, RemoteTakeover)):
-            return None
-        return RemotePresence({n: r for n, r in event.users.items() if n in owned},
-                              node=event.node)
-
-
-def session_record(nick: str, node: str) -> dict[str, str]:
+def session_record(nick: str, node: str, room: str | None = None) -> dict[str, str]:
     """What ``P session:HASH`` holds: the nick, its name key (what a resume
-    must match) and the node holding the session."""
-    return {"nick": nick, "key": proto.name_key(nick), "node": node}
+    must match), the node holding the session and the room its user is in
+    (for a node that resumes it without knowing the user)."""
+    record = {"nick": nick, "key": proto.name_key(nick), "node": node}
+    if room is not None:
+        record["room"] = room
+    return record
 
 
 PLACE, HELD = "place", "held"  # where an item is, in ``P world:items``

@@ -81,10 +81,13 @@ class Delivery:
         session clients get ``with_ids`` (the packet with its id and time)."""
         self.log.append((room, packet, with_ids or packet))
 
-    def move(self, outlet: Outlet, room: str | None) -> None:
+    def move(self, outlet: Outlet, room: str | None, ids: bool | None = None) -> None:
         """Put the connection in ``room`` (None: in no room, gets no
-        broadcasts).  It first gets what was meant for it where it was."""
+        broadcasts).  It first gets what was meant for it where it was;
+        ``ids`` (if not None) says whether its broadcasts carry ids."""
         self.catch_up(outlet)
+        if ids is not None:
+            outlet.ids = ids
         old = outlet.room
         if old is not None:
             members = self.rooms[old]

@@ -498,18 +498,24 @@ class WhoList(Message):
 
 @dataclass(frozen=True, slots=True)
 class EnteredRoom(Message):
+    """``way``: in world mode, the direction the mover went."""
     TYPE = "enter"
     CHECKS = {"nick": _check_text, "room": _check_text}
+    OPTIONAL = {"way": _check_text}
     nick: str
     room: str
+    way: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ExitedRoom(Message):
+    """``way``: in world mode, the direction the mover went."""
     TYPE = "exit"
     CHECKS = {"nick": _check_text, "room": _check_text}
+    OPTIONAL = {"way": _check_text}
     nick: str
     room: str
+    way: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

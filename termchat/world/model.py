@@ -22,7 +22,8 @@ The format (the built-in world, termchat/world/builtin.toml, is the example)::
     items = ["rope"]
 
     [places.hall.exits]
-    down = { to = "cellar", key = "brass-key", locked = "The trapdoor is locked." }
+    down = { to = "cellar", key = "brass-key", locked = "The trapdoor is locked.",
+             unlock = "You unlock the trapdoor with the brass key; it falls shut behind you." }
 
     [items.brass-key]
     name = "brass key"
@@ -88,8 +89,9 @@ class Item:
 class Exit:
     direction: str
     to: str
-    key: str | None = None   # the item that opens it
+    key: str | None = None   # the item that opens it, each time one goes through
     locked: str = ""         # what is said to someone without the key
+    unlock: str = ""         # what is said to someone going through with it
 
 
 @dataclass(frozen=True)
@@ -261,14 +263,18 @@ class WorldReader:
             return Exit(direction, target)
         if not isinstance(target, dict):
             self.fail(f'the exit {direction} must be a place id or a table', *path)
-        self.only(target, {"to", "key", "locked"}, *path)
+        self.only(target, {"to", "key", "locked", "unlock"}, *path)
         to = self.text(target, "to", *path)
         key = target.get("key")
         if key is not None and key not in items:
             self.fail(f'the key "{key}" of the exit {direction} is not described in '
                       '"[items]"', *path)
         locked = self.text(target, "locked", *path, required=False) or "It is locked."
-        return Exit(direction, to, key, locked)
+        unlock = self.text(target, "unlock", *path, required=False)
+        if key is not None and not unlock:
+            unlock = (f"You unlock the way {direction} with {items[key].the}; it locks again "
+                      "behind you.")
+        return Exit(direction, to, key, locked, unlock)
 
 
 def prose(text: str) -> str:
@@ -411,6 +417,7 @@ class View:
 class Moved:
     old: Place
     new: Place
+    way: Exit                # the exit taken (its direction; its key and words, if locked)
     key: Item | None = None  # what opened a locked exit
 
 
@@ -444,7 +451,7 @@ def go(state: WorldState, player: str, direction: str) -> Moved | Refusal:
             return Refusal(way.locked)
         key = world.items[way.key]
     state.put_player(player, way.to)
-    return Moved(here, world.places[way.to], key)
+    return Moved(here, world.places[way.to], way, key)
 
 
 def find_item(items: list[Item], name: str) -> Item | None | list[Item]:

@@ -1,0 +1,470 @@
+"""The cluster view: what other nodes say, applied to this node.
+
+Owns what this node knows of the others beyond their users (those are in
+presence): which nodes it has seen die, the last event number applied
+from each (an event appended twice by a retry is applied once; a number
+is recorded only once its event has been vetted), and whether it is
+still catching up on the stream after its start.  Vets every event: a
+node may speak only for its own users, and a join may take a nick only
+from a node that held it and was dead when the nick was claimed.  Applies
+node deaths (their users leave, those with a session stay for the grace
+as orphans) and a dead node coming back (its users were never gone).
+
+Handlers (``@applies``) get the components, the event and the time and
+return effects, or None for an event refused at the door.
+"""
+
+from __future__ import annotations
+
+from termchat.cluster import events as cluster
+from termchat.core import actions, worldplay
+from termchat.core.actions import Parts, SESSION_EXPIRED, log, log_once, refuse
+from termchat.core.effects import Announce, Broadcast, Direct, Effects, Move, Send, link
+from termchat.core.eventlog import Position, parse_position
+from termchat.core.gate import Connection, State
+from termchat.core.presence import User
+from termchat.core.sessions import session_digest
+from termchat.core.tables import applies
+from termchat.wire import protocol as proto
+from termchat.wire.protocol import Code
+
+MAX_SEQ_GAP = 1_000_000  # an event number this far past the last is not believed
+DEAD_KEPT = 1000         # dead nodes remembered
+
+
+class ClusterView:
+    """This node's view of the other nodes."""
+
+    def __init__(self) -> None:
+        self.dead: dict[str, None] = {}    # nodes seen to die, oldest first
+        self.applied: dict[str, int] = {}  # node -> the last event number applied
+        self.catching_up = False           # reading the stream's recent past at start
+
+    def fresh(self, event: cluster.NodeEvent) -> bool:
+        """Not a duplicate, and a number that can be believed."""
+        if not event.seq:
+            return True
+        last = self.applied.get(event.node, 0)
+        return last < event.seq <= last + MAX_SEQ_GAP
+
+    def vetted(self, event: cluster.NodeEvent) -> None:
+        if event.seq:
+            self.applied[event.node] = event.seq
+
+    def died(self, node: str) -> None:
+        self.dead[node] = None
+        while len(self.dead) > DEAD_KEPT:
+            del self.dead[next(iter(self.dead))]
+
+
+def heard_from(parts: Parts, node: str) -> None:
+    """Any event from a node shows it runs: if it was taken for dead (it
+    was paused, say), its users were never gone."""
+    if node in parts.view.dead:
+        del parts.view.dead[node]
+        log.info("cluster: node %s answers again", node[:40])
+        for user in parts.presence.of_node(node):
+            parts.sessions.unorphan(user)
+
+
+def owned_by(parts: Parts, nick: str, node: str) -> User | None:
+    """The user ``nick`` if ``node`` is where it is; an event about someone
+    else's user is refused (logged once).  While catching up at start, a
+    user not known yet is taken to be where the event says."""
+    user = parts.presence.get(nick)
+    if user is None and parts.view.catching_up:
+        return appear(parts, node, nick, proto.LOBBY)
+    if user is None or user.node != node:
+        log_once(parts, "ignoring an event about a nick the node does not own", node)
+        return None
+    return user
+
+
+def appear(parts: Parts, node: str, nick: str, room: str) -> User:
+    """Another node's user, new to us, in ``room`` (nobody is told)."""
+    user = parts.presence.new_user(nick, node)
+    parts.presence.add(user, parts.presence.room_named(room))
+    parts.log.room_in_use(user.room.key, True)
+    parts.log.name_in_use(user.key, True)
+    return user
+
+
+def may_take(parts: Parts, nick: str, node: str, replaces: str = "") -> User | None | bool:
+    """Whether ``node`` may hold ``nick`` now: True (nobody has it), the
+    user it has there already, or False (someone else has it: ours, or a
+    node's that was alive when the claim was made)."""
+    user = parts.presence.get(nick)
+    if user is None:
+        return True
+    if user.node == node:
+        return user
+    if user.local or (user.node != replaces and user.node not in parts.view.dead):
+        return False
+    return True
+
+
+def join_remote(parts: Parts, node: str, nick: str, room: str,
+                replaces: str = "") -> Effects | None:
+    """``node`` says its user ``nick`` is in ``room`` (a join, or its
+    presence): new to us, it arrives; a dead node's user of that name is
+    taken over without a word (for the others it never left); None when
+    someone else holds the nick."""
+    allowed = may_take(parts, nick, node, replaces)
+    if allowed is False:
+        log_once(parts, "ignoring a node's claim to a nick it does not own", node)
+        return None
+    worldplay.follow_player(parts, nick, room)
+    if allowed is not True:  # the node's own user: where it is now
+        parts.sessions.unorphan(allowed)
+        if allowed.room.key != proto.name_key(room):
+            parts.presence.put(allowed, parts.presence.room_named(room))
+        return []
+    old = parts.presence.get(nick)
+    if old is not None:
+        parts.sessions.unorphan(old)
+        actions.forget(parts, old)
+    appear(parts, node, nick, room)
+    return [] if old is not None else [Announce(proto.Joined(nick), None)]
+
+
+# ---- the link's answers to this node's requests ----
+
+@applies(cluster.Claimed)
+def on_claimed(parts: Parts, event: cluster.Claimed, now: float) -> Effects:
+    conn, nick = event.token, event.nick
+    key = proto.name_key(nick)
+    drop_claim(parts, key, conn)
+    if conn.state is not State.CLAIMING:
+        return [link("release", nick, key)] if event.granted else []  # nobody needs it now
+    hello, conn.pending = conn.pending, None
+    if not event.granted:
+        return refuse(parts, conn, f"nick {nick} is already taken", Code.NICK_TAKEN, now)
+    return worldplay.arrive(parts, conn, nick, hello.session, now, event.replaces)
+
+
+def drop_claim(parts: Parts, key: str, conn: Connection) -> None:
+    if parts.presence.claims.get(key, (None,))[0] is conn:
+        del parts.presence.claims[key]
+
+
+@applies(cluster.Renamed)
+def on_renamed(parts: Parts, event: cluster.Renamed, now: float) -> Effects:
+    conn = event.token
+    key = proto.name_key(event.new)
+    drop_claim(parts, key, conn)
+    user = conn.user
+    if conn.state is not State.JOINED or user is None or user.nick != event.old:
+        return [link("left", event.new, key)] if event.granted else []  # nobody will use it
+    if not event.granted:
+        holder = parts.presence.holder_of(key) or event.new
+        return [Send(conn, proto.Error(actions.taken_message(event.new, holder),
+                                       Code.NICK_TAKEN))]
+    return actions.rename(parts, user, event.new, seq=event.seq)
+
+
+@applies(cluster.TakenOver)
+def on_taken_over(parts: Parts, event: cluster.TakenOver, now: float) -> Effects:
+    """The session a resume named was handed over to us (from ``old``), or
+    there is none: then the connection may say a fresh hello."""
+    conn, hello = event.token, event.token.pending
+    drop_claim(parts, proto.name_key(event.nick), conn)
+    if conn.state is not State.CLAIMING:  # gone meanwhile
+        return give_back(hello) if event.old is not None else []
+    position = parse_position(hello.after)
+    if event.old is None or position is None:
+        return expired(parts, conn, now) + (give_back(hello) if event.old else [])
+    parts.sessions.wait_for_reader(conn, event.old, event.room, position, now)
+    return []
+
+
+def expired(parts: Parts, conn: Connection, now: float) -> Effects:
+    """A resume handed to the cluster failed: the connection may say a
+    fresh hello, within a new hello deadline."""
+    conn.pending = None
+    conn.become(State.GREETING)
+    parts.gate.restart_greeting(conn, now)
+    return [Send(conn, SESSION_EXPIRED)]
+
+
+def give_back(hello: proto.Hello) -> Effects:
+    """A session taken over for a connection that is gone before it was
+    taken up: its nick and record go, so that the nick is free once the
+    others' grace for it ends."""
+    return [link("forget", hello.nick), link("end_session", session_digest(hello.resume),
+                                              hello.nick, None)]
+
+
+def adopt(parts: Parts, conn: Connection, old: str, room: str, position: Position,
+          now: float) -> Effects:
+    """The session (held by ``old``, last in ``room``) is ours now: the user
+    goes on here where it was, unseen, with what it missed as this node
+    logged it."""
+    if conn.state is not State.CLAIMING:  # gone while it waited
+        return give_back(conn.pending)
+    hello, conn.pending = conn.pending, None
+    user = parts.presence.get(hello.nick)
+    if user is None or user.local:
+        user = appear(parts, old, hello.nick, room or proto.LOBBY)
+    missed = parts.log.missed_elsewhere(user.nick, user.room.key, position)
+    if missed is None or sum(e.size for e in missed) > parts.limits.max_queue:
+        actions.forget(parts, user)  # too long ago: a fresh hello will do (the nick is ours)
+        return expired(parts, conn, now)
+    parts.sessions.unorphan(user)
+    user.node = None
+    session = parts.sessions.start(user, parts.log.last_number, token=hello.resume)
+    actions.attach(conn, user)
+    effects: Effects = [Send(conn, proto.Resumed(len(missed)))]
+    effects += [Send(conn, entry.packet) for entry in missed]
+    effects += [actions.Route(conn, user.room.key, ids=True),
+                link("adopted", user.nick, user.room.name, old),
+                link("record_session", session.digest, user.nick, None, user.room.name)]
+    log.info("resume %s %s from node %s: %d missed", user.nick, conn.peer, old[:40],
+             len(missed))
+    return effects
+
+
+# ---- what other nodes did ----
+
+@applies(cluster.RemoteJoin)
+def on_remote_join(parts: Parts, event: cluster.RemoteJoin, now: float) -> Effects | None:
+    return join_remote(parts, event.node, event.nick, event.room, event.replaces)
+
+
+@applies(cluster.RemoteLeave)
+def on_remote_leave(parts: Parts, event: cluster.RemoteLeave, now: float) -> Effects | None:
+    user = owned_by(parts, event.nick, event.node)
+    return None if user is None else actions.leave_remote(parts, user)
+
+
+@applies(cluster.RemoteMove)
+def on_remote_move(parts: Parts, event: cluster.RemoteMove, now: float) -> Effects | None:
+    user = owned_by(parts, event.nick, event.node)
+    if user is None:
+        return None
+    old, new = parts.presence.room_named(event.old), parts.presence.room_named(event.new)
+    if user.room is not None and user.room.key != old.key and parts.view.catching_up:
+        parts.presence.put(user, old)  # where it was, now that we know
+    parts.presence.put(user, new)
+    parts.log.room_in_use(old.key, bool(old.members))
+    parts.log.room_in_use(new.key, True)
+    worldplay.follow_player(parts, user.nick, event.new)
+    way = event.way or None
+    return [Announce(proto.ExitedRoom(user.nick, actions.label(parts, event.old), way),
+                     old.key, move=Move(user.key, old.key, new.key)),
+            Announce(proto.EnteredRoom(user.nick, actions.label(parts, event.new), way),
+                     new.key)]  # logged even if nobody is in those rooms here: a session
+    # may resume here
+
+
+@applies(cluster.RemoteSpeech)
+def on_remote_speech(parts: Parts, event: cluster.RemoteSpeech, now: float) -> Effects | None:
+    user = owned_by(parts, event.nick, event.node)
+    if user is None:
+        return None
+    cls = proto.ChatFrom if event.said == proto.ChatFrom.TYPE else proto.EmoteFrom
+    message = cls(user.nick, event.message)
+    packet = actions.encoded(message)
+    if packet is None:
+        log_once(parts, "ignoring an event too large to pass on", event.node)
+        return None
+    if parts.view.catching_up and user.room.key != proto.name_key(event.room):
+        parts.presence.put(user, parts.presence.room_named(event.room))
+    return [Announce(message, proto.name_key(event.room), base=packet)]
+
+
+@applies(cluster.RemoteDirect)
+def on_remote_direct(parts: Parts, event: cluster.RemoteDirect, now: float) -> Effects | None:
+    sender = owned_by(parts, event.sender, event.node)
+    if sender is None:
+        return None
+    target = parts.presence.get(event.to)
+    to = target.nick if target is not None else event.to
+    message = proto.DirectFrom(sender.nick, to, event.message)
+    if actions.encoded(message) is None:
+        log_once(parts, "ignoring an event too large to pass on", event.node)
+        return None
+    names = frozenset({sender.key, proto.name_key(to)})
+    here = (target.connection,) if target is not None and target.connection else ()
+    return [Announce(message, Direct(names, here))]  # logged all the same: a session may
+    # resume here
+
+
+@applies(cluster.RemoteRename)
+def on_remote_rename(parts: Parts, event: cluster.RemoteRename, now: float) -> Effects | None:
+    user = owned_by(parts, event.old, event.node)
+    if user is None:
+        return None
+    return actions.rename(parts, user, event.new)
+
+
+@applies(cluster.RemoteKick)
+def on_remote_kick(parts: Parts, event: cluster.RemoteKick, now: float) -> Effects | None:
+    if owned_by(parts, event.by, event.node) is None:
+        return None
+    target = parts.presence.get(event.nick)
+    if target is None or not target.local:
+        return [Announce(proto.Kicked(event.nick, event.by,
+                                      actions.kick_reason(event.reason, event.minutes)), None)]
+    if event.minutes:
+        return actions.ban(parts, target, event.by, event.minutes, event.reason, now)
+    return actions.kick(parts, target, event.by, event.reason)
+
+
+@applies(cluster.RemoteBan)
+def on_remote_ban(parts: Parts, event: cluster.RemoteBan, now: float) -> Effects:
+    parts.moderation.ban(event.address, event.seconds, event.reason, now)
+    return []
+
+
+@applies(cluster.RemoteAway)
+def on_remote_away(parts: Parts, event: cluster.RemoteAway, now: float) -> Effects | None:
+    user = owned_by(parts, event.nick, event.node)
+    if user is None:
+        return None
+    user.away = event.message[:300] or None
+    return []
+
+
+@applies(cluster.RemotePresence)
+def on_remote_presence(parts: Parts, event: cluster.RemotePresence, now: float) -> Effects:
+    return sync_node(parts, event.node, event.users)
+
+
+@applies(cluster.RemoteTakeover)
+def on_remote_takeover(parts: Parts, event: cluster.RemoteTakeover,
+                       now: float) -> Effects | None:
+    """A session resumed on the sending node: the user is there now.
+    Nobody is told anything; if it was ours, we let it go silently."""
+    user = parts.presence.get(event.nick)
+    if user is not None and user.local:
+        if event.old != parts.node_id:
+            log_once(parts, "ignoring a takeover of a session this node holds", event.node)
+            return None
+        effects = taken_elsewhere(parts, user)
+        user.node = event.node
+        return effects
+    if user is None:
+        appear(parts, event.node, event.nick, event.room)
+        return [Announce(proto.Joined(event.nick), None)]  # new to us: never seen arrive
+    parts.sessions.unorphan(user)
+    user.node = event.node
+    if user.room.key != proto.name_key(event.room):
+        parts.presence.put(user, parts.presence.room_named(event.room))
+    return []
+
+
+def taken_elsewhere(parts: Parts, user: User) -> Effects:
+    """Our session client resumed on another node: it is that node's user
+    now, without a leave (an old connection still open is closed)."""
+    log.info("session %s resumed on another node", user.nick)
+    effects: Effects = [link("forget", user.nick)]
+    session, conn = user.session, user.connection
+    if session is not None:
+        parts.sessions.end(session)
+    if conn is not None:
+        conn.user, user.connection = None, None
+        conn.become(State.CLOSING)
+        effects += [actions.Route(conn, None),
+                    Send(conn, proto.Error("your session was resumed on another connection",
+                                           Code.REPLACED)), actions.Close(conn)]
+    return effects
+
+
+@applies(cluster.Snapshot)
+def on_snapshot(parts: Parts, event: cluster.Snapshot, now: float) -> Effects:
+    """Everyone's presence (and the bans) as Redis has them.  A node missing
+    from it may still be on its way back (after a Redis restart): its
+    users stay until the link says the node is dead."""
+    for address, (seconds, reason) in event.bans.items():
+        parts.moderation.ban(address, seconds, reason, now)
+    effects: Effects = []
+    for node, users in event.nodes.items():
+        effects += sync_node(parts, node, users)
+    return effects
+
+
+def sync_node(parts: Parts, node: str, users: dict[str, str]) -> Effects:
+    """Make our view of a node's users match ``users`` (nick -> room)."""
+    heard_from(parts, node)
+    present = {proto.name_key(nick) for nick in users}
+    effects: Effects = []
+    for user in parts.presence.of_node(node):
+        if user.key not in present:
+            effects += actions.leave_remote(parts, user)
+    for nick, room in users.items():
+        effects += join_remote(parts, node, nick, room) or []
+    return effects
+
+
+@applies(cluster.NodeDead)
+def on_node_dead(parts: Parts, event: cluster.NodeDead, now: float) -> Effects:
+    """A node stopped beating: its users leave, except those with a
+    session, who stay for the resume grace (they may resume here or on
+    any other node)."""
+    log.warning("cluster: node %s stopped answering; its users have left, but for %d "
+                "with sessions", event.node, len(event.sessions))
+    parts.view.died(event.node)
+    effects: Effects = []
+    for user in parts.presence.of_node(event.node):
+        digest = event.sessions.get(user.nick)
+        if digest and parts.settings.resume_grace:
+            parts.sessions.orphan(user, digest, now)
+        else:
+            effects += actions.leave_remote(parts, user)
+    return effects
+
+
+def end_orphan(parts: Parts, user: User, digest: str) -> Effects:
+    """A dead node's session user did not resume anywhere in time."""
+    log.info("leave %s (of node %s): did not come back in time", user.nick, user.node[:40])
+    node = user.node
+    return actions.leave_remote(parts, user) + [link("end_session", digest, user.nick, node)]
+
+
+@applies(cluster.Progress)
+def on_progress(parts: Parts, event: cluster.Progress, now: float) -> Effects:
+    """How far the stream was read, and where our own events landed."""
+    parts.log.progress(cluster.stream_id(event.cursor), event.own, event.start)
+    if event.start:
+        parts.view.catching_up = event.catching_up
+    elif event.caught_up and parts.view.catching_up:
+        parts.view.catching_up = False
+        log.info("cluster: caught up with the stream")
+    return []
+
+
+def tell_everyone(text: str) -> Effects:
+    """An information line for every user of this node."""
+    return [Broadcast(proto.encode(proto.Info(text)))]
+
+
+@applies(cluster.LinkLost)
+def on_link_lost(parts: Parts, event: cluster.LinkLost, now: float) -> Effects:
+    return tell_everyone("lost contact with the other chat servers; until it is back you "
+                         "are chatting with the users of this server only")
+
+
+@applies(cluster.LinkRestored)
+def on_link_restored(parts: Parts, event: cluster.LinkRestored, now: float) -> Effects:
+    return tell_everyone("back in contact with the other chat servers")
+
+
+@applies(cluster.Undelivered)
+def on_undelivered(parts: Parts, event: cluster.Undelivered, now: float) -> Effects:
+    return tell_everyone(f"{event.count} messages said here while the other chat servers were "
+                         "unreachable could not be passed on to them")
+
+
+@applies(cluster.DataLost)
+def on_data_lost(parts: Parts, event: cluster.DataLost, now: float) -> Effects:
+    return tell_everyone("the chat servers' shared store restarted empty; messages sent just "
+                         "before may have been lost")
+
+
+@applies(cluster.Conflict)
+def on_conflict(parts: Parts, event: cluster.Conflict, now: float) -> Effects:
+    user = parts.presence.local(event.nick)
+    if user is None or user.connection is None:
+        return actions.leave(parts, user, "nick taken elsewhere") if user else []
+    return refuse(parts, user.connection, f"nick {event.nick} was taken on another server "
+                  "while this one was cut off", Code.NICK_TAKEN, now)

@@ -1,0 +1,197 @@
+"""Sessions: users who may lose their connection and come back.
+
+Owns the tokens (:class:`Session`), the sessions whose connection was lost
+(detached: present, unseen, until their grace ends or they miss more than
+the output bound), the resumes handed over by the cluster that wait for
+this node's stream reader, and the *orphans*: other nodes' users whose
+node died with their session, kept present for the grace in case they
+resume somewhere.  What a session missed is the event log's to say; this
+module decides who may still resume, and until when.  No I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections import deque
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from termchat.core.eventlog import LogEntry, Position
+    from termchat.core.gate import Connection
+    from termchat.core.presence import User
+
+RESUME_WAIT = 2.0  # seconds a resume from another node waits for our stream reader
+
+
+def session_digest(token: str) -> str:
+    """What Redis (or the database) keeps of a session token: never the token."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+class Session:
+    """A user's session: its token, and while detached when its grace ends
+    and how many bytes it would have received meanwhile."""
+
+    __slots__ = ("token", "digest", "user", "start", "expires", "missed", "room")
+
+    def __init__(self, token: str, user: User, start: int) -> None:
+        self.token, self.digest, self.user = token, session_digest(token), user
+        self.start = start   # the log entry it began with: nothing before is replayed
+        self.expires = 0.0   # while detached: when it ends
+        self.missed = 0      # while detached: bytes it would have received
+        self.room = ""       # while detached: its room's key
+
+    @property
+    def detached(self) -> bool:
+        return self.user.connection is None
+
+
+class Sessions:
+    """Tokens, detached sessions, orphans and resumes in waiting."""
+
+    def __init__(self, grace: float, max_missed: int) -> None:
+        self.grace = grace
+        self.max_missed = max_missed
+        self.by_token: dict[str, Session] = {}
+        self.attached = 0                              # sessions with a connection
+        self.by_room: dict[str, set[Session]] = {}     # detached ones, by room key
+        self.by_name: dict[str, Session] = {}          # detached ones, by name key
+        self.expiring: deque[tuple[float, Session]] = deque()  # grace ends, in order
+        self.orphans: dict[int, tuple[float, str]] = {}  # uid -> (grace end, digest)
+        self.orphan_order: deque[tuple[float, User]] = deque()
+        self.waiting: deque[tuple[float, Connection, str, str, Position]] = deque()
+
+    # ---- this node's sessions ----
+
+    def start(self, user: User, start: int, token: str | None = None) -> Session:
+        session = Session(token or secrets.token_urlsafe(24), user, start)
+        self.by_token[session.token] = session
+        user.session = session
+        self.attached += 1
+        return session
+
+    def find(self, token: str | None, nick_key: str) -> Session | None:
+        """The session a resume names: its token, for the same nick."""
+        session = self.by_token.get(token or "")
+        if session is None or session.user.key != nick_key:
+            return None
+        return session
+
+    def detach(self, session: Session, now: float) -> None:
+        """The session's connection is gone: it stays present, unseen."""
+        self.attached -= 1
+        session.missed = 0
+        session.expires = now + self.grace
+        session.room = session.user.room.key
+        self.by_room.setdefault(session.room, set()).add(session)
+        self.by_name[session.user.key] = session  # a detached user cannot rename
+        self.expiring.append((session.expires, session))
+
+    def attach(self, session: Session) -> None:
+        """A resume took the session up again on a new connection."""
+        self.undetach(session)
+        self.attached += 1
+
+    def undetach(self, session: Session) -> None:
+        room_set = self.by_room.get(session.room)
+        if room_set is not None:
+            room_set.discard(session)
+            if not room_set:
+                del self.by_room[session.room]
+        if self.by_name.get(session.user.key) is session:
+            del self.by_name[session.user.key]
+
+    def end(self, session: Session) -> None:
+        """The session is over (its user left, or its grace ended)."""
+        if self.by_token.pop(session.token, None) is None:
+            return
+        if session.detached:
+            self.undetach(session)
+        else:
+            self.attached -= 1
+        session.user.session = None
+
+    def ended_grace(self, now: float) -> list[Session]:
+        """Detached sessions whose grace has ended."""
+        over = []
+        while self.expiring and self.expiring[0][0] <= now:
+            _, session = self.expiring.popleft()
+            if session.token in self.by_token and session.detached and session.expires <= now:
+                over.append(session)
+        return over
+
+    def reached(self, entry: LogEntry) -> list[Session]:
+        """Count an entry against the detached sessions it reaches; return
+        those that have now missed more than the output bound."""
+        target = entry.target
+        if target is None:
+            reached: Iterable[Session] = list(self.by_name.values())
+        elif isinstance(target, str):
+            reached = list(self.by_room.get(target, ()))
+        else:
+            reached = [self.by_name[name] for name in target if name in self.by_name]
+        over = []
+        for session in reached:
+            session.missed += entry.size
+            if session.missed > self.max_missed:
+                over.append(session)
+        return over
+
+    @property
+    def any_detached(self) -> bool:
+        return bool(self.by_name)
+
+    # ---- other nodes' users whose node died ----
+
+    def orphan(self, user: User, digest: str, now: float) -> None:
+        until = now + self.grace
+        self.orphans[user.uid] = (until, digest)
+        self.orphan_order.append((until, user))
+
+    def digest_of_orphan(self, user: User) -> str | None:
+        held = self.orphans.get(user.uid)
+        return held[1] if held else None
+
+    def orphan_until(self, user: User) -> float | None:
+        held = self.orphans.get(user.uid)
+        return held[0] if held else None
+
+    def unorphan(self, user: User) -> None:
+        """The user is alive somewhere (its node came back, or it resumed)."""
+        self.orphans.pop(user.uid, None)
+
+    def orphans_due(self, now: float) -> list[tuple[User, str]]:
+        """Orphans whose grace has ended without a resume, with their digest."""
+        due = []
+        while self.orphan_order and self.orphan_order[0][0] <= now:
+            _, user = self.orphan_order.popleft()
+            held = self.orphans.get(user.uid)
+            if held is not None and held[0] <= now:
+                del self.orphans[user.uid]
+                due.append((user, held[1]))
+        return due
+
+    # ---- resumes handed over by the cluster ----
+
+    def wait_for_reader(self, conn: Connection, old: str, room: str, position: Position,
+                        now: float) -> None:
+        """A session handed over from ``old`` (its user last in ``room``)."""
+        self.waiting.append((now + RESUME_WAIT, conn, old, room, position))
+
+    def ready_resumes(self, now: float, cursor) -> list[tuple[Connection, str, str, Position]]:
+        """Resumes whose client's last point our reader has reached (or that
+        have waited long enough)."""
+        ready = []
+        while self.waiting:
+            deadline, conn, old, room, position = self.waiting[0]
+            if cursor < position.cursor and deadline > now:
+                break
+            self.waiting.popleft()
+            ready.append((conn, old, room, position))
+        return ready
+
+    def next_due(self) -> float | None:
+        due = [queue[0][0] for queue in (self.expiring, self.orphan_order, self.waiting)
+               if queue]
+        return min(due) if due else None
