@@ -132,8 +132,7 @@ def test_a_kick_naming_us_stops_reconnecting_and_says_so_once():
     told = proto.Error("you were kicked by op (rude)", Code.KICKED)
     assert session.received(told, {}, "pat") == (False, [])  # the kick line said it
     assert lines(session.lost(1.0)) == [
-        "*** you were kicked, so the client does not reconnect: /reconnect to try again, "
-        "/q to quit"]
+        "*** kicked: the client will not reconnect by itself (/reconnect, or /q to quit)"]
     assert session.phase is Phase.HALTED and session.wait(1.0) is None
     assert not session.due_to_connect(1e9)
     assert session.lost(2.0) == []  # said once
@@ -159,15 +158,14 @@ def test_a_ban_on_reconnecting_is_shown_once_and_not_retried():
     assert not go_on
     assert lines(effects) == ["*** error: you are banned from this server for 1 more minutes"]
     assert lines(session.lost(0.6)) == [
-        "*** you are banned here, so the client does not reconnect: /reconnect to try again, "
-        "/q to quit"]
+        "*** banned: the client will not reconnect by itself (/reconnect, or /q to quit)"]
     assert session.phase is Phase.HALTED and session.wait(100.0) is None
 
 
 def test_replaced_stops_but_keeps_the_token_to_take_the_session_back():
     session = with_token()
     session.received(proto.Error("resumed elsewhere", Code.REPLACED), {}, "pat")
-    assert "taken up on another connection" in lines(session.lost(1.0))[0]
+    assert "went on elsewhere" in lines(session.lost(1.0))[0]
     session.reconnect()
     assert session.opened("pat", 1.0).resume == "tok"
 

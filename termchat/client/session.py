@@ -289,11 +289,9 @@ class ClientSession:
         return []
 
 
-HALT_LINES = {
-    Code.KICKED: "you were kicked, so the client does not reconnect: /reconnect to try "
-                 "again, /q to quit",
-    Code.BANNED: "you are banned here, so the client does not reconnect: /reconnect to "
-                 "try again, /q to quit",
-    Code.REPLACED: "your session was taken up on another connection, so this one does "
-                   "not reconnect: /reconnect to take it back, /q to quit",
+HALT_LINES = {  # each fits an 80-column row
+    Code.KICKED: "kicked: the client will not reconnect by itself (/reconnect, or /q to quit)",
+    Code.BANNED: "banned: the client will not reconnect by itself (/reconnect, or /q to quit)",
+    Code.REPLACED: "your session went on elsewhere: this client will not reconnect by "
+                   "itself (/reconnect takes it back)",
 }
