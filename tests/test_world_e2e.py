@@ -78,3 +78,28 @@ def test_help_lists_the_world_commands_in_world_mode(terminal):
     term.wait_for_text("world:  /look [NAME] (/l)   /go DIRECTION (/n /s /e /w /u /d)")
     term.wait_for_text("/drop NAME   /inventory (/i)")
     assert "*** commands (/help COMMAND" in term.text and "/reconnect" in term.text
+
+
+@pytest.mark.server_args("--world", "builtin")
+def test_others_are_seen_going_and_coming_and_a_locked_door_is_narration(terminal, server):
+    """Issue 20, finding 10: movement read 'pat left room The Jetty', and a
+    locked exit was an error."""
+    term = terminal("pat")
+    term.prompt_room = "The Jetty"
+    term.wait_for_prompt()
+    chris = RawClient(server.port, "chris")
+    chris.expect(lambda m: m["type"] == "look")
+    chris.send({"type": "go", "exit": "north"})
+    term.wait_for_text("*** chris goes north")
+    chris.send({"type": "go", "exit": "south"})
+    term.wait_for_text("*** chris arrives from the north")
+    assert "left room" not in term.text and "entered room" not in term.text
+    for step, place in (("/n", "The Cliff Path"), ("/n", "The Keeper's Yard"),
+                        ("/n", "The Foot of the Tower")):
+        term.say(step)
+        term.prompt_room = place
+        term.wait_for_prompt()
+    term.say("/d")
+    term.wait_for_text("*** The trapdoor is locked.")
+    assert "error" not in term.text
+    chris.close()

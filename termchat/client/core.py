@@ -52,18 +52,12 @@ class RecentIds:
 
 
 def parse(payload: bytes) -> tuple[proto.Message, dict[str, Any]] | None:
-    """A packet from the server and its session fields; plus, for world
-    mode's ``exit`` and ``enter``, the ``way`` of travel.  None for a type
+    """A packet from the server and its session fields; None for a type
     this client does not know, or a malformed packet."""
     try:
-        message, meta = proto.parse_server_packet(payload)
+        return proto.parse_server_packet(payload)
     except proto.ProtocolError:
         return None
-    if isinstance(message, (proto.EnteredRoom, proto.ExitedRoom)):
-        way = proto.decode_object(payload).get("way")
-        if isinstance(way, str) and way.strip() and len(way) <= proto.MAX_NAME_LENGTH:
-            meta["way"] = way.strip()
-    return message, meta
 
 
 class ClientCore:
@@ -179,7 +173,7 @@ class ClientCore:
             return []
         if isinstance(message, proto.PlaceView):
             return [Show(line) for line in place_lines(message)]
-        line = self.world_move(message, meta.get("way"))
+        line = self.world_move(message)
         if line is None:
             line = format_message(message)
         if not line:
@@ -197,14 +191,15 @@ class ClientCore:
             self.shown_ids.add(packet_id)
         return [Show(line, meta.get("time"))] + effects
 
-    def world_move(self, message: proto.Message, way: str | None) -> Line | None:
+    def world_move(self, message: proto.Message) -> Line | None:
         """World mode's exit and enter: which way someone went ([] for our
-        own: the place itself comes next)."""
+        own: the place itself comes next; None: not a move with a way)."""
         if not isinstance(message, (proto.EnteredRoom, proto.ExitedRoom)):
             return None
         if self.view.in_world and self.view.is_me(message.nick):
             return []
-        if way is None:
+        way = (message.way or "").strip()
+        if not way:
             return None
         move = arrival if isinstance(message, proto.EnteredRoom) else departure
         return move(message.nick, way)
