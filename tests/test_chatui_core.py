@@ -285,6 +285,16 @@ def test_read_command_returns_the_edited_line():
     assert term.input_row == "pat> " and term.column == len("pat> ")
 
 
+def test_lines_typed_ahead_in_one_read_are_each_returned():
+    term = FakeTerminal()
+    screen = screen_on(term)
+    term.press("/", "n", core.ENTER, "/", "d", core.ENTER, "x")
+    assert screen.read_command("> ") == "/n"
+    assert screen.read_command("> ") == "/d"
+    term.press(core.ENTER)
+    assert screen.read_command("> ") == "x"
+
+
 def test_a_message_from_another_thread_leaves_the_half_typed_line_alone():
     term = FakeTerminal()
     screen = screen_on(term)

@@ -525,6 +525,7 @@ class ChatScreen:
         # lines from other threads, not drawn yet: no more than the scrollback keeps
         self._pending: collections.deque[Message] = collections.deque(maxlen=SCROLLBACK_LINES)
         self._older: list[Sequence[Message]] = []  # history to put above, not drawn yet
+        self._typed_ahead: list[str] = []  # keys read after an Enter, for the next line
         self._paged_up = False  # the last key was PageUp: did it reach the top?
         self._at_top: Callable[[], None] | None = None
         self._lock = threading.Lock()
@@ -611,11 +612,12 @@ class ChatScreen:
             self._render(get_prompt())
             if self._stop_input:
                 raise EOFError("input stopped")
-            keys = self.terminal.read_keys(final)
-            for key in keys:
+            keys, self._typed_ahead = self._typed_ahead or list(self.terminal.read_keys(final)), []
+            for index, key in enumerate(keys):
                 secret = isinstance(get_prompt(), SecretPrompt)
                 line = self._handle_key(key, None if secret else complete, remember=not secret)
                 if line is not None:
+                    self._typed_ahead = keys[index + 1:]  # for the next line, not lost
                     self._render(get_prompt())
                     return line
             final = False if keys else self._wait_for_input()
