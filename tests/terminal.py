@@ -12,8 +12,17 @@ from typing import Callable
 
 import pexpect
 import pyte
+import pytest
 
 from tests.support import DEFAULT_TIMEOUT, ROOT
+
+# A terminal test of the client's logic rather than of its drawing runs under
+# one UI: both backends show the same lines through the same core
+# (termchat/ui/screen.py), and that logic has its unit tests
+# (tests/test_client_core.py, test_client_session.py).  What the backends do
+# differently (keys, drawing, colours, resizing, restoring the terminal) and
+# each finding of issue 20 run under both.
+one_ui = pytest.mark.parametrize("ui", ["curses"])
 
 APP_CURSOR_MODE = 1 << 5  # pyte's flag for DECCKM (ESC[?1h), set by curses' keypad mode
 
@@ -231,3 +240,18 @@ def with_chris(terminal, connect, nick: str = "pat"):
     chris = connect("chris")
     term.wait_for_text("chris has joined")
     return term, chris
+
+
+@pytest.fixture
+def pty_client(ui):
+    """pty_client(nick, port, **options) -> TerminalClient on a port the test
+    provides (a scripted server): no real server is started for it."""
+    started = []
+
+    def make(nick, port, **options):
+        started.append(TerminalClient(nick, port, ui, **options))
+        return started[-1]
+
+    yield make
+    for term in started:
+        term.close()

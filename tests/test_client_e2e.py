@@ -16,7 +16,8 @@ import pytest
 from termchat.wire import protocol as proto
 from tests.support import (DEFAULT_TIMEOUT, ROOT, RawClient, ServerProcess, chat_from, join,
                            leave, wait_for)
-from tests.terminal import TerminalClient, cooked_mode_with_echo, with_chris
+from tests.terminal import (TerminalClient, cooked_mode_with_echo, one_ui,  # noqa: F401
+                            pty_client, with_chris)
 
 
 class ScriptedServer:
@@ -64,8 +65,9 @@ def scripted():
     server.close()
 
 
-def test_hello_first_then_exact_chat_packet_and_quit_sends_nothing(terminal, scripted):
-    term = terminal("pat", port=scripted.port)
+@one_ui
+def test_hello_first_then_exact_chat_packet_and_quit_sends_nothing(pty_client, scripted):
+    term = pty_client("pat", scripted.port)
     wait_for(lambda: scripted.packets(), describe=term.describe)
     raw = bytes(scripted.received)
     assert json.loads(raw[2:2 + int.from_bytes(raw[:2], "big")]) == {
@@ -82,8 +84,9 @@ def test_hello_first_then_exact_chat_packet_and_quit_sends_nothing(terminal, scr
     assert bytes(scripted.received) == before
 
 
-def test_unknown_packet_types_are_ignored_and_info_is_shown(terminal, scripted):
-    term = terminal("pat", port=scripted.port)
+@one_ui
+def test_unknown_packet_types_are_ignored_and_info_is_shown(pty_client, scripted):
+    term = pty_client("pat", scripted.port)
     wait_for(lambda: scripted.packets(), describe=term.describe)
     scripted.send({"type": "join", "nick": "pat"})
     scripted.send({"type": "poke", "nick": "chris"})
@@ -95,8 +98,9 @@ def test_unknown_packet_types_are_ignored_and_info_is_shown(terminal, scripted):
                               "chris: still here"]
 
 
-def test_garbage_from_the_server_never_crashes_the_client(terminal, scripted):
-    term = terminal("pat", port=scripted.port)
+@one_ui
+def test_garbage_from_the_server_never_crashes_the_client(pty_client, scripted):
+    term = pty_client("pat", scripted.port)
     wait_for(lambda: scripted.packets(), describe=term.describe)
     rng = random.Random(7)
     junk = [b"\xff\xfe", b"[" * 3000, b"null", b'{"type": null}', b'{"type": "who"}',
@@ -173,6 +177,7 @@ def test_ctrl_d_with_text_deletes_instead_of_quitting(terminal, connect):
     chris.expect(chat_from("pat", "bc"))
 
 
+@one_ui
 def test_a_restarted_server_is_reconnected_to_with_the_line_kept(server, terminal):
     term = terminal("pat")
     term.wait_for_prompt()
@@ -196,6 +201,7 @@ def test_a_restarted_server_is_reconnected_to_with_the_line_kept(server, termina
         again.cleanup()
 
 
+@one_ui
 def test_a_nick_held_after_a_reconnection_is_waited_for_not_fatal(server, terminal):
     term = terminal("pat")
     term.wait_for_prompt()
@@ -410,6 +416,7 @@ def test_tab_completes_nicks_and_commands(terminal, connect):
     term.wait_for_prompt("/help ")
 
 
+@one_ui
 def test_line_too_long_is_refused_locally(terminal, connect):
     term = terminal("pat")
     chris = connect("chris")
@@ -434,6 +441,7 @@ def test_bracketed_paste_is_not_sent_line_by_line(terminal, connect):
     chris.expect(chat_from("pat", "second"))
 
 
+@one_ui
 def test_three_clients_see_the_same_conversation(server, ui):
     terms = []
     try:
@@ -507,11 +515,11 @@ def test_while_scrolled_up_the_input_row_counts_new_lines_and_end_returns(termin
     term.wait_for_prompt("half")
 
 
-def test_a_flood_of_nicks_from_a_hostile_server_is_bounded(terminal, scripted):
+def test_a_flood_of_nicks_from_a_hostile_server_is_bounded(pty_client, scripted):
     """Issue 20, finding 11: 1,000,000 nicks in who packets grew the client
     by 200 MiB and made Tab take seconds.  The client keeps the most
     recently seen names only."""
-    term = terminal("pat", port=scripted.port)
+    term = pty_client("pat", scripted.port)
     wait_for(lambda: scripted.packets(), describe=term.describe)
     scripted.send({"type": "join", "nick": "pat"})
     term.wait_for_prompt()

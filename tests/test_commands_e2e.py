@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from tests.support import ServerProcess, chat_from, join
-from tests.terminal import TerminalClient, with_chris as ready
+from tests.terminal import TerminalClient, one_ui, with_chris as ready
 
 
+@one_ui
 def test_message_and_msg_send_a_dm(terminal, connect):
     term, chris = ready(terminal, connect)
     term.say("/message chris how's it going?")
@@ -20,6 +21,7 @@ def test_message_and_msg_send_a_dm(terminal, connect):
     term.wait_for_line(r"chris -> pat: fine")
 
 
+@one_ui
 def test_message_errors_show_locally_or_from_the_server(terminal, connect):
     term, _ = ready(terminal, connect)
     term.say("/message nobody hello")
@@ -28,6 +30,7 @@ def test_message_errors_show_locally_or_from_the_server(terminal, connect):
     term.wait_for_line(r"\*\*\* usage: /msg NICK TEXT")
 
 
+@one_ui
 def test_me_sends_an_emote(terminal, connect):
     term, chris = ready(terminal, connect)
     term.say("/me goes out to buy some snacky cakes")
@@ -35,6 +38,7 @@ def test_me_sends_an_emote(terminal, connect):
     term.wait_for_line(r"\[pat goes out to buy some snacky cakes\]")
 
 
+@one_ui
 def test_who_and_rooms(terminal, connect):
     term, chris = ready(terminal, connect)
     term.say("/who")
@@ -45,6 +49,7 @@ def test_who_and_rooms(terminal, connect):
     term.wait_for_line(r"\*\*\* rooms: lobby \(1\), games \(1\)")
 
 
+@one_ui
 def test_join_shows_the_room_in_the_prompt_and_leave_goes_back(terminal, connect):
     term, chris = ready(terminal, connect)
     term.say("/join games")
@@ -62,6 +67,7 @@ def test_join_shows_the_room_in_the_prompt_and_leave_goes_back(terminal, connect
     assert not any(m.get("message") == "only for games" for m in chris.received)
 
 
+@one_ui
 def test_bad_room_name_is_refused_locally(terminal, connect):
     term, _ = ready(terminal, connect)
     term.say("/join")
@@ -90,6 +96,7 @@ def test_help_fits_80x24_and_keys_and_details_have_their_own(terminal):
     term.wait_for_text("*** /message NICK TEXT (also /msg): a direct message, seen by NICK")
 
 
+@one_ui
 def test_unknown_command_is_answered_locally(terminal, connect):
     term, chris = ready(terminal, connect)
     term.say("/dance wildly")
@@ -99,6 +106,7 @@ def test_unknown_command_is_answered_locally(terminal, connect):
     assert not any(m.get("message", "").startswith("dance") for m in chris.received)
 
 
+@one_ui
 def test_away_and_ignore(terminal, connect):
     term, chris = ready(terminal, connect)
     term.say("/away lunch")
@@ -120,6 +128,7 @@ def test_away_and_ignore(terminal, connect):
     assert "cannot see" not in term.text and "waves unseen" not in term.text
 
 
+@one_ui
 def test_nick_changes_the_prompt_and_everyone_sees_it(terminal, connect):
     term, chris = ready(terminal, connect)
     term.say("/nick pam")
@@ -131,6 +140,7 @@ def test_nick_changes_the_prompt_and_everyone_sees_it(terminal, connect):
     chris.expect(chat_from("pam", "hello as pam"))
 
 
+@one_ui
 @pytest.mark.server_args("--op-password-file", str(Path(__file__).parent / "data" / "ops"))
 def test_op_and_kick(terminal, connect):
     term, chris = ready(terminal, connect)
@@ -142,6 +152,7 @@ def test_op_and_kick(terminal, connect):
     chris.expect_closed()
 
 
+@one_ui
 def test_the_client_reads_the_server_password_from_a_file(server_with_password, ui, tmp_path):
     secret = tmp_path / "pw"
     secret.write_text("sesame\n")

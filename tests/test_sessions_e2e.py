@@ -5,7 +5,8 @@ import socket
 import threading
 
 from tests.support import RawClient, ServerProcess, chat_from, join, wait_for
-from tests.test_client_e2e import scripted  # noqa: F401  (fixture)
+from tests.terminal import one_ui, pty_client  # noqa: F401  (a fixture)
+from tests.test_client_e2e import scripted  # noqa: F401  (a fixture)
 
 
 class CuttableProxy:
@@ -59,6 +60,7 @@ class CuttableProxy:
         self.pairs = []
 
 
+@one_ui
 def test_a_dropped_connection_resumes_unseen_with_the_missed_lines(server, terminal, connect):
     proxy = CuttableProxy(server.port)
     try:
@@ -87,8 +89,9 @@ def test_a_dropped_connection_resumes_unseen_with_the_missed_lines(server, termi
         proxy.cut()
 
 
-def test_q_sends_quit_to_a_server_that_granted_a_session(terminal, scripted):  # noqa: F811
-    term = terminal("pat", port=scripted.port)
+@one_ui
+def test_q_sends_quit_to_a_server_that_granted_a_session(pty_client, scripted):  # noqa: F811
+    term = pty_client("pat", scripted.port)
     wait_for(lambda: scripted.packets(), describe=term.describe)
     scripted.send({"type": "join", "nick": "pat", "id": "1", "time": 1.0})
     scripted.send({"type": "session", "token": "secret-token", "grace": 60})

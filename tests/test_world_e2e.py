@@ -16,6 +16,8 @@ def test_walking_looking_and_carrying_in_the_terminal(terminal, server):
     term = terminal("pat", rows=40)
     term.prompt_room = "The Jetty"
     term.wait_for_prompt()
+    for line in ("Exits: north, east", "You see: a coil of rope", "Here: pat"):
+        term.wait_for_line(line)
     title = row_of(term, "The Jetty")
     assert term.screen.buffer[title][0].bold and term.screen.buffer[title][4].bold
     assert term.lines[title - 1] == ""  # each place set apart from what came before
@@ -23,8 +25,6 @@ def test_walking_looking_and_carrying_in_the_terminal(terminal, server):
     assert " ".join(rows).startswith("Grey planks run out into a green, restless sea, slick "
                                      "with weed where the tide has been. A rowing boat")
     assert all(len(row) <= 80 for row in rows)  # wrapped at words, not cut
-    for line in ("Exits: north, east", "You see: a coil of rope", "Here: pat"):
-        term.wait_for_line(line)
     term.type("/go no")
     term.key("tab")
     term.wait_for_prompt("/go north ")
