@@ -85,7 +85,7 @@ class ChatClient:
         receiver.start()
         try:
             while True:
-                line = self.ui.read_command(self.prompt, self.complete)
+                line = self.ui.read_command(self.prompt, self.complete, self.at_top)
                 for part in line.split("\n"):
                     self.handle_line(part)
         except (Quit, KeyboardInterrupt):
@@ -104,6 +104,10 @@ class ChatClient:
     def complete(self, word: str, at_line_start: bool, before: str = "") -> list[str]:
         with self.lock:
             return self.core.complete(word, at_line_start, before)
+
+    def at_top(self) -> None:
+        """PageUp reached the top of the scrollback."""
+        self.locked(lambda: self.core.at_top(self.clock()))
 
     def handle_line(self, line: str) -> None:
         with self.lock:

@@ -17,9 +17,10 @@ from collections import deque
 from typing import Any
 
 from termchat.client import commands
-from termchat.client.effects import Effect, Ring, Send, Show
+from termchat.client.effects import Effect, Ring, Send, Show, ShowOlder
 from termchat.client.formatting import (Line, arrival, departure, dimmed, format_message,
                                         highlighted, info, place_lines)
+from termchat.client.history import HistoryEnd, OlderHistory
 from termchat.client.session import ClientSession, Phase, Timeouts
 from termchat.client.view import View
 from termchat.ui.screen import SecretPrompt
@@ -51,13 +52,18 @@ class RecentIds:
         return len(self._ids)
 
 
-def parse(payload: bytes) -> tuple[proto.Message, dict[str, Any]] | None:
+def parse(payload: bytes) -> tuple[proto.Message | HistoryEnd, dict[str, Any]] | None:
     """A packet from the server and its session fields; None for a type
     this client does not know, or a malformed packet."""
     try:
         return proto.parse_server_packet(payload)
     except proto.ProtocolError:
+        pass
+    try:  # the end of an answer to a history request (not in the protocol module yet)
+        end = HistoryEnd.parse(proto.decode_object(payload))
+    except proto.ProtocolError:
         return None
+    return (end, {}) if end is not None else None
 
 
 class ClientCore:
@@ -70,6 +76,7 @@ class ClientCore:
         self.server = server            # HOST:PORT, for messages
         self.ring_bell = bell
         self.shown_ids = RecentIds()
+        self.older = OlderHistory()     # history on demand, for the room we are in
 
     # ---- asked by the main thread ----
 
@@ -155,12 +162,21 @@ class ClientCore:
         if parsed is None:
             return []  # a type this client does not know, or a malformed packet
         message, meta = parsed
+        if isinstance(message, HistoryEnd):
+            lines = self.older.end(message.more, self.view.room)
+            return [ShowOlder(tuple(lines))] if lines else []
+        if isinstance(message, proto.Error) and self.older.collecting \
+                and message.code == proto.Code.BAD_PACKET:
+            self.older.refused()  # a server that does not know the request
+            return []
         rejoining = self.session.phase in (Phase.REJOINING, Phase.RESUMING)
         go_on, effects = self.session.received(message, meta, self.view.nick)
         if not go_on:
             return effects
         own_join = isinstance(message, proto.Joined) and self.view.is_me(message.nick)
         room = self.view.joined_afresh() if own_join and rejoining else None
+        if (own_join and rejoining) or self.moves_us(message):
+            self.older.reset()
         self.view.track(message)
         shown = self.shown(message, meta) + effects
         if room is not None:  # the server forgot our room: go back to it
@@ -184,12 +200,31 @@ class ClientCore:
             if packet_id is not None and packet_id in self.shown_ids:
                 return []  # on the screen already (a rejoin replays the room's history)
             line = dimmed(line)
+            if self.older.collecting:  # asked for: it goes above, with the rest of the answer
+                self.older.add(line, packet_id)
+                return []
         elif self.view.mentions_me(message):
             line = highlighted(line)
             effects = [Ring()] if self.ring_bell else []
         if packet_id is not None:
             self.shown_ids.add(packet_id)
+            if isinstance(message, (proto.ChatFrom, proto.EmoteFrom)):
+                self.older.saw(packet_id)
         return [Show(line, meta.get("time"))] + effects
+
+    def moves_us(self, message: proto.Message) -> bool:
+        """Whether the packet puts us in another room (or place)."""
+        if isinstance(message, proto.EnteredRoom):
+            return self.view.is_me(message.nick)
+        return isinstance(message, proto.PlaceView) and message.title != self.view.room
+
+    def at_top(self, now: float) -> list[Effect]:
+        """PageUp reached the top of the scrollback: ask for older history
+        (a server with sessions gives ids to ask before)."""
+        if self.session.phase is not Phase.LIVE or self.session.token is None:
+            return []
+        request = self.older.request(self.session.last_id, now)
+        return [Send(request)] if request is not None else []
 
     def world_move(self, message: proto.Message) -> Line | None:
         """World mode's exit and enter: which way someone went ([] for our

@@ -202,14 +202,18 @@ class Scrollback:
         if self.offset:
             self.offset += len(self._rows(entry, width))
 
-    def add_above(self, lines: Sequence[list[Segment]]) -> None:
+    def add_above(self, lines: Sequence[list[Segment]], width: int) -> None:
         """Older lines (history asked for), above everything kept, as many
-        as there is room for (the newest of them first)."""
+        as there is room for (the newest of them first).  A view scrolled
+        up to the top moves up onto them: the PageUp that asked goes on."""
+        follow = self.offset > 0 and self.showing_top
         for segments in reversed(lines):
             if len(self.lines) >= self.limit or self.size >= self.byte_limit:
-                return
+                break
             entry = self._entry(segments, -1)
             self.lines.appendleft(entry)
+            if follow:
+                self.offset += len(self._rows(entry, width))
 
     def _entry(self, segments: list[Segment], number: int) -> list:
         size = sum(len(text.encode("utf-8", "replace")) for text, _ in segments)
@@ -666,12 +670,12 @@ class ChatScreen:
             bells, self._bells = self._bells, 0
         if bells:
             self.terminal.beep()
+        width = self.terminal.size()[1]
         for batch in older:
-            self.scrollback.add_above([as_segments(message) for message in batch])
+            self.scrollback.add_above([as_segments(message) for message in batch], width)
             self._output_changed = True
         if not messages:
             return
-        width = self.terminal.size()[1]
         for message in messages:
             self.scrollback.add(as_segments(message), width)
         self._output_changed = True
