@@ -80,12 +80,13 @@ class Tls(enum.Enum):
 class Connection(Outlet):
     """One client socket: the delivery outlet plus what the transport needs."""
 
-    __slots__ = ("sock", "peer", "decoder", "deadline", "events", "tls", "tls_wants_write",
-                 "fresh", "accepted")
+    __slots__ = ("sock", "fd", "peer", "decoder", "deadline", "events", "tls",
+                 "tls_wants_write", "fresh", "accepted")
 
     def __init__(self, sock: socket.socket, peer: str, tls: Tls | None = None) -> None:
         super().__init__()
         self.sock = sock
+        self.fd = sock.fileno()  # the selector's key, whatever becomes of the socket object
         self.peer = peer
         self.decoder = proto.PacketDecoder()
         self.deadline = 0.0     # when a closing connection is cut regardless
@@ -176,13 +177,25 @@ class ChatServer:
                 now = time.monotonic()
                 for event in self.link.take_events():
                     self.core.cluster_event(event, now)
-        elif conn.tls is not None and conn.setting_up:  # (plain: one comparison per event)
-            self.set_up_tls(conn)
         else:
-            if mask & selectors.EVENT_READ and not conn.gone:
-                self.on_readable(conn)
-            if mask & selectors.EVENT_WRITE and not conn.gone:
-                self.write(conn)
+            self.fenced(conn, self.serve, conn, mask)
+
+    def fenced(self, conn: Connection, action, *args) -> None:
+        """A bug in one connection's I/O costs that connection only."""
+        try:
+            action(*args)
+        except Exception:
+            log.exception("internal error on %r; dropping it", conn)
+            self.drop(conn, "internal error")
+
+    def serve(self, conn: Connection, mask: int) -> None:
+        if conn.tls is not None and conn.setting_up:  # (plain: one comparison per event)
+            self.set_up_tls(conn)
+            return
+        if mask & selectors.EVENT_READ and not conn.gone:
+            self.on_readable(conn)
+        if mask & selectors.EVENT_WRITE and not conn.gone:
+            self.write(conn)
 
     def next_timeout(self) -> float | None:
         if self.delivery.busy or self.tls_buffered:
@@ -303,7 +316,7 @@ class ChatServer:
         while self.tls_buffered:
             conn = self.tls_buffered.pop()
             if not conn.gone:
-                self.on_readable(conn)
+                self.fenced(conn, self.on_readable, conn)
 
     # ------------------------------------------------------------------
     # Setting up TLS: sniff the first byte, then step the handshake
@@ -327,10 +340,16 @@ class ChatServer:
             if conn.out:
                 self.write(conn)
         else:
-            self.selector.unregister(conn.sock)  # the TLS socket takes over the descriptor
-            conn.sock = self.tls.wrap_socket(conn.sock, server_side=True,
-                                             do_handshake_on_connect=False)
-            self.selector.register(conn.sock, conn.events, conn)
+            self.selector.unregister(conn.fd)  # the TLS socket takes over the descriptor
+            events, conn.events = conn.events, 0
+            try:
+                conn.sock = self.tls.wrap_socket(conn.sock, server_side=True,
+                                                 do_handshake_on_connect=False)
+            except (ssl.SSLError, OSError) as exc:  # it went away meanwhile (a reset, say)
+                self.drop(conn, f"TLS set-up failed: {getattr(exc, 'reason', None) or exc}")
+                return
+            self.selector.register(conn.sock, events, conn)
+            conn.events = events
             conn.tls = Tls.HANDSHAKE
 
     def step_handshake(self, conn: Connection) -> None:
@@ -397,7 +416,7 @@ class ChatServer:
         if events == conn.events:
             return
         if not events:
-            self.selector.unregister(conn.sock)
+            self.selector.unregister(conn.fd)
         elif not conn.events:
             self.selector.register(conn.sock, events, conn)
         else:
@@ -424,10 +443,10 @@ class ChatServer:
                 self.lingering[conn] = None
         for conn in self.delivery.take_input_changes():
             if not conn.gone:
-                self.update_interest(conn)
+                self.fenced(conn, self.update_interest, conn)
         for conn in self.delivery.take_dirty():
             if not conn.gone:
-                self.write(conn)
+                self.fenced(conn, self.write, conn)
 
     # ------------------------------------------------------------------
     # Ending connections
@@ -445,7 +464,7 @@ class ChatServer:
         self.tls_buffered.discard(conn)
         self.lingering.pop(conn, None)
         if conn.events:
-            self.selector.unregister(conn.sock)
+            self.selector.unregister(conn.fd)
             conn.events = 0
         conn.sock.close()
 
