@@ -771,3 +771,25 @@ def test_the_stream_lets_go_of_what_is_older_than_its_age_bound(redis_server):
     for index in range(400):
         link.count_bytes(f"{int(time.time() * 1000)}-{index}", 1 << 20)
     assert link.stream_bytes <= cluster_link.STREAM_BYTES and link.trim_to is not None
+
+
+@pytest.mark.redis(persist=True)
+def test_a_node_stopped_while_redis_is_away_passes_on_what_it_kept(nodes, client,
+                                                                  redis_server):
+    """Chaos finding 1: what a node's users said while Redis was away was
+    echoed to them (acknowledged); a clean stop then must not drop it."""
+    a_node, b_node = nodes(2)
+    ann, bob = client(a_node, "ann"), client(b_node, "bob")
+    ann.expect(join("bob"))
+    redis_server.stop(signal.SIGKILL)
+    ann.expect(lambda m: "lost contact" in m.get("message", ""), timeout=10)
+    for i in range(5):
+        ann.chat(f"kept {i}")
+        ann.expect(chat_from("ann", f"kept {i}"))  # echoed: acknowledged
+    a_node.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "waiting up to" in a_node.log_text(), describe=a_node.log_text)
+    redis_server.start()
+    assert a_node.proc.wait(15) == 0
+    for i in range(5):
+        bob.expect(chat_from("ann", f"kept {i}"), timeout=15)
+    assert "never took" not in a_node.log_text()

@@ -8,7 +8,8 @@ the only thread that touches them; ``link`` is the ClusterLink.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from termchat.cluster.events import Claimed, ItemTaken, Renamed, TakenOver
@@ -16,6 +17,8 @@ from termchat.wire import protocol as proto
 
 if TYPE_CHECKING:
     from termchat.cluster.link import ClusterLink
+
+STOP_WAIT = 10.0  # seconds a stopping node waits for Redis to take what it kept
 
 
 
@@ -183,8 +186,8 @@ class TakeOver(Command):
         old, room = (value.decode() if isinstance(value, bytes) else "" for value in held)
         link.hand_over(TakenOver(self.token, self.nick, old or None, room))
 
-    def while_down(self, link) -> None:
-        link.hand_over(TakenOver(self.token, self.nick, None))
+    def while_down(self, link) -> None:  # nobody can tell who holds it: not now
+        link.hand_over(TakenOver(self.token, self.nick, None, unreachable=True))
 
 
 @dataclass
@@ -256,9 +259,17 @@ class Publish(Command):
 
 @dataclass
 class Stop(Command):
+    """Deregister, then end the writer; ``since``: when it was first asked
+    (while Redis is away it waits, up to a bound, to pass kept events on)."""
+    since: float = field(default_factory=time.monotonic)
+    waiting: bool = False  # said so in the log
+
     def answer(self, link, results) -> None:
         link.deregister()
         raise StopLink
+
+    def waited_enough(self) -> bool:
+        return time.monotonic() - self.since >= STOP_WAIT
 
 
 class StopLink(Exception):

@@ -64,7 +64,8 @@ from typing import Any, Callable, Iterator
 from termchat.cluster import scripts
 from termchat.cluster.commands import (ClaimNick, ClearPresence, Command, EndSession, Publish,
                                        RecordSession, RenameNick, SaveBan, SaveWorld, SetPresence,
-                                       Stop, StopLink, TakeItem, TakeOver, PLACE, held_by,
+                                       STOP_WAIT, Stop, StopLink, TakeItem, TakeOver, PLACE,
+                                       held_by,
                                        lying_in, session_record)
 from termchat.cluster.events import (Conflict, DataLost, LinkLost, LinkRestored, NodeDead,
                                      NodeEvent, Progress, RemoteBan, RemoteItem, RemoteJoin,
@@ -155,10 +156,12 @@ class ClusterLink:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Leave the cluster cleanly (best effort) and end the threads."""
+        """Leave the cluster cleanly and end the threads.  What this node's
+        users said while Redis was away was echoed to them: if Redis is
+        still away, the writer waits for it (up to STOP_WAIT) to pass it on."""
         self._outbox.put(Stop())  # the writer deregisters, then ends
         if self._threads:
-            self._threads[0].join(timeout=3)
+            self._threads[0].join(timeout=STOP_WAIT + 3)
         self._running = False  # the reader (a daemon) ends at its next poll
 
     @property
@@ -502,7 +505,9 @@ class ClusterLink:
     def _drain_while_down(self, seconds: float) -> bool:
         """While Redis is unreachable each command does its while_down part
         (claims succeed locally and are made again on reconnection, events
-        are kept for later, presence is kept).  True after Stop."""
+        are kept for later, presence is kept).  True after Stop, unless
+        events wait to be passed on: then Stop waits for Redis (it is
+        carried out once the link is back), up to STOP_WAIT."""
         deadline = time.monotonic() + seconds
         while True:
             remaining = deadline - time.monotonic()
@@ -510,7 +515,17 @@ class ClusterLink:
                 return False
             for command in self._next_commands(remaining):
                 if isinstance(command, Stop):
-                    return True
+                    if not self.buffer or command.waited_enough():
+                        if self.buffer:
+                            log.error("cluster: stopping with %d events Redis never took",
+                                      len(self.buffer))
+                        return True
+                    if not command.waiting:
+                        command.waiting = True
+                        log.warning("cluster: stopping; waiting up to %g s for Redis to take "
+                                    "%d events said here", STOP_WAIT, len(self.buffer))
+                    self._outbox.put(command)  # after reconnecting: register, append, stop
+                    return False
                 command.while_down(self)
 
     # ---- the reader thread ----
