@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import enum
 import errno
-import json
 import logging
 import os
 import selectors
@@ -39,7 +38,8 @@ from typing import Sequence
 from termchat.wire import protocol as proto
 from termchat.world import model as world_model
 from termchat.args import (add_version, first_line_of, float_at_least, int_in_range,
-                       program_name)
+                           program_name, read_text)
+from termchat.world.files import StateSaver, load_world
 from termchat.core.core import Access, ChatCore, Limits, SessionSettings
 from termchat.core.gate import format_address
 from termchat.core.delivery import Delivery, Outlet
@@ -60,7 +60,6 @@ TLS_SILENCE = 1.0        # a TLS client speaks at once: one silent this long is 
 NOT_TLS = "this server speaks TLS only: connect with --tls"
 ONLY_PLAIN = "this server does not speak TLS: connect without --tls"
 REDIS_URL_VARIABLE = "CHAT_REDIS_URL"
-SAVE_EVERY = 1.0         # seconds between writes of a changing world state
 
 
 def announce(message: str, *args: object) -> None:
@@ -80,12 +79,13 @@ class Tls(enum.Enum):
 class Connection(Outlet):
     """One client socket: the delivery outlet plus what the transport needs."""
 
-    __slots__ = ("sock", "peer", "decoder", "deadline", "events", "tls", "tls_wants_write",
-                 "fresh", "accepted")
+    __slots__ = ("sock", "fd", "peer", "decoder", "deadline", "events", "tls",
+                 "tls_wants_write", "fresh", "accepted")
 
     def __init__(self, sock: socket.socket, peer: str, tls: Tls | None = None) -> None:
         super().__init__()
         self.sock = sock
+        self.fd = sock.fileno()  # the selector's key, whatever becomes of the socket object
         self.peer = peer
         self.decoder = proto.PacketDecoder()
         self.deadline = 0.0     # when a closing connection is cut regardless
@@ -176,13 +176,25 @@ class ChatServer:
                 now = time.monotonic()
                 for event in self.link.take_events():
                     self.core.cluster_event(event, now)
-        elif conn.tls is not None and conn.setting_up:  # (plain: one comparison per event)
-            self.set_up_tls(conn)
         else:
-            if mask & selectors.EVENT_READ and not conn.gone:
-                self.on_readable(conn)
-            if mask & selectors.EVENT_WRITE and not conn.gone:
-                self.write(conn)
+            self.fenced(conn, self.serve, conn, mask)
+
+    def fenced(self, conn: Connection, action, *args) -> None:
+        """A bug in one connection's I/O costs that connection only."""
+        try:
+            action(*args)
+        except Exception:
+            log.exception("internal error on %r; dropping it", conn)
+            self.drop(conn, "internal error")
+
+    def serve(self, conn: Connection, mask: int) -> None:
+        if conn.tls is not None and conn.setting_up:  # (plain: one comparison per event)
+            self.set_up_tls(conn)
+            return
+        if mask & selectors.EVENT_READ and not conn.gone:
+            self.on_readable(conn)
+        if mask & selectors.EVENT_WRITE and not conn.gone:
+            self.write(conn)
 
     def next_timeout(self) -> float | None:
         if self.delivery.busy or self.tls_buffered:
@@ -303,7 +315,7 @@ class ChatServer:
         while self.tls_buffered:
             conn = self.tls_buffered.pop()
             if not conn.gone:
-                self.on_readable(conn)
+                self.fenced(conn, self.on_readable, conn)
 
     # ------------------------------------------------------------------
     # Setting up TLS: sniff the first byte, then step the handshake
@@ -327,10 +339,16 @@ class ChatServer:
             if conn.out:
                 self.write(conn)
         else:
-            self.selector.unregister(conn.sock)  # the TLS socket takes over the descriptor
-            conn.sock = self.tls.wrap_socket(conn.sock, server_side=True,
-                                             do_handshake_on_connect=False)
-            self.selector.register(conn.sock, conn.events, conn)
+            self.selector.unregister(conn.fd)  # the TLS socket takes over the descriptor
+            events, conn.events = conn.events, 0
+            try:
+                conn.sock = self.tls.wrap_socket(conn.sock, server_side=True,
+                                                 do_handshake_on_connect=False)
+            except (ssl.SSLError, OSError) as exc:  # it went away meanwhile (a reset, say)
+                self.drop(conn, f"TLS set-up failed: {getattr(exc, 'reason', None) or exc}")
+                return
+            self.selector.register(conn.sock, events, conn)
+            conn.events = events
             conn.tls = Tls.HANDSHAKE
 
     def step_handshake(self, conn: Connection) -> None:
@@ -397,7 +415,7 @@ class ChatServer:
         if events == conn.events:
             return
         if not events:
-            self.selector.unregister(conn.sock)
+            self.selector.unregister(conn.fd)
         elif not conn.events:
             self.selector.register(conn.sock, events, conn)
         else:
@@ -424,10 +442,10 @@ class ChatServer:
                 self.lingering[conn] = None
         for conn in self.delivery.take_input_changes():
             if not conn.gone:
-                self.update_interest(conn)
+                self.fenced(conn, self.update_interest, conn)
         for conn in self.delivery.take_dirty():
             if not conn.gone:
-                self.write(conn)
+                self.fenced(conn, self.write, conn)
 
     # ------------------------------------------------------------------
     # Ending connections
@@ -445,7 +463,7 @@ class ChatServer:
         self.tls_buffered.discard(conn)
         self.lingering.pop(conn, None)
         if conn.events:
-            self.selector.unregister(conn.sock)
+            self.selector.unregister(conn.fd)
             conn.events = 0
         conn.sock.close()
 
@@ -462,58 +480,6 @@ class ChatServer:
             if conn.deadline > now:
                 return
             self.drop(conn, "closed after an error")
-
-
-class StateSaver:
-    """Writes the world's state to its file atomically (a temporary file
-    beside it, synced, then renamed over it), at most every SAVE_EVERY
-    seconds while it changes, and once more when the server stops."""
-
-    def __init__(self, state: world_model.WorldState, path: Path) -> None:
-        self.state, self.path = state, path
-        self.saved_version = state.version
-        self.last_save = 0.0
-        self.complained = False
-
-    @property
-    def due(self) -> float | None:
-        if self.state.version == self.saved_version:
-            return None
-        return self.last_save + SAVE_EVERY
-
-    def save_if_due(self, now: float) -> None:
-        due = self.due
-        if due is not None and now >= due:
-            self.last_save = now
-            self.save()
-
-    def save(self) -> None:
-        if self.state.version == self.saved_version:
-            return
-        version = self.state.version
-        try:
-            write_atomically(self.path, json.dumps(self.state.to_data(), ensure_ascii=False))
-        except OSError as exc:
-            if not self.complained:  # once: a full disk would otherwise fill the log too
-                log.error("cannot save the world state to %s: %s", self.path,
-                          exc.strerror or exc)
-                self.complained = True
-            return
-        self.saved_version, self.complained = version, False
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace the file with text: readers see the old file or the new one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def take_batch(queue: list) -> tuple[list, list]:
@@ -635,27 +601,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_world(source: str | None, state_file: str | None) -> world_model.WorldState | None:
-    """The world (and where everything was, from ``state_file`` if it
-    exists); ValueError with the file, line and reason if it cannot be used."""
-    if not source:
-        return None
-    if source == "builtin":
-        from termchat.world import builtin_text
-        text, source = builtin_text(), "the built-in world"
-    else:
-        text = read_text(source, "world")
-    world = world_model.parse_world(text, source)  # a WorldError is a ValueError
-    if not state_file or not Path(state_file).exists():
-        return world_model.WorldState.fresh(world)
-    try:
-        data = json.loads(Path(state_file).read_text(encoding="utf-8"))
-        return world_model.WorldState.from_data(world, data)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"cannot read the world state {state_file}: "
-                         f"{getattr(exc, 'strerror', None) or exc}") from None
-
-
 def shared_world(url: str, state: world_model.WorldState) -> world_model.WorldState:
     """In a cluster the world's state lives in Redis: ours (from --state,
     or the world as it begins) only fills in what Redis does not have."""
@@ -758,15 +703,6 @@ def read_access(args: argparse.Namespace) -> Access:
     return Access(server_password=secret(args.password_file, "password"),
                   op_password=secret(args.op_password_file, "operator password"),
                   motd=tuple(line for line in motd if line))
-
-
-def read_text(path: str, what: str) -> str:
-    """A file's text; ValueError naming the file and what it was for."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read the {what} file {path}: "
-                         f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
 def raise_open_file_limit() -> int:

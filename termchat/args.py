@@ -1,10 +1,12 @@
 """Command-line pieces shared by the server and the client: argument
-types, the program's name as invoked, and --version."""
+types, the program's name as invoked, --version, and reading the files
+given on a command line (secrets, the message of the day, a world)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from importlib import metadata
 from typing import Callable
@@ -66,3 +68,24 @@ def first_line_of(path: str, what: str) -> str:
     if not line:
         raise ValueError(f"the {what} file {path} is empty")
     return line
+
+
+def read_text(path: str, what: str, limit: int = 16 << 20) -> str:
+    """A regular file's text (at most ``limit`` bytes); ValueError naming the
+    file and what it was for."""
+    def refused(reason: str) -> ValueError:
+        return ValueError(f"cannot read the {what} file {path}: {reason}")
+
+    try:
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) \
+                as source:
+            info = os.fstat(source.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise refused("it is not a regular file")
+            if info.st_size > limit:
+                raise refused(f"it is larger than {limit >> 20} MiB")
+            return source.read(limit + 1).decode("utf-8")
+    except OSError as exc:
+        raise refused(exc.strerror or str(exc)) from None
+    except UnicodeDecodeError:
+        raise refused("it is not UTF-8 text") from None

@@ -97,12 +97,11 @@ def nodes(redis_server):
     all listen on one port (SO_REUSEPORT)."""
     started = []
 
-    def make(count, *extra, shared_port=False):
+    def make(count, *extra, shared_port=False, port=0):
         options = ("--heartbeat", HEARTBEAT, *extra)
         env = {"CHAT_REDIS_URL": redis_server.url}  # passwords stay off the command line
         if shared_port:
             options += ("--reuse-port",)
-        port = 0
         for _ in range(count):
             started.append(ServerProcess(*options, port=port, env=env))
             port = started[-1].port if shared_port else 0
@@ -673,3 +672,124 @@ def test_the_terminal_client_resumes_on_the_other_node_when_its_node_is_killed(
         assert leave("pat") not in friend.received
     finally:
         term.close()
+
+
+# ---- issue 19: nodes that stall, restart or start late ----
+
+def test_a_paused_node_taken_for_dead_keeps_its_users_once_it_runs_again(nodes, client):
+    """Finding 7: SIGSTOP past the heartbeat, SIGCONT within the grace: the
+    other nodes never announce its session user's leave, even after the
+    grace would have ended, and keep passing its messages both ways."""
+    a_node, b_node = nodes(2, "--resume-grace", "3")
+    alice = session_hello(a_node, "alice")
+    alice.expect(lambda m: m["type"] == "session")
+    watcher = client(b_node, "watcher")
+    alice.expect(lambda m: m["type"] == "join" and m["nick"] == "watcher")
+    a_node.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: "stopped answering" in b_node.log_text(), timeout=10,
+                 describe=lambda: cluster_logs(b_node))
+    finally:
+        a_node.proc.send_signal(signal.SIGCONT)
+    paused = time.monotonic()
+    alice.chat("back from the pause")
+    watcher.expect(lambda m: m.get("message") == "back from the pause")
+    wait_for(lambda: time.monotonic() - paused > 4, timeout=10)  # past that grace
+    alice.chat("still here")
+    watcher.expect(lambda m: m.get("message") == "still here")
+    watcher.send({"type": "dm", "to": "alice", "message": "can you hear me?"})
+    alice.expect(lambda m: m.get("message") == "can you hear me?")
+    assert leave("alice") not in watcher.received
+    watcher.send({"type": "who"})
+    assert "alice" in watcher.expect(lambda m: m["type"] == "who")["nicks"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+def test_a_session_resumes_on_the_node_that_replaced_its_own(nodes, client, sig):
+    """Finding 8: a node stopped and started again on the same port is a new
+    node; the session of a user of the old one resumes there, with what it
+    missed, and nobody sees it leave, also after the grace."""
+    a_node, b_node = nodes(2, "--resume-grace", "3")
+    pat = session_hello(a_node, "pat")
+    token = pat.expect(lambda m: m["type"] == "session")["token"]
+    bob = client(b_node, "bob")
+    bob.chat("before")
+    last = pat.expect(lambda m: m.get("message") == "before")["id"]
+    a_node.proc.send_signal(sig)
+    a_node.proc.wait(10)
+    pat.close()
+    bob.chat("while the node restarts")
+    (again,) = nodes(1, "--resume-grace", "3", port=a_node.port)
+    back = session_hello(again, "pat", resume=token, after=last)
+    resumed = back.expect(lambda m: m["type"] in ("resumed", "error"), timeout=15)
+    assert resumed["type"] == "resumed", back.received
+    bob.chat("welcome back")
+    back.expect(lambda m: m.get("message") == "welcome back")
+    seen = [strip_session_fields(m) for m in back.received]  # replayed, or live just after
+    assert seen.count(chat_from("bob", "while the node restarts")) == 1, seen
+    started = time.monotonic()
+    wait_for(lambda: time.monotonic() - started > 4, timeout=10)  # past the grace
+    bob.send({"type": "dm", "to": "pat", "message": "still there?"})
+    back.expect(lambda m: m.get("message") == "still there?")
+    assert leave("pat") not in bob.received and join("pat") not in bob.received
+
+
+def test_a_ban_holds_on_a_node_started_later_and_across_a_restart(nodes, client, tmp_path):
+    """Finding 9: bans are state in Redis, read by every node at start-up."""
+    ops = tmp_path / "ops"
+    ops.write_text("opsecret\n")
+    (a_node,) = nodes(1, "--op-password-file", str(ops))
+    op = client(a_node, "op")
+    eve = client(a_node, "eve")
+    op.send({"type": "op", "password": "opsecret"})
+    op.expect({"type": "info", "message": "you are an operator now"})
+    op.send({"type": "ban", "nick": "eve", "minutes": 5, "reason": "spam"})
+    eve.expect(lambda m: m.get("code") == "banned")
+    (later,) = nodes(1)
+    for node in (later, a_node):
+        refused = RawClient(node.port, "eve2")
+        assert refused.expect(lambda m: True)["code"] == "banned"
+    assert a_node.stop() == 0
+    (restarted,) = nodes(1, port=a_node.port)
+    assert RawClient(restarted.port, "eve3").expect(lambda m: True)["code"] == "banned"
+
+
+def test_the_stream_lets_go_of_what_is_older_than_its_age_bound(redis_server):
+    """Finding 12: the stream is bounded by age and bytes, not entries alone."""
+    from termchat.cluster import link as cluster_link
+    redis = redis_server.client()
+    stream = "chat:stream"
+    old = int(time.time() * 1000) - (cluster_link.STREAM_SECONDS + 60) * 1000
+    for index in range(1000):
+        redis.xadd(stream, {"e": "x" * 100}, id=f"{old}-{index}")
+    link = cluster_link.ClusterLink(redis_server.url, wake=lambda: None)
+    link.client = redis
+    pipe = redis.pipeline(transaction=False)
+    link.append(pipe, '{"kind":"presence"}')
+    pipe.execute()
+    assert redis.xlen(stream) < 200  # trimmed a node of entries at a time
+    for index in range(400):
+        link.count_bytes(f"{int(time.time() * 1000)}-{index}", 1 << 20)
+    assert link.stream_bytes <= cluster_link.STREAM_BYTES and link.trim_to is not None
+
+
+@pytest.mark.redis(persist=True)
+def test_a_node_stopped_while_redis_is_away_passes_on_what_it_kept(nodes, client,
+                                                                  redis_server):
+    """Chaos finding 1: what a node's users said while Redis was away was
+    echoed to them (acknowledged); a clean stop then must not drop it."""
+    a_node, b_node = nodes(2)
+    ann, bob = client(a_node, "ann"), client(b_node, "bob")
+    ann.expect(join("bob"))
+    redis_server.stop(signal.SIGKILL)
+    ann.expect(lambda m: "lost contact" in m.get("message", ""), timeout=10)
+    for i in range(5):
+        ann.chat(f"kept {i}")
+        ann.expect(chat_from("ann", f"kept {i}"))  # echoed: acknowledged
+    a_node.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "waiting up to" in a_node.log_text(), describe=a_node.log_text)
+    redis_server.start()
+    assert a_node.proc.wait(15) == 0
+    for i in range(5):
+        bob.expect(chat_from("ann", f"kept {i}"), timeout=15)
+    assert "never took" not in a_node.log_text()

@@ -292,3 +292,42 @@ def test_a_session_resumes_on_a_node_that_replaced_its_own():
     outlet, got = resume_on(bus, "A2", "pat", token, last)
     assert got[0]["type"] == "resumed", got
     assert chat_from("bob", "while A restarts") in bare(got[1:])
+
+
+# ---- found by the chaos run (issue 25) ----
+
+def test_a_resume_while_redis_is_away_is_to_be_tried_again_not_expired():
+    """Chaos finding 9: the session lives on; session-expired would lock the
+    client out of its own nick for the whole grace."""
+    bus = Bus("A", "B")
+    pat, token, got = session_on(bus, "A", "pat")
+    last = got[0]["id"]
+    bus.kill("A")
+    node = bus.nodes["B"]
+    outlet = node.connect()
+    node.send(outlet, hello("pat", session=True, resume=token, after=last))
+    conn = node.core.connection(outlet)
+    node.core.cluster_event(cluster.TakenOver(conn, "pat", None, unreachable=True), node.now)
+    got = node.received(outlet)
+    assert got[0]["code"] == "throttled" and "try again" in got[0]["message"], got
+    assert node.core.parts.presence.get("pat") is not None  # still held for its session
+
+
+def test_a_resume_is_not_taken_up_before_the_reader_reaches_what_the_client_saw():
+    """Chaos finding 7: taken up early, the reader later delivered live what
+    the client had already seen on its old node."""
+    bus = Bus("A", "B")
+    pat, token, _ = session_on(bus, "A", "pat")
+    said(bus, "B", user_on(bus, "B", "bob"), "hi")
+    last = bus.nodes["A"].received(pat)[-1]["id"]
+    bus.kill("A")
+    node = bus.nodes["B"]
+    node.core.parts.log.stream_cursor = (0, 0)  # as if B's reader were stuck (Redis paused)
+    outlet = node.connect()
+    node.send(outlet, hello("pat", session=True, resume=token, after=last))
+    bus.pump()
+    assert node.received(outlet) == []  # waiting for the reader
+    node.tick(10)
+    got = node.received(outlet)
+    assert got[0]["code"] == "throttled", got
+    assert node.core.parts.presence.local("pat") is None

@@ -2,6 +2,7 @@
 bus that plays Redis and the link threads (tests/cluster_bus.py)."""
 
 from termchat.cluster import events as cluster
+from termchat.core.sessions import RESUME_WAIT
 from tests.cluster_bus import Bus, bare, resume_on, said, session_on, user_on
 from tests.core_harness import FakeLink, Harness
 from tests.support import SESSION_EXPIRED, chat_from, join, leave
@@ -200,7 +201,7 @@ def test_a_resume_whose_connection_drops_while_it_waits_gives_the_session_back()
     bus.pump()
     assert node.received(outlet) == []  # waiting for the reader
     node.lose(outlet)
-    node.tick(3)
+    node.tick(RESUME_WAIT + 1)
     bus.pump()
     calls = node.core.link.calls
     assert ("forget", "pat") in calls

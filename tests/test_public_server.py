@@ -228,3 +228,26 @@ def test_accepted_sockets_have_tcp_keepalive():
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
     finally:
         sock.close()
+
+
+def test_an_address_opening_connections_too_fast_is_refused_before_its_hello(start_server):
+    """Issue 19, finding 5: churn from one address is refused at accept,
+    with code throttled, before any hello: nobody sees a join or a leave."""
+    server = start_server("--connect-rate", "2", "--connect-burst", "10", "--max-per-ip", "0")
+    watcher = RawClient(server.port, "watcher")  # one of the ten
+    watcher.expect(join("watcher"))
+    refused = []
+    for index in range(40):
+        churn = RawClient(server.port)
+        churn.send({"type": "hello", "nick": f"churn{index}"})
+        first = churn.expect(lambda m: True)
+        if first.get("code") == "throttled":
+            assert "try again in" in first["message"]
+            churn.expect_closed()
+            refused.append(f"churn{index}")
+        churn.close()
+    assert 20 <= len(refused) <= 31  # nine got in at once, then about two a second
+    seen = {m["nick"] for m in watcher.drain(0.3) if m["type"] in ("join", "leave")}
+    assert seen and seen.isdisjoint(refused)
+    assert server.log_text().count("throttling new connections") >= 1
+    assert "too many new connections" not in server.log_text()  # one line, not one each

@@ -117,3 +117,45 @@ def test_base_clients_get_the_base_packets_byte_for_byte(server):
         data += base.recv(4096)
     assert data == expected
     base.close()
+
+
+def test_a_resume_over_sockets_replays_nothing_of_a_previous_holder(connect, server):
+    """Issue 19, finding 2: the old alice's DMs and her private room's chat
+    must not reach a new holder of the nick, whatever ``after`` it sends."""
+    bob = connect("bob")
+    alice, _, _ = started(server.port, "alice")
+    bob.expect(join("alice"))
+    bob.send({"type": "dm", "to": "alice", "message": "for the old alice"})
+    alice.expect(lambda m: m.get("message") == "for the old alice")
+    alice.send({"type": "enter", "room": "private"})
+    alice.chat("private words")
+    alice.expect(lambda m: m.get("message") == "private words")
+    alice.send({"type": "quit"})
+    bob.expect(leave("alice"))
+    mallory, token, _ = started(server.port, "alice")
+    carol = connect("carol")
+    carol.send({"type": "enter", "room": "private"})
+    carol.chat("said after the old alice left")
+    carol.expect(lambda m: m.get("message") == "said after the old alice left")
+    reset(mallory)
+    wait_for(lambda: server.log_text().count("detach alice") == 1, describe=server.log_text)
+    back = session_client(server.port, "alice", resume=token, after="0")
+    resumed = back.expect(lambda m: m["type"] in ("resumed", "error"))
+    assert resumed["type"] == "resumed", resumed
+    replay = [back.expect(lambda m: True) for _ in range(resumed["missed"])]
+    texts = {m.get("message") for m in replay}
+    assert texts.isdisjoint({"for the old alice", "private words",
+                             "said after the old alice left"}), replay
+
+
+def test_an_after_the_server_cannot_use_is_expired_and_logged_in_one_line_at_most(server):
+    """Issue 19, finding 10: 30 nines once per new connection wrote a 1 KB
+    traceback per connection."""
+    pat, token, _ = started(server.port, "pat")
+    for _ in range(20):  # its own token, from new connections, while it stays joined
+        forged = session_client(server.port, "pat", resume=token, after="9" * 30)
+        assert forged.expect(lambda m: True) == SESSION_EXPIRED
+        forged.close()
+    wait_for(lambda: server.log_text().count("disconnect") >= 20, describe=server.log_text)
+    log = server.log_text()
+    assert "Traceback" not in log and len(log.splitlines()) < 80

@@ -186,3 +186,25 @@ def test_tls_and_plain_nodes_of_one_cluster_relay_both_ways(certs, tls_client, r
         secure.cleanup()
         plain.cleanup()
         redis.cleanup()
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER on, 0 seconds): no FIN, an RST."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+
+
+@pytest.mark.parametrize("first", [b"\x16", b"\x16\x03\x01", b"\x16\x03\x01\x02\x00\x01"])
+def test_a_handshake_byte_then_a_reset_costs_that_connection_only(tls_server, tls_client,
+                                                                  first):
+    pat = tls_client(tls_server.port, "pat")
+    for _ in range(5):
+        sock = socket.create_connection(("127.0.0.1", tls_server.port))
+        sock.sendall(first)
+        reset(sock)
+    chris = tls_client(tls_server.port, "chris")
+    pat.expect(join("chris"))
+    chris.chat("still up")
+    pat.expect(chat_from("chris", "still up"))
+    assert tls_server.proc.poll() is None
+    assert "Traceback" not in tls_server.log_text()

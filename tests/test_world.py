@@ -2,6 +2,8 @@
 trip, and every way a world file can be refused (with its line)."""
 
 import json
+import os
+import threading
 
 import pytest
 
@@ -201,3 +203,36 @@ def test_the_largest_look_a_world_file_allows_fits_in_one_packet():
         tuple(world.DIRECTIONS), tuple(f"a {wide * world.MAX_NAME}" for _ in range(ITEMS_SHOWN)),
         tuple(wide * 32 for _ in range(PEOPLE_SHOWN)), 10**9, 10**9)
     assert len(proto.encode(view)) <= proto.MAX_PAYLOAD + proto.HEADER_SIZE
+
+
+# ---- the state file ----
+
+def test_the_state_is_written_through_an_exclusive_temporary_file(tmp_path):
+    from termchat.world.files import write_atomically
+    target = tmp_path / "someone-elses.txt"
+    target.write_text("keep me")
+    state = tmp_path / "state.json"
+    for pid in (os.getpid(), os.getpid() + 1):  # the old, predictable names
+        (tmp_path / f".state.json.{pid}.tmp").symlink_to(target)
+    write_atomically(state, "{}")
+    assert target.read_text() == "keep me"
+    assert not state.is_symlink() and state.read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.is_symlink()) == \
+        ["someone-elses.txt", "state.json"]
+
+
+def test_the_state_is_written_by_its_own_thread_from_a_snapshot(tmp_path, monkeypatch):
+    from termchat.world import files
+    writers = []
+    write = files.write_atomically
+    monkeypatch.setattr(files, "write_atomically",
+                        lambda path, text: (writers.append(threading.current_thread()),
+                                            write(path, text)))
+    state = world.WorldState.fresh(world.parse_world(SMALL, "small"))
+    saver = files.StateSaver(state, tmp_path / "state.json")
+    state.put_player("pat", "study")
+    saver.save_if_due(10.0)
+    state.put_player("pat", "cellar")  # after the snapshot: written by the next save
+    saver.save()
+    assert writers and threading.main_thread() not in writers
+    assert json.loads((tmp_path / "state.json").read_text())["players"] == {"pat": "cellar"}

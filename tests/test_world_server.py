@@ -2,6 +2,7 @@
 the state kept across a restart, and a broken world refused at start-up."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -97,3 +98,39 @@ def test_a_broken_world_or_state_is_refused_at_start_up_with_exit_2(tmp_path):
     result = subprocess.run([sys.executable, "chat_server.py", "0", "--state", "x.json"],
                             cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "--state needs --world" in result.stderr
+
+
+def refused_at_start(*options: str) -> str:
+    """The server's one line of refusal (it must exit 2 without a traceback)."""
+    result = subprocess.run([sys.executable, "chat_server.py", "0", *options], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, \
+        result.stderr
+    return result.stderr
+
+
+def test_world_files_that_would_crash_or_hang_start_up_are_refused_in_one_line(tmp_path):
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nested too deeply" in refused_at_start("--world", str(deep))
+    articles = tmp_path / "articles.toml"
+    articles.write_text('start = "hall"\n[places.hall]\ntitle = "Hall"\ndescription = "x"\n'
+                        'items = ["box"]\n[items.box]\nname = "box"\ndescription = "A box."\n'
+                        f'article = "{"a" * 2000}"\n')
+    assert f"{articles}, line 9:" in refused_at_start("--world", str(articles))
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    assert "not a regular file" in refused_at_start("--world", str(fifo))
+
+
+def test_state_files_that_would_crash_or_hang_start_up_are_refused_in_one_line(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert "nested too deeply" in refused_at_start("--world", "builtin", "--state", str(deep))
+    lists = tmp_path / "lists.json"
+    lists.write_text(json.dumps({"players": {"pat": ["yard"]}}))
+    assert '"players" must map' in refused_at_start("--world", "builtin", "--state", str(lists))
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    assert "not a regular file" in refused_at_start("--world", "builtin", "--state", str(fifo))

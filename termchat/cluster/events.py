@@ -294,7 +294,8 @@ class TakenOver:
     token: Any
     nick: str
     old: str | None
-    room: str = ""  # where the session's user last was
+    room: str = ""              # where the session's user last was
+    unreachable: bool = False   # not answered: Redis is away (try again later)
 
 
 @dataclass(frozen=True)

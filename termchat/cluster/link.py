@@ -39,8 +39,14 @@ off from Redis keeps serving its users, buffers what they say (at most
 BUFFER_EVENTS events and BUFFER_SECONDS seconds, then it tells them what
 was dropped) and appends it when Redis is back, then reads what it
 missed: per-sender order, each event once.  Events read from Redis are
-validated like client packets; events from unregistered nodes, or about
-nicks the sending node does not own, are ignored.
+validated like client packets and those from unregistered nodes ignored;
+the core vets the rest (a node speaks only for its own users) and drops
+an event appended twice by a retry.  A node that starts reads the
+stream's recent past first (``history_seconds``), so that it can resume
+the sessions of a node that died, or of the process it replaces.
+
+The commands the writer runs are in commands.py, the Lua scripts in
+scripts.py, the events in events.py.
 """
 
 from __future__ import annotations
@@ -53,15 +59,18 @@ import time
 import urllib.parse
 import uuid
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from termchat.cluster import scripts
-from termchat.cluster.events import (Claimed, Conflict, DataLost, ItemTaken, LinkLost,
-                                     LinkRestored, NodeDead, NodeEvent, Progress, RemoteBan,
-                                     RemoteItem, RemoteJoin, RemoteLeave, RemoteMove,
-                                     RemotePresence, RemoteRename, RemoteTakeover, Renamed,
-                                     Snapshot, TakenOver, Undelivered, parse_node_event,
+from termchat.cluster.commands import (ClaimNick, ClearPresence, Command, EndSession, Publish,
+                                       RecordSession, RenameNick, SaveBan, SaveWorld, SetPresence,
+                                       STOP_WAIT, Stop, StopLink, TakeItem, TakeOver, PLACE,
+                                       held_by,
+                                       lying_in, session_record)
+from termchat.cluster.events import (Conflict, DataLost, LinkLost, LinkRestored, NodeDead,
+                                     NodeEvent, Progress, RemoteBan, RemoteItem, RemoteJoin,
+                                     RemoteLeave, RemoteMove, RemotePresence, RemoteRename,
+                                     RemoteTakeover, Snapshot, Undelivered, parse_node_event,
                                      stream_id)
 from termchat.wire import protocol as proto
 
@@ -91,258 +100,6 @@ def find_redis_server() -> str | None:
         return str(get_binary_path())
     except Exception:  # not installed, or no binary for this platform
         return None
-
-
-
-# --------------------------------------------------------------------------
-# What the event loop asks of the link: each command queues itself on a
-# pipeline, reads its own results, and knows what to do while Redis is down.
-
-
-class Command:
-    def queue(self, link: "ClusterLink", pipe) -> int:
-        """Add this command's Redis calls to the pipeline; return how many."""
-        return 0
-
-    def answer(self, link: "ClusterLink", results: list) -> None:
-        """Act on this command's results (as many as queue() returned)."""
-
-    def while_down(self, link: "ClusterLink") -> None:
-        """Redis is unreachable: keep what must be redone on reconnection."""
-
-
-@dataclass
-class ClaimNick(Command):
-    token: Any
-    nick: str
-    key: str
-
-    def queue(self, link, pipe) -> int:
-        link.client.claim_nick(keys=[link.key("nick:" + self.key)],
-                               args=[link.node_id, link.key("alive:")], client=pipe)
-        return 1
-
-    def answer(self, link, results) -> None:
-        taken_from = results[0]  # None: refused; b'': free or ours; else a dead node's
-        link.hand_over(Claimed(self.token, self.nick, taken_from is not None,
-                               taken_from.decode() if taken_from else ""))
-
-    def while_down(self, link) -> None:
-        link.hand_over(Claimed(self.token, self.nick, True))  # claimed again on reconnection
-
-
-@dataclass
-class RenameNick(Command):
-    """Claim the new nick and free the old one in one step (a Lua script),
-    move the user in our presence, and tell the other nodes."""
-    token: Any
-    old: str
-    new: str
-    wire: str  # the RemoteRename event, numbered like any publish...
-    seq: int   # ...under this number
-
-    def queue(self, link, pipe) -> int:
-        link.client.rename_nick(keys=[link.key("nick:" + proto.name_key(self.old)),
-                                     link.key("nick:" + proto.name_key(self.new))],
-                                args=[link.node_id, link.key("alive:")], client=pipe)
-        return 1
-
-    def answer(self, link, results) -> None:
-        granted = bool(results[0])
-        if granted:
-            room = link.users.pop(self.old, None) or "lobby"
-            link.users[self.new] = room
-            pipe = link.client.pipeline(transaction=False)
-            pipe.hdel(link.key("users:" + link.node_id), self.old)
-            pipe.hset(link.key("users:" + link.node_id), self.new, room)
-            link.append(pipe, self.wire)
-            pipe.execute()
-        link.hand_over(Renamed(self.token, self.old, self.new, granted, self.seq))
-
-    def while_down(self, link) -> None:  # as a claim: made good on reconnection
-        link.users[self.new] = link.users.pop(self.old, None) or "lobby"
-        link.keep_for_later(self.wire)
-        link.hand_over(Renamed(self.token, self.old, self.new, True, self.seq))
-
-
-@dataclass
-class SetPresence(Command):
-    nick: str
-    room: str
-
-    def queue(self, link, pipe) -> int:
-        link.users[self.nick] = self.room
-        pipe.hset(link.key("users:" + link.node_id), self.nick, self.room)
-        return 1
-
-    def while_down(self, link) -> None:
-        link.users[self.nick] = self.room
-
-
-@dataclass
-class ClearPresence(Command):
-    nick: str
-    key: str
-
-    def queue(self, link, pipe) -> int:
-        link.users.pop(self.nick, None)
-        pipe.hdel(link.key("users:" + link.node_id), self.nick)
-        link.client.release_nick(keys=[link.key("nick:" + self.key)], args=[link.node_id],
-                                 client=pipe)
-        return 2
-
-    def while_down(self, link) -> None:
-        link.users.pop(self.nick, None)
-
-
-@dataclass
-class RecordSession(Command):
-    """A session of ours, under its (current) nick, in its room; ``old`` is
-    a nick it had before (a rename), whose entry goes."""
-    digest: str
-    nick: str
-    old: str | None = None
-    room: str | None = None
-
-    def queue(self, link, pipe) -> int:
-        self.while_down(link)
-        pipe.hset(link.key("session:" + self.digest),
-                  mapping=session_record(self.nick, link.node_id, self.room))
-        if self.old:
-            pipe.hdel(link.key("sessions:" + link.node_id), self.old)
-        pipe.hset(link.key("sessions:" + link.node_id), self.nick, self.digest)
-        return 3 if self.old else 2
-
-    def while_down(self, link) -> None:  # written again on reconnection
-        link.sessions.pop(self.old, None)
-        link.sessions[self.nick] = self.digest
-
-
-@dataclass
-class EndSession(Command):
-    """A session is over (its node: ours, or a dead one's for an orphan);
-    without a digest, only the node's entry for the nick goes (the session
-    lives on elsewhere)."""
-    digest: str | None
-    nick: str
-    node: str
-
-    def queue(self, link, pipe) -> int:
-        self.while_down(link)
-        pipe.hdel(link.key("sessions:" + self.node), self.nick)
-        if self.digest is None:
-            return 1
-        link.client.end_session(keys=[link.key("session:" + self.digest)], args=[self.node],
-                                client=pipe)
-        return 2
-
-    def while_down(self, link) -> None:
-        if self.node == link.node_id:
-            link.sessions.pop(self.nick, None)
-
-
-@dataclass
-class TakeOver(Command):
-    """Take a session (and its nick) over from whichever node holds it."""
-    token: Any
-    digest: str
-    nick: str
-
-    def queue(self, link, pipe) -> int:
-        key = proto.name_key(self.nick)
-        link.client.take_over(keys=[link.key("session:" + self.digest),
-                                    link.key("nick:" + key)],
-                              args=[link.node_id, key], client=pipe)
-        return 1
-
-    def answer(self, link, results) -> None:
-        held = results[0]  # None: no such session; else [old node, room]
-        if not held:
-            link.hand_over(TakenOver(self.token, self.nick, None))
-            return
-        old, room = (value.decode() if isinstance(value, bytes) else "" for value in held)
-        link.hand_over(TakenOver(self.token, self.nick, old or None, room))
-
-    def while_down(self, link) -> None:
-        link.hand_over(TakenOver(self.token, self.nick, None))
-
-
-@dataclass
-class TakeItem(Command):
-    """Give an item lying in a place to a player, if it still lies there."""
-    token: Any
-    item: str
-    place: str
-    player: str
-    wire: str  # the RemoteItem event, published only if granted
-
-    def queue(self, link, pipe) -> int:
-        link.client.take_item(keys=[link.key("world:items")],
-                              args=[self.item, lying_in(self.place), held_by(self.player)],
-                              client=pipe)
-        return 1
-
-    def answer(self, link, results) -> None:
-        granted = bool(results[0])
-        if granted:
-            pipe = link.client.pipeline(transaction=False)
-            link.append(pipe, self.wire)
-            pipe.execute()
-        link.hand_over(ItemTaken(self.token, self.item, granted))
-
-    def while_down(self, link) -> None:  # nobody can tell who has it: not now
-        link.hand_over(ItemTaken(self.token, self.item, False, unreachable=True))
-
-
-@dataclass
-class SaveWorld(Command):
-    """Where an item lies (or who holds it), or where a player is (None:
-    forgotten)."""
-    field: str
-    value: str | None
-    table: str  # "items" or "players"
-
-    def queue(self, link, pipe) -> int:
-        if self.value is None:
-            pipe.hdel(link.key("world:" + self.table), self.field)
-        else:
-            pipe.hset(link.key("world:" + self.table), self.field, self.value)
-        return 1
-
-
-@dataclass
-class SaveBan(Command):
-    """A ban in Redis: a key that expires with it (Redis's own clock)."""
-    address: str
-    seconds: float
-    reason: str
-
-    def queue(self, link, pipe) -> int:
-        pipe.set(link.key("ban:" + self.address), self.reason, px=max(1, int(self.seconds * 1000)))
-        return 1
-
-
-@dataclass
-class Publish(Command):
-    wire: str  # the event as JSON, numbered: a retry is recognised as one
-
-    def queue(self, link, pipe) -> int:
-        link.append(pipe, self.wire)
-        return 1
-
-    def while_down(self, link) -> None:
-        link.keep_for_later(self.wire)
-
-
-@dataclass
-class Stop(Command):
-    def answer(self, link, results) -> None:
-        link.deregister()
-        raise StopLink
-
-
-class StopLink(Exception):
-    """Raised by the Stop command to end the writer."""
 
 
 class ClusterLink:
@@ -399,10 +156,12 @@ class ClusterLink:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Leave the cluster cleanly (best effort) and end the threads."""
+        """Leave the cluster cleanly and end the threads.  What this node's
+        users said while Redis was away was echoed to them: if Redis is
+        still away, the writer waits for it (up to STOP_WAIT) to pass it on."""
         self._outbox.put(Stop())  # the writer deregisters, then ends
         if self._threads:
-            self._threads[0].join(timeout=3)
+            self._threads[0].join(timeout=STOP_WAIT + 3)
         self._running = False  # the reader (a daemon) ends at its next poll
 
     @property
@@ -746,7 +505,9 @@ class ClusterLink:
     def _drain_while_down(self, seconds: float) -> bool:
         """While Redis is unreachable each command does its while_down part
         (claims succeed locally and are made again on reconnection, events
-        are kept for later, presence is kept).  True after Stop."""
+        are kept for later, presence is kept).  True after Stop, unless
+        events wait to be passed on: then Stop waits for Redis (it is
+        carried out once the link is back), up to STOP_WAIT."""
         deadline = time.monotonic() + seconds
         while True:
             remaining = deadline - time.monotonic()
@@ -754,7 +515,17 @@ class ClusterLink:
                 return False
             for command in self._next_commands(remaining):
                 if isinstance(command, Stop):
-                    return True
+                    if not self.buffer or command.waited_enough():
+                        if self.buffer:
+                            log.error("cluster: stopping with %d events Redis never took",
+                                      len(self.buffer))
+                        return True
+                    if not command.waiting:
+                        command.waiting = True
+                        log.warning("cluster: stopping; waiting up to %g s for Redis to take "
+                                    "%d events said here", STOP_WAIT, len(self.buffer))
+                    self._outbox.put(command)  # after reconnecting: register, append, stop
+                    return False
                 command.while_down(self)
 
     # ---- the reader thread ----
@@ -847,27 +618,6 @@ class ClusterLink:
         if node not in self.registered:
             self.registered = {n.decode() for n in client.smembers(self.key("nodes"))}
         return node in self.registered
-
-
-def session_record(nick: str, node: str, room: str | None = None) -> dict[str, str]:
-    """What ``P session:HASH`` holds: the nick, its name key (what a resume
-    must match), the node holding the session and the room its user is in
-    (for a node that resumes it without knowing the user)."""
-    record = {"nick": nick, "key": proto.name_key(nick), "node": node}
-    if room is not None:
-        record["room"] = room
-    return record
-
-
-PLACE, HELD = "place", "held"  # where an item is, in ``P world:items``
-
-
-def lying_in(place: str) -> str:
-    return f"{PLACE}:{place}"
-
-
-def held_by(player: str) -> str:
-    return f"{HELD}:{player}"
 
 
 def share_world_state(url: str, data: dict, prefix: str = "chat:") -> dict:

@@ -29,6 +29,8 @@ from termchat.wire import protocol as proto
 from termchat.wire.protocol import Code
 
 MAX_SEQ_GAP = 1_000_000  # an event number this far past the last is not believed
+STORE_AWAY = ("the chat servers' shared store is away: your session is kept; try again in a "
+              "moment")
 DEAD_KEPT = 1000         # dead nodes remembered
 
 
@@ -170,6 +172,8 @@ def on_taken_over(parts: Parts, event: cluster.TakenOver, now: float) -> Effects
     drop_claim(parts, proto.name_key(event.nick), conn)
     if conn.state is not State.CLAIMING:  # gone meanwhile
         return give_back(hello) if event.old is not None else []
+    if event.unreachable:  # the session lives on: the client is to try again
+        return refuse(parts, conn, STORE_AWAY, Code.THROTTLED, now)
     position = parse_position(hello.after)
     if event.old is None or position is None:
         return expired(parts, conn, now) + (give_back(hello) if event.old else [])
@@ -201,6 +205,8 @@ def adopt(parts: Parts, conn: Connection, old: str, room: str, position: Positio
     logged it."""
     if conn.state is not State.CLAIMING:  # gone while it waited
         return give_back(conn.pending)
+    if parts.log.stream_cursor < position.cursor:  # the reader never got there: Redis
+        return refuse(parts, conn, STORE_AWAY, Code.THROTTLED, now)  # is away; try later
     hello, conn.pending = conn.pending, None
     user = parts.presence.get(hello.nick)
     if user is None or user.local:

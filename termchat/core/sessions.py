@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from termchat.core.gate import Connection
     from termchat.core.presence import User
 
-RESUME_WAIT = 2.0  # seconds a resume from another node waits for our stream reader
+RESUME_WAIT = 5.0  # seconds a resume from another node waits for our stream reader
 
 
 def session_digest(token: str) -> str:

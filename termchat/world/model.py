@@ -56,6 +56,7 @@ MAX_PLAYERS = 100_000  # players whose place is remembered (the longest unseen g
 MAX_TEXT = 3000        # characters of a description...
 MAX_TITLE = 100        # ...of a place's title (or the world's name)...
 MAX_NAME = 60          # ...and of an item's name: a look always fits in a packet
+MAX_ARTICLE = 12       # characters of an item's article ("a", "an", "some", ...)
 
 
 class WorldError(ValueError):
@@ -158,6 +159,9 @@ def parse_world(text: str, source: str = "<world>") -> World:
         match = re.search(r"line (\d+)", str(exc))
         raise WorldError(source, int(match.group(1)) if match else None,
                          f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise WorldError(source, None, "not a world: tables or arrays nested too deeply") \
+            from None
     return WorldReader(data, Lines(text), source).world()
 
 
@@ -234,6 +238,8 @@ class WorldReader:
         article = table.get("article", "an" if name[:1].lower() in "aeiou" else "a")
         if not isinstance(article, str):
             self.fail('"article" must be a string', *path, "article")
+        if len(article.strip()) > MAX_ARTICLE:
+            self.fail(f'"article" is longer than {MAX_ARTICLE} characters', *path, "article")
         return Item(item_id, name, prose(self.text(table, "description", *path)),
                     article.strip())
 
@@ -373,28 +379,40 @@ class WorldState:
     def from_data(cls, world: World, data: Any) -> WorldState:
         """The state saved earlier, fitted to the world as it is now: an
         item or place the world no longer has is dropped, an item missing
-        from the saved state starts where the world puts it."""
+        from the saved state starts where the world puts it.  A state of
+        the wrong shape (not what to_data() writes) is a ValueError."""
         state = cls.fresh(world)
         if not isinstance(data, dict):
             raise ValueError("the saved state is not a JSON object")
         places, items = world.places, world.items
-        for player, place in _pairs(data.get("players")):
+        for player, place in _pairs(data, "players", str):
             if place in places:
                 state.player_place[player] = place
-        for player, held in _pairs(data.get("carried")):
-            for item in held if isinstance(held, list) else ():
+        for player, held in _pairs(data, "carried", list):
+            for item in held:
+                if not isinstance(item, str):
+                    raise ValueError('"carried" must map each player to a list of item ids')
                 if item in items:
                     state.place_item(item, player=player)
-        for item, place in _pairs(data.get("items")):
+        for item, place in _pairs(data, "items", str):
             if item in items and place in places:
                 state.place_item(item, place)
+        if len(state.player_place) > MAX_PLAYERS:
+            for player in list(state.player_place)[:len(state.player_place) - MAX_PLAYERS]:
+                if not state.carried.get(player):
+                    del state.player_place[player]
         state.version = 0
         return state
 
 
-def _pairs(value: Any) -> list[tuple[str, Any]]:
-    return [(k, v) for k, v in value.items() if isinstance(k, str)] \
-        if isinstance(value, dict) else []
+def _pairs(data: dict, key: str, kind: type) -> list[tuple[str, Any]]:
+    """The entries of one table of a saved state, checked for their shape."""
+    table = data.get(key, {})
+    if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, kind)
+                                              for k, v in table.items()):
+        what = "a place id" if kind is str else "a list of item ids"
+        raise ValueError(f'"{key}" must map names to {what}')
+    return list(table.items())
 
 
 # --------------------------------------------------------------------------
