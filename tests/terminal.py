@@ -232,6 +232,27 @@ def cooked_mode_with_echo(stty_output: str) -> bool:
     return {"icanon", "echo", "isig", "icrnl", "opost"} <= flags
 
 
+def lines_from_chris(terminal, connect, count: int):
+    """A client pat in a pty, and a raw client chris who has said ``count``
+    lines (``line 000``...) that pat shows: (TerminalClient, RawClient)."""
+    term = terminal("pat")
+    term.wait_for_prompt()
+    chris = connect("chris")
+    for i in range(count):
+        chris.chat(f"line {i:03}")
+    term.wait_for_text(f"chris: line {count - 1:03}")
+    return term, chris
+
+
+def server_gone(server, term) -> int:
+    """Stop the test's server and see the client notice; its port, for
+    another server to start on."""
+    port = server.port
+    server.stop()
+    term.wait_for_text("*** connection lost; reconnecting...")
+    return port
+
+
 def with_chris(terminal, connect, nick: str = "pat"):
     """A client `nick` in a pty and a raw client `chris` that joined after it
     (so its join is on the screen): (TerminalClient, RawClient)."""

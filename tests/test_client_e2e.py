@@ -16,8 +16,8 @@ import pytest
 from termchat.wire import protocol as proto
 from tests.support import (DEFAULT_TIMEOUT, ROOT, RawClient, ServerProcess, chat_from, join,
                            leave, wait_for)
-from tests.terminal import (TerminalClient, cooked_mode_with_echo, one_ui,  # noqa: F401
-                            pty_client, with_chris)
+from tests.terminal import (TerminalClient, cooked_mode_with_echo, lines_from_chris,  # noqa
+                            one_ui, pty_client, server_gone, with_chris)
 
 
 class ScriptedServer:
@@ -182,9 +182,7 @@ def test_a_restarted_server_is_reconnected_to_with_the_line_kept(server, termina
     term = terminal("pat")
     term.wait_for_prompt()
     term.type("half")
-    port = server.port
-    server.stop()
-    term.wait_for_text("*** connection lost; reconnecting...")
+    port = server_gone(server, term)
     term.wait_for_prompt("half")
     term.key("enter")
     term.wait_for_text("*** not connected: that was not sent (Up brings it back)")
@@ -205,10 +203,7 @@ def test_a_restarted_server_is_reconnected_to_with_the_line_kept(server, termina
 def test_a_nick_held_after_a_reconnection_is_waited_for_not_fatal(server, terminal):
     term = terminal("pat")
     term.wait_for_prompt()
-    port = server.port
-    server.stop()
-    term.wait_for_text("*** connection lost; reconnecting...")
-    again = ServerProcess(port=port)
+    again = ServerProcess(port=server_gone(server, term))
     try:
         squatter = RawClient(again.port, "pat")
         squatter.expect(join("pat"))
@@ -357,12 +352,7 @@ def test_wide_characters_keep_the_cursor_in_the_right_column(terminal):
 
 @pytest.mark.server_args("--rate", "0", "--max-per-ip", "0")
 def test_burst_scrolls_and_page_up_shows_earlier_lines(terminal, connect):
-    term = terminal("pat")
-    term.wait_for_prompt()
-    chris = connect("chris")
-    for i in range(300):
-        chris.chat(f"line {i:03}")
-    term.wait_for_text("chris: line 299")
+    term, chris = lines_from_chris(terminal, connect, 300)
     assert term.lines[-2] == "chris: line 299"
     assert "chris: line 277" in term.lines[0]
     page = 22  # a page keeps one of the 23 output rows in view
@@ -491,12 +481,7 @@ def test_nick_colors_are_stable(terminal, connect):
 @pytest.mark.server_args("--rate", "0")
 def test_while_scrolled_up_the_input_row_counts_new_lines_and_end_returns(terminal, connect):
     """Issue 20, finding 7: new messages arrived unseen while scrolled up."""
-    term = terminal("pat")
-    term.wait_for_prompt()
-    chris = connect("chris")
-    for i in range(30):
-        chris.chat(f"line {i:02}")
-    term.wait_for_text("chris: line 29")
+    term, chris = lines_from_chris(terminal, connect, 30)
     term.type("half")
     term.key("pageup")
     term.wait_for(lambda t: t.lines[-1].endswith("-- scrolled up (End) --"), what="scrolled")

@@ -5,7 +5,7 @@ import socket
 import threading
 
 from tests.support import RawClient, ServerProcess, chat_from, join, wait_for
-from tests.terminal import one_ui, pty_client  # noqa: F401  (a fixture)
+from tests.terminal import one_ui, pty_client, server_gone  # noqa: F401  (a fixture)
 from tests.test_client_e2e import scripted  # noqa: F401  (a fixture)
 
 
@@ -111,10 +111,7 @@ def test_after_a_server_restart_the_prompt_and_the_server_agree_on_the_room(serv
     term.say("/join games")
     term.prompt_room = "games"
     term.wait_for_prompt()
-    port = server.port
-    server.stop()
-    term.wait_for_text("*** connection lost; reconnecting...")
-    again = ServerProcess(port=port)
+    again = ServerProcess(port=server_gone(server, term))
     try:
         term.wait_for_text("*** reconnected; messages sent while you were away are lost",
                            timeout=20)
