@@ -7,6 +7,7 @@ import pytest
 
 from tests.support import ServerProcess, chat_from, join
 from tests.terminal import TerminalClient, one_ui, with_chris as ready
+from tests.terminal import server, spare_server  # noqa: F401  (fixtures)
 
 
 @one_ui
@@ -85,6 +86,7 @@ def test_help_fits_80x24_and_keys_and_details_have_their_own(terminal):
     term.wait_for_text("pat has joined")
     term.say("/help")
     term.wait_for_text("*** commands (/help COMMAND for one of them, /help keys for the keys):")
+    term.wait_for_text("client: /reconnect   /help [COMMAND | keys]   /q")  # the last line
     for shown in HELP_SHOWS:  # all of it on the screen at once
         assert shown in term.text, shown
     assert "/look" not in term.text and "world" not in term.text  # no world here

@@ -15,6 +15,7 @@ import pytest
 
 from tests.support import DEFAULT_TIMEOUT, ROOT, chat_from, join, wait_for
 from tests.terminal import TerminalClient, one_ui, with_chris
+from tests.terminal import server, spare_server  # noqa: F401  (fixtures)
 
 
 def no_join_of(watcher, nick):
@@ -165,23 +166,25 @@ CLUSTERS = [("\U0001F44D\U0001F3FD", 2), ("\U0001F1EF\U0001F1F5", 2),
             ("\u1100\u1161\u11a8", 2)]
 
 
-@pytest.mark.parametrize("cluster, width", CLUSTERS)
-def test_backspace_and_arrows_move_over_whole_characters(terminal, connect, cluster, width):
+def test_backspace_and_arrows_move_over_whole_characters(terminal, connect):
+    """Each cluster in turn, in one client (a client per cluster only
+    repeated its start-up)."""
     term, chris = with_chris(terminal, connect)
     prompt = len(term.prompt)
-    term.type(f"a{cluster}x")
-    term.wait_for(lambda t: t.cursor == (23, prompt + 2 + width), what="after typing")
-    term.key("left", 2)
-    term.wait_for(lambda t: t.cursor == (23, prompt + 1), what="two clusters left")
-    term.key("right")
-    term.wait_for(lambda t: t.cursor == (23, prompt + 1 + width), what="one cluster right")
-    term.key("end")
-    term.key("backspace", 2)
-    term.wait_for(lambda t: t.cursor == (23, prompt + 1), what="two clusters deleted")
-    term.type(f"b{cluster}")
-    term.key("backspace")
-    term.key("enter")
-    chris.expect(chat_from("pat", "ab"))
+    for cluster, width in CLUSTERS:
+        term.type(f"a{cluster}x")
+        term.wait_for(lambda t: t.cursor == (23, prompt + 2 + width), what=f"{cluster!r} typed")
+        term.key("left", 2)
+        term.wait_for(lambda t: t.cursor == (23, prompt + 1), what="two clusters left")
+        term.key("right")
+        term.wait_for(lambda t: t.cursor == (23, prompt + 1 + width), what="one cluster right")
+        term.key("end")
+        term.key("backspace", 2)
+        term.wait_for(lambda t: t.cursor == (23, prompt + 1), what="two clusters deleted")
+        term.type(f"b{cluster}")
+        term.key("backspace")
+        term.key("enter")
+        chris.expect(chat_from("pat", "ab"))
 
 
 def test_a_line_that_names_you_is_highlighted(terminal, connect):
