@@ -190,6 +190,8 @@ class ChatClient:
         decoder = proto.PacketDecoder()
         while True:
             with self.lock:
+                if not self.core.session.connected:
+                    return  # done with this connection (a password typed, the user quit)
                 wait = self.core.session.wait(self.clock())
             try:
                 if not readable(self.connection, wait):

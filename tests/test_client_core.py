@@ -339,3 +339,13 @@ def test_a_password_prompt_is_secret_and_its_line_is_the_password():
     assert sent(core.line("sesame")) == []
     assert core.session.phase is Phase.DOWN and core.opened(0.2).password == "sesame"
     assert core.prompt() == "pat> "
+
+
+def test_the_prompt_is_secret_from_the_refusal_on_not_only_once_the_server_closed():
+    from termchat.ui.screen import SecretPrompt
+    core = ClientCore("pat", SERVER)
+    core.receive(payload(proto.Error("wrong server password", proto.Code.WRONG_PASSWORD)))
+    assert isinstance(core.prompt(), SecretPrompt)  # the close has not been read yet
+    assert sent(core.line("sesame")) == []          # never a chat line
+    assert core.session.lost(0.1) == []             # the close of the refused connection
+    assert core.session.due_to_connect(0.1) and core.opened(0.1).password == "sesame"

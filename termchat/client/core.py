@@ -81,7 +81,7 @@ class ClientCore:
     # ---- asked by the main thread ----
 
     def prompt(self) -> str:
-        if self.session.phase is Phase.PASSWORD:
+        if self.session.wants_password:
             return SecretPrompt(f"password for {self.server}: ")
         return self.view.prompt()
 
@@ -94,7 +94,7 @@ class ClientCore:
 
     def line(self, text: str) -> list[Effect]:
         """A line the user entered."""
-        if self.session.phase is Phase.PASSWORD:
+        if self.session.wants_password:
             return self.take_password(text)
         if not text.strip():
             return []

@@ -120,6 +120,12 @@ class ClientSession:
     def ended(self) -> bool:
         return self.phase is Phase.ENDED
 
+    @property
+    def wants_password(self) -> bool:
+        """The server refused us for the password: the next line typed is
+        it (from the refusal on, not only once the server has closed)."""
+        return self.asking or self.phase is Phase.PASSWORD
+
     def hello(self, nick: str) -> proto.Hello:
         """A hello that starts afresh (the first one, or after the session ended)."""
         return proto.Hello(nick, session=True, password=self.password)
@@ -247,7 +253,7 @@ class ClientSession:
         """/reconnect: after a halt, or now instead of after the backoff."""
         if self.connected:
             return [Show(info(f"connected to {self.server} already"))]
-        if self.phase is Phase.PASSWORD:
+        if self.wants_password:
             return [Show(info("type the server's password at the prompt, or /q to quit"))]
         self.halt, self.kick_seen = None, False
         self.phase = Phase.DOWN
