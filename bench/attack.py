@@ -1,11 +1,15 @@
 """The attacker of the benchmark's abuse scenario, in a process of its own.
 
-Three attacks at once, each from one loopback address of its own, each
+Five attacks at once, each from one loopback address of its own, each
 bounded in time: a slowloris (up to 300 connections that never finish
 their hello, replaced as the server closes them), a flooder (maximum-size
 chats as fast as the server takes them; it reads its echoes so that only
-the rate limit slows it), and a who amplifier (963 who requests per write,
-again and again, in the benchmark's crowded room).  Counts what it managed and reports them.
+the rate limit slows it), a who amplifier (963 who requests per write,
+again and again, in the benchmark's crowded room), a churner (connections
+opened, said hello on and dropped as fast as it can, never more than 20
+open) and a resume flooder (its own session, resumed from its very first
+id over and over, each time on a new connection, plus guessed tokens).
+Counts what it managed and reports them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from loadgen import proto
 
 SLOWLORIS, FLOODER, AMPLIFIER = "127.0.0.66", "127.0.0.77", "127.0.0.88"
+CHURNER, RESUMER = "127.0.0.99", "127.0.0.55"
 SLOW_CONNECTIONS = 300
 
 
@@ -47,7 +52,9 @@ def run_attack(port: int, seconds: float, counts) -> None:
     deadline = time.monotonic() + seconds
     totals = {"slowloris_opened": 0, "slowloris_closed_by_server": 0,
               "flood_chats_sent": 0, "flooder_connections": 0,
-              "who_requests_sent": 0, "amplifier_connections": 0}
+              "who_requests_sent": 0, "amplifier_connections": 0,
+              "churn_connections": 0, "churn_throttled": 0,
+              "resumes_tried": 0, "resumes_granted": 0, "resumes_throttled": 0}
     lock = threading.Lock()
 
     def add(key: str, amount: int = 1) -> None:
@@ -56,7 +63,7 @@ def run_attack(port: int, seconds: float, counts) -> None:
             counts.update(totals)
 
     threads = [threading.Thread(target=attack, args=(port, deadline, add), daemon=True)
-               for attack in (slowloris, flooder, amplifier)]
+               for attack in (slowloris, flooder, amplifier, churner, resumer)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -141,3 +148,72 @@ def pester(port: int, source: str, nick: str, data: bytes, sent_key: str, per_se
                 sock.close()
             except NameError:
                 pass
+
+
+def first_packet(sock: socket.socket) -> dict:
+    """The first whole packet the server sends (empty if it closes first)."""
+    import json
+    decoder = proto.PacketDecoder()
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            return {}
+        payloads = decoder.feed(data)
+        if payloads:
+            return json.loads(payloads[0])
+
+
+def churner(port: int, deadline: float, add) -> None:
+    """Open, say hello, drop: 20 at a time, as fast as the server lets it."""
+    number = 0
+    while time.monotonic() < deadline:
+        batch = []
+        for _ in range(20):
+            try:
+                sock = connect(port, CHURNER)
+                number += 1
+                sock.sendall(proto.encode(proto.Hello(f"churn{number}")))
+                batch.append(sock)
+                add("churn_connections")
+            except OSError:
+                break
+        for sock in batch:
+            try:
+                if first_packet(sock).get("code") == "throttled":
+                    add("churn_throttled")
+            except OSError:
+                pass
+            sock.close()
+
+
+def resumer(port: int, deadline: float, add) -> None:
+    """Its own session, resumed from its first id again and again on new
+    connections (each replay as long as the chat since then), each time
+    followed by a guessed token on the same connection."""
+    token = first = None
+    while time.monotonic() < deadline:
+        try:
+            sock = connect(port, RESUMER)
+            if token is None:  # a session of its own: its join's id, its token
+                sock.sendall(proto.encode(proto.Hello("resumer", session=True)))
+                first, token = first_packet(sock).get("id"), first_packet(sock).get("token")
+                sock.close()  # dropped, not quit: the session waits to be resumed
+                continue
+            sock.sendall(proto.encode(proto.Hello("resumer", session=True, resume=token,
+                                                  after=first)))
+            add("resumes_tried")
+            answer = first_packet(sock)
+            if answer.get("type") == "resumed":
+                add("resumes_granted")
+            elif answer.get("code") == "throttled":
+                add("resumes_throttled")
+            elif answer.get("code") == "session-expired":
+                token = None  # it missed too much: start another
+                sock.sendall(proto.encode(proto.Hello("resumer", session=True,
+                                                      resume="guessed", after=first)))
+                add("resumes_tried")
+                if first_packet(sock).get("code") == "throttled":
+                    add("resumes_throttled")
+            sock.close()
+        except OSError:
+            time.sleep(0.05)

@@ -16,6 +16,7 @@ def test_walking_looking_and_carrying_in_the_terminal(terminal, server):
     term = terminal("pat", rows=40)
     term.prompt_room = "The Jetty"
     term.wait_for_prompt()
+    term.wait_for(lambda t: "Here: pat" in t.lines, what="the place drawn")  # after the prompt
     title = row_of(term, "The Jetty")
     assert term.screen.buffer[title][0].bold and term.screen.buffer[title][4].bold
     assert term.lines[title - 1] == ""  # each place set apart from what came before
