@@ -14,6 +14,7 @@ Counts what it managed and reports them.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import socket
 import threading
@@ -39,16 +40,18 @@ class Attack:
         self.process.join(10)
 
 
-def start_attack(port: int, seconds: float) -> Attack:
+def start_attack(port: int, seconds: float, kinds: tuple[str, ...] = ()) -> Attack:
+    """The attacks named in ``kinds`` (all of ATTACKS when empty), for
+    ``seconds``, in a process of their own."""
     manager = multiprocessing.Manager()
     counts = manager.dict()
-    process = multiprocessing.Process(target=run_attack, args=(port, seconds, counts),
+    process = multiprocessing.Process(target=run_attack, args=(port, seconds, counts, kinds),
                                       daemon=True)
     process.start()
     return Attack(process, counts)
 
 
-def run_attack(port: int, seconds: float, counts) -> None:
+def run_attack(port: int, seconds: float, counts, kinds: tuple[str, ...] = ()) -> None:
     deadline = time.monotonic() + seconds
     totals = {"slowloris_opened": 0, "slowloris_closed_by_server": 0,
               "flood_chats_sent": 0, "flooder_connections": 0,
@@ -62,8 +65,8 @@ def run_attack(port: int, seconds: float, counts) -> None:
             totals[key] += amount
             counts.update(totals)
 
-    threads = [threading.Thread(target=attack, args=(port, deadline, add), daemon=True)
-               for attack in (slowloris, flooder, amplifier, churner, resumer)]
+    threads = [threading.Thread(target=ATTACKS[kind], args=(port, deadline, add), daemon=True)
+               for kind in kinds or ATTACKS]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -150,17 +153,23 @@ def pester(port: int, source: str, nick: str, data: bytes, sent_key: str, per_se
                 pass
 
 
+class Packets:
+    """The packets a socket receives, one at a time (empty: it closed)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.decoder, self.waiting = sock, proto.PacketDecoder(), []
+
+    def next(self) -> dict:
+        while not self.waiting:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                return {}
+            self.waiting += [json.loads(p) for p in self.decoder.feed(data)]
+        return self.waiting.pop(0)
+
+
 def first_packet(sock: socket.socket) -> dict:
-    """The first whole packet the server sends (empty if it closes first)."""
-    import json
-    decoder = proto.PacketDecoder()
-    while True:
-        data = sock.recv(1 << 16)
-        if not data:
-            return {}
-        payloads = decoder.feed(data)
-        if payloads:
-            return json.loads(payloads[0])
+    return Packets(sock).next()
 
 
 def churner(port: int, deadline: float, add) -> None:
@@ -190,30 +199,38 @@ def resumer(port: int, deadline: float, add) -> None:
     """Its own session, resumed from its first id again and again on new
     connections (each replay as long as the chat since then), each time
     followed by a guessed token on the same connection."""
-    token = first = None
+    token = first = nick = None
     while time.monotonic() < deadline:
         try:
             sock = connect(port, RESUMER)
+            packets = Packets(sock)
             if token is None:  # a session of its own: its join's id, its token
-                sock.sendall(proto.encode(proto.Hello("resumer", session=True)))
-                first, token = first_packet(sock).get("id"), first_packet(sock).get("token")
+                sock.sendall(proto.encode(proto.Hello(f"resumer{int(time.time() * 10)}",
+                                                      session=True)))
+                joined = packets.next()
+                nick, first, token = joined.get("nick"), joined.get("id"), \
+                    packets.next().get("token")
                 sock.close()  # dropped, not quit: the session waits to be resumed
                 continue
-            sock.sendall(proto.encode(proto.Hello("resumer", session=True, resume=token,
+            sock.sendall(proto.encode(proto.Hello(nick, session=True, resume=token,
                                                   after=first)))
             add("resumes_tried")
-            answer = first_packet(sock)
+            answer = packets.next()
             if answer.get("type") == "resumed":
                 add("resumes_granted")
             elif answer.get("code") == "throttled":
                 add("resumes_throttled")
             elif answer.get("code") == "session-expired":
                 token = None  # it missed too much: start another
-                sock.sendall(proto.encode(proto.Hello("resumer", session=True,
+                sock.sendall(proto.encode(proto.Hello(nick, session=True,
                                                       resume="guessed", after=first)))
                 add("resumes_tried")
-                if first_packet(sock).get("code") == "throttled":
+                if packets.next().get("code") == "throttled":
                     add("resumes_throttled")
             sock.close()
         except OSError:
             time.sleep(0.05)
+
+
+ATTACKS = {"slowloris": slowloris, "flooder": flooder, "amplifier": amplifier,
+           "churner": churner, "resumer": resumer}
