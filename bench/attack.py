@@ -1,15 +1,20 @@
 """The attacker of the benchmark's abuse scenario, in a process of its own.
 
-Three attacks at once, each from one loopback address of its own, each
+Five attacks at once, each from one loopback address of its own, each
 bounded in time: a slowloris (up to 300 connections that never finish
 their hello, replaced as the server closes them), a flooder (maximum-size
 chats as fast as the server takes them; it reads its echoes so that only
-the rate limit slows it), and a who amplifier (963 who requests per write,
-again and again, in the benchmark's crowded room).  Counts what it managed and reports them.
+the rate limit slows it), a who amplifier (963 who requests per write,
+again and again, in the benchmark's crowded room), a churner (connections
+opened, said hello on and dropped as fast as it can, never more than 20
+open) and a resume flooder (its own session, resumed from its very first
+id over and over, each time on a new connection, plus guessed tokens).
+Counts what it managed and reports them.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import socket
 import threading
@@ -18,6 +23,7 @@ import time
 from loadgen import proto
 
 SLOWLORIS, FLOODER, AMPLIFIER = "127.0.0.66", "127.0.0.77", "127.0.0.88"
+CHURNER, RESUMER = "127.0.0.99", "127.0.0.55"
 SLOW_CONNECTIONS = 300
 
 
@@ -34,20 +40,24 @@ class Attack:
         self.process.join(10)
 
 
-def start_attack(port: int, seconds: float) -> Attack:
+def start_attack(port: int, seconds: float, kinds: tuple[str, ...] = ()) -> Attack:
+    """The attacks named in ``kinds`` (all of ATTACKS when empty), for
+    ``seconds``, in a process of their own."""
     manager = multiprocessing.Manager()
     counts = manager.dict()
-    process = multiprocessing.Process(target=run_attack, args=(port, seconds, counts),
+    process = multiprocessing.Process(target=run_attack, args=(port, seconds, counts, kinds),
                                       daemon=True)
     process.start()
     return Attack(process, counts)
 
 
-def run_attack(port: int, seconds: float, counts) -> None:
+def run_attack(port: int, seconds: float, counts, kinds: tuple[str, ...] = ()) -> None:
     deadline = time.monotonic() + seconds
     totals = {"slowloris_opened": 0, "slowloris_closed_by_server": 0,
               "flood_chats_sent": 0, "flooder_connections": 0,
-              "who_requests_sent": 0, "amplifier_connections": 0}
+              "who_requests_sent": 0, "amplifier_connections": 0,
+              "churn_connections": 0, "churn_throttled": 0,
+              "resumes_tried": 0, "resumes_granted": 0, "resumes_throttled": 0}
     lock = threading.Lock()
 
     def add(key: str, amount: int = 1) -> None:
@@ -55,8 +65,8 @@ def run_attack(port: int, seconds: float, counts) -> None:
             totals[key] += amount
             counts.update(totals)
 
-    threads = [threading.Thread(target=attack, args=(port, deadline, add), daemon=True)
-               for attack in (slowloris, flooder, amplifier)]
+    threads = [threading.Thread(target=ATTACKS[kind], args=(port, deadline, add), daemon=True)
+               for kind in kinds or ATTACKS]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -141,3 +151,86 @@ def pester(port: int, source: str, nick: str, data: bytes, sent_key: str, per_se
                 sock.close()
             except NameError:
                 pass
+
+
+class Packets:
+    """The packets a socket receives, one at a time (empty: it closed)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.decoder, self.waiting = sock, proto.PacketDecoder(), []
+
+    def next(self) -> dict:
+        while not self.waiting:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                return {}
+            self.waiting += [json.loads(p) for p in self.decoder.feed(data)]
+        return self.waiting.pop(0)
+
+
+def first_packet(sock: socket.socket) -> dict:
+    return Packets(sock).next()
+
+
+def churner(port: int, deadline: float, add) -> None:
+    """Open, say hello, drop: 20 at a time, as fast as the server lets it."""
+    number = 0
+    while time.monotonic() < deadline:
+        batch = []
+        for _ in range(20):
+            try:
+                sock = connect(port, CHURNER)
+                number += 1
+                sock.sendall(proto.encode(proto.Hello(f"churn{number}")))
+                batch.append(sock)
+                add("churn_connections")
+            except OSError:
+                break
+        for sock in batch:
+            try:
+                if first_packet(sock).get("code") == "throttled":
+                    add("churn_throttled")
+            except OSError:
+                pass
+            sock.close()
+
+
+def resumer(port: int, deadline: float, add) -> None:
+    """Its own session, resumed from its first id again and again on new
+    connections (each replay as long as the chat since then), each time
+    followed by a guessed token on the same connection."""
+    token = first = nick = None
+    while time.monotonic() < deadline:
+        try:
+            sock = connect(port, RESUMER)
+            packets = Packets(sock)
+            if token is None:  # a session of its own: its join's id, its token
+                sock.sendall(proto.encode(proto.Hello(f"resumer{int(time.time() * 10)}",
+                                                      session=True)))
+                joined = packets.next()
+                nick, first, token = joined.get("nick"), joined.get("id"), \
+                    packets.next().get("token")
+                sock.close()  # dropped, not quit: the session waits to be resumed
+                continue
+            sock.sendall(proto.encode(proto.Hello(nick, session=True, resume=token,
+                                                  after=first)))
+            add("resumes_tried")
+            answer = packets.next()
+            if answer.get("type") == "resumed":
+                add("resumes_granted")
+            elif answer.get("code") == "throttled":
+                add("resumes_throttled")
+            elif answer.get("code") == "session-expired":
+                token = None  # it missed too much: start another
+                sock.sendall(proto.encode(proto.Hello(nick, session=True,
+                                                      resume="guessed", after=first)))
+                add("resumes_tried")
+                if packets.next().get("code") == "throttled":
+                    add("resumes_throttled")
+            sock.close()
+        except OSError:
+            time.sleep(0.05)
+
+
+ATTACKS = {"slowloris": slowloris, "flooder": flooder, "amplifier": amplifier,
+           "churner": churner, "resumer": resumer}

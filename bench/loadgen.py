@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from termchat.wire import protocol as proto  # noqa: E402
-from termchat.cluster.link import find_redis_server  # noqa: E402
+from termchat.cluster.redis_server import find_redis_server  # noqa: E402
 from chat_server import raise_open_file_limit  # noqa: E402,F401
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

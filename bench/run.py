@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attack import start_attack  # noqa: E402  (after the path is set)
+from attack import ATTACKS, start_attack  # noqa: E402  (after the path is set)
 from loadgen import (ROOT, Cluster, Server, Swarm, chat_size, join_size,  # noqa: E402
                      own_cpu_seconds, proto, raise_open_file_limit)
 
@@ -276,7 +276,7 @@ def paced_run(server, swarm: Swarm, readers: list, senders: list, rate: float,
 
 
 def scenario_abuse(clients: int = 100, crowd: int = 1000, rate: int = 200,
-                   seconds: float = 5.0, senders: int = 50) -> dict:
+                   seconds: float = 5.0, senders: int = 50, kinds: tuple = ()) -> dict:
     """Ordinary users beside a slowloris, a flooder and a who amplifier,
     against the server's default limits.  Each ordinary client has its own
     loopback address (as users on the internet would); the attackers use
@@ -299,7 +299,7 @@ def scenario_abuse(clients: int = 100, crowd: int = 1000, rate: int = 200,
         results = {"clients": clients, "crowd": crowd, "offered_messages_per_second": rate}
         for phase in ("quiet", "attack"):
             if phase == "attack":
-                attack = start_attack(server.port, seconds + 10)
+                attack = start_attack(server.port, seconds + 10, kinds)
                 swarm.run_until(lambda: False, 1.0)  # let it ramp up, reading meanwhile
             figures, _, _ = paced_run(server, swarm, readers, readers[:senders], rate, seconds)
             results[phase] = {key: figures[key] for key in (
@@ -480,6 +480,9 @@ def main(argv=None) -> int:
                         help="client counts for connect/fanout (default per scenario)")
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="duration of the latency scenarios (default 5)")
+    parser.add_argument("--attacks", nargs="+", choices=sorted(ATTACKS), default=[],
+                        metavar="ATTACK", help="the abuse scenario's attackers (default all: "
+                                               f"{', '.join(ATTACKS)})")
     parser.add_argument("--rate", type=int, default=1000,
                         help="messages per second offered in the latency scenarios")
     parser.add_argument("--cluster", type=int, default=0, metavar="NODES",
@@ -511,7 +514,7 @@ def main(argv=None) -> int:
                     results.setdefault("fanout-tls", []).append(figures)
                     report("fanout-tls", figures)
         elif scenario == "abuse":
-            results[scenario] = scenario_abuse(seconds=args.seconds)
+            results[scenario] = scenario_abuse(seconds=args.seconds, kinds=tuple(args.attacks))
             report(scenario, results[scenario])
         elif scenario == "resume":
             results[scenario] = scenario_resume()

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from termchat.wire import protocol as proto
-from termchat.cluster.link import find_redis_server
+from termchat.cluster.redis_server import find_redis_server
 
 from tests.support import ROOT, RawClient, ServerProcess, chat_from, join, leave, wait_for
 
@@ -793,3 +793,31 @@ def test_a_node_stopped_while_redis_is_away_passes_on_what_it_kept(nodes, client
     for i in range(5):
         bob.expect(chat_from("ann", f"kept {i}"), timeout=15)
     assert "never took" not in a_node.log_text()
+
+
+def test_chat_redis_runs_the_installed_valkey_with_its_data_in_its_own_folder(tmp_path):
+    """The README's cluster quick start: chat-redis PORT --dir DIR."""
+    port = free_port()
+    folder = tmp_path / "data"
+    server = subprocess.Popen([sys.executable, "-m", "termchat.cluster.redis_server", str(port),
+                               "--dir", str(folder)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        import redis
+        client = redis.Redis(port=port)
+        wait_for(lambda: ping(client), describe=lambda: "chat-redis did not answer")
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}
+        client.set("x", "1")
+        wait_for(lambda: any(folder.rglob("*.aof")), describe=lambda: str(list(folder.iterdir())))
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def ping(client) -> bool:
+    import redis
+    try:
+        return client.ping()
+    except redis.RedisError:
+        return False

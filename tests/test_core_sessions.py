@@ -217,3 +217,41 @@ def test_only_what_would_reach_a_detached_session_counts_against_its_bound():
         chat.send(chris, {"type": "dm", "to": "pat", "message": f"{i} " + "x" * 900})
         seen += chat.received(chris)
     assert leave("pat") in seen and chat.dropped == []
+
+
+def test_older_history_of_ones_room_comes_on_demand_never_dms():
+    chat = Harness(sessions=SessionSettings(history=3))
+    a, b = chat.joined("a", "b")
+    for i in range(8):
+        chat.chat(a, f"line {i}")
+        chat.send(b, {"type": "dm", "to": "a", "message": f"private {i}"})
+    chat.send(b, {"type": "enter", "room": "elsewhere"})
+    chat.chat(b, "not in the lobby")
+    pat, _, got = start_session(chat, "pat")
+    assert [m["message"] for m in got[2:]] == ["line 5", "line 6", "line 7"]
+    chat.send(pat, {"type": "history", "before": got[2]["id"], "limit": 3})
+    older = chat.received(pat)
+    assert bare(older) == [chat_from("a", f"line {i}") for i in (2, 3, 4)] + [
+        {"type": "history", "more": True}]
+    assert all(m["history"] is True and "time" in m for m in older[:-1])
+
+
+def test_a_history_request_pages_back_with_more_until_the_start():
+    chat = Harness(sessions=SessionSettings(history=2))
+    (a,) = chat.joined("a")
+    for i in range(7):
+        chat.chat(a, f"line {i}")
+    pat, _, got = start_session(chat, "pat")
+    before, pages = got[2]["id"], []
+    while True:
+        chat.send(pat, {"type": "history", "before": before, "limit": 2})
+        page = chat.received(pat)
+        pages.append([m["message"] for m in page[:-1]])
+        if not page[-1]["more"]:
+            break
+        before = page[0]["id"]
+    assert pages == [["line 3", "line 4"], ["line 1", "line 2"], ["line 0"]]
+    chat.send(pat, {"type": "history", "before": "not an id", "limit": 2})
+    assert chat.received(pat) == [{"type": "history", "more": False}]
+    chat.send(pat, {"type": "history", "before": before, "limit": 1000})
+    assert chat.received(pat)[0]["code"] == "bad-packet"

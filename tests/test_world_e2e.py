@@ -17,7 +17,7 @@ def test_walking_looking_and_carrying_in_the_terminal(terminal, server):
     term.prompt_room = "The Jetty"
     term.wait_for_prompt()
     for line in ("Exits: north, east", "You see: a coil of rope", "Here: pat"):
-        term.wait_for_line(line)
+        term.wait_for_line(line)  # the place drawn, after the prompt
     title = row_of(term, "The Jetty")
     assert term.screen.buffer[title][0].bold and term.screen.buffer[title][4].bold
     assert term.lines[title - 1] == ""  # each place set apart from what came before

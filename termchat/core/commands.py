@@ -13,6 +13,7 @@ from termchat.cluster import events as cluster
 from termchat.core import actions
 from termchat.core.actions import Parts, publish, refuse
 from termchat.core.effects import Announce, Close, Effects, Send, link
+from termchat.core.eventlog import parse_position
 from termchat.core.gate import Connection, State
 from termchat.core.moderation import OPERATOR, SERVER
 from termchat.core.presence import User
@@ -202,6 +203,19 @@ def on_enter(parts: Parts, conn: Connection, enter: proto.EnterRoom, now: float)
     if user.room.key == proto.name_key(enter.room):
         return error(conn, f"already in room {user.room.name}", Code.BAD_PACKET)
     return actions.move(parts, user, parts.presence.room_named(enter.room))
+
+
+@handles(proto.HistoryRequest)
+def on_history(parts: Parts, conn: Connection, request: proto.HistoryRequest,
+               now: float) -> Effects:
+    """Older history of one's room (never DMs), before an id this server
+    gave; then whether there is more."""
+    position = parse_position(request.before)
+    older, more = [], False
+    if position is not None and position.node in (None, parts.node_id):
+        older, more = parts.log.older(conn.user.room.key, position.number, request.limit)
+    return [Send(conn, entry.history_packet()) for entry in older] + \
+        [Send(conn, proto.HistoryEnd(more))]
 
 
 # ---- moderation ----

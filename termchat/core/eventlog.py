@@ -373,6 +373,23 @@ class EventLog:
         found.reverse()
         return found
 
+    def older(self, room: str, before: int, limit: int) -> tuple[list[LogEntry], bool]:
+        """Up to ``limit`` of the room's chats and emotes numbered below
+        ``before``, oldest first, and whether older ones are still here."""
+        lst = self.lists.get((ROOM, room))
+        found: list[LogEntry] = []
+        if lst is None:
+            return found, False
+        index = bisect.bisect_left(lst.items, before, lo=lst.head, key=_number) - 1
+        while index >= lst.head:
+            entry = lst.items[index]
+            if isinstance(entry.message, (proto.ChatFrom, proto.EmoteFrom)):
+                if len(found) == limit:
+                    return found[::-1], True
+                found.append(entry)
+            index -= 1
+        return found[::-1], False
+
     def missed(self, nick: str, room: str, after: int, start: int) -> list[LogEntry] | None:
         """What the user now called ``nick``, now in ``room``, missed after
         entry ``after`` (taken as no earlier than ``start``, its session's

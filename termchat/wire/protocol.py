@@ -22,6 +22,7 @@ HEADER_SIZE = 2
 MAX_PAYLOAD = 0xFFFF
 LOBBY = "lobby"
 QUOTE_LIMIT = 64  # characters of client input an error message repeats
+MAX_HISTORY = 100  # chats and emotes one history request may ask for
 
 
 class ProtocolError(Exception):
@@ -426,6 +427,22 @@ class InventoryRequest(Message):
     TYPE = "inventory"
 
 
+def _check_limit(value: Any, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_HISTORY:
+        raise InvalidMessage(f'field "{field}" must be a whole number, 1 to {MAX_HISTORY}')
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest(Message):
+    """Older history of one's room: up to ``limit`` chats and emotes before
+    the entry ``before`` (an id the server gave)."""
+    TYPE = "history"
+    CHECKS = {"before": _check_token, "limit": _check_limit}
+    before: str
+    limit: int
+
+
 # Server -> client
 
 
@@ -551,6 +568,14 @@ class Resumed(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryEnd(Message):
+    """After the answer to a history request: whether older history is left."""
+    TYPE = "history"
+    CHECKS = {"more": _check_bool}
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PlaceView(Message):
     """What a player sees of a place (world mode).  Long lists are cut:
     ``more_items`` and ``more_people`` say how many were left out."""
@@ -591,13 +616,13 @@ CLIENT_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Hello, Chat, SendDirect, Emote, WhoRequest, EnterRoom, RoomsRequest, Quit,
                 Away, ChangeNick, BecomeOperator, KickRequest, BanRequest, Look, Go, Take,
-                Drop, InventoryRequest)
+                Drop, InventoryRequest, HistoryRequest)
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (ChatFrom, Joined, Left, Error, Info, DirectFrom, EmoteFrom, WhoList,
                 EnteredRoom, ExitedRoom, RoomList, SessionGranted, Resumed, NickChanged,
-                Kicked, PlaceView, Inventory)
+                Kicked, PlaceView, Inventory, HistoryEnd)
 }
 
 
