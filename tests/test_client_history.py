@@ -6,8 +6,10 @@ import json
 
 from termchat.client.core import ClientCore
 from termchat.client.effects import Send, Show, ShowOlder
-from termchat.client.history import LIMIT, HistoryRequest
+from termchat.client.history import LIMIT
 from termchat.wire import protocol as proto
+
+HistoryRequest = proto.HistoryRequest
 
 
 def payload(message, **extra):

@@ -4,6 +4,8 @@ connection is resumed unseen, with the missed messages shown once."""
 import socket
 import threading
 
+import pytest
+
 from tests.support import RawClient, ServerProcess, chat_from, join, wait_for
 from tests.terminal import one_ui, server_gone
 from tests.terminal import pty_client, server, spare_server  # noqa: F401  (fixtures)
@@ -130,3 +132,35 @@ def test_after_a_server_restart_the_prompt_and_the_server_agree_on_the_room(serv
         watcher.close()
     finally:
         again.cleanup()
+
+
+@pytest.mark.server_args("--rate", "0")
+def test_page_up_at_the_top_brings_older_history_until_its_start(terminal, connect):
+    """SPEC "Durable state": the client asks for history when PageUp
+    reaches the top of its scrollback, and says where it starts."""
+    chris = connect("chris")
+    for number in range(60):
+        chris.chat(f"old {number:03}")
+    chris.expect(chat_from("chris", "old 059"))
+    term = terminal("pat")
+    term.wait_for_text("chris: old 059")  # the newest 20 came with the join
+    assert "old 039" not in term.text
+    start = "*** the history of lobby starts here"
+    for _ in range(6):
+        top = term.lines[0]
+        term.key("pageup")
+        term.wait_for(lambda t: start in t.text or t.lines[0] != top, what="a page up")
+        term.wait_quiet(0.1)
+        if start in term.text:
+            break
+    assert term.lines[0] == start
+    shown = term.lines[:-1]
+    while "scrolled up" in term.lines[-1]:  # page down to the end, a page at a time
+        first, last = term.lines[0], term.lines[-2]
+        term.key("pagedown")
+        term.wait_for(lambda t: t.lines[0] != first, what="a page down")
+        term.wait_quiet(0.1)  # the input row too (it says whether still scrolled)
+        rows = term.lines[:-1]
+        shown += rows[rows.index(last) + 1:]  # what was already in view is not counted twice
+    said = [line for line in shown if line.startswith("chris: ")]
+    assert said == [f"chris: old {number:03}" for number in range(60)]  # each once, in order

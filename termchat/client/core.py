@@ -20,7 +20,7 @@ from termchat.client import commands
 from termchat.client.effects import Effect, Ring, Send, Show, ShowOlder
 from termchat.client.formatting import (Line, arrival, departure, dimmed, format_message,
                                         highlighted, info, place_lines)
-from termchat.client.history import HistoryEnd, OlderHistory
+from termchat.client.history import OlderHistory
 from termchat.client.session import ClientSession, Phase, Timeouts
 from termchat.client.view import View
 from termchat.ui.screen import SecretPrompt
@@ -52,18 +52,13 @@ class RecentIds:
         return len(self._ids)
 
 
-def parse(payload: bytes) -> tuple[proto.Message | HistoryEnd, dict[str, Any]] | None:
+def parse(payload: bytes) -> tuple[proto.Message, dict[str, Any]] | None:
     """A packet from the server and its session fields; None for a type
     this client does not know, or a malformed packet."""
     try:
         return proto.parse_server_packet(payload)
     except proto.ProtocolError:
-        pass
-    try:  # the end of an answer to a history request (not in the protocol module yet)
-        end = HistoryEnd.parse(proto.decode_object(payload))
-    except proto.ProtocolError:
         return None
-    return (end, {}) if end is not None else None
 
 
 class ClientCore:
@@ -162,7 +157,7 @@ class ClientCore:
         if parsed is None:
             return []  # a type this client does not know, or a malformed packet
         message, meta = parsed
-        if isinstance(message, HistoryEnd):
+        if isinstance(message, proto.HistoryEnd):
             lines = self.older.end(message.more, self.view.room)
             return [ShowOlder(tuple(lines))] if lines else []
         if isinstance(message, proto.Error) and self.older.collecting \

@@ -13,36 +13,11 @@ Wire: ``{"type":"history","before":ID,"limit":N}`` is answered by up to N
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from termchat.client.formatting import Line, info
 from termchat.wire import protocol as proto
 
 LIMIT = 50            # messages asked for at a time (the server allows 100)
 ANSWER_WAIT = 10.0    # seconds: no end marker by then, a new PageUp may ask again
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryRequest(proto.Message):
-    """c -> s: the room's messages before ``before``.  (Here until the
-    protocol module has it.)"""
-    TYPE = "history"
-    before: str
-    limit: int
-
-
-@dataclass(frozen=True)
-class HistoryEnd:
-    """s -> c ``{"type":"history","more":BOOL}``: the answer is complete."""
-    more: bool
-
-    @classmethod
-    def parse(cls, obj: Any) -> "HistoryEnd | None":
-        if isinstance(obj, dict) and obj.get("type") == "history" \
-                and isinstance(obj.get("more"), bool):
-            return cls(obj["more"])
-        return None
 
 
 class OlderHistory:
@@ -68,7 +43,7 @@ class OlderHistory:
         if self.oldest is None:
             self.oldest = packet_id
 
-    def request(self, newest: str | None, now: float) -> HistoryRequest | None:
+    def request(self, newest: str | None, now: float) -> proto.HistoryRequest | None:
         """PageUp at the top: what to ask for, if anything."""
         if self.unsupported or self.complete:
             return None
@@ -78,7 +53,7 @@ class OlderHistory:
         if before is None:
             return None
         self.asked_at, self.lines = now, []
-        return HistoryRequest(before, LIMIT)
+        return proto.HistoryRequest(before, LIMIT)
 
     def add(self, line: Line, packet_id: str | None) -> None:
         """A line of the answer (oldest first)."""
