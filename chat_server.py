@@ -39,8 +39,10 @@ from termchat.wire import protocol as proto
 from termchat.world import model as world_model
 from termchat.args import (add_version, first_line_of, float_at_least, int_in_range,
                            program_name, read_text)
+from termchat.store.sqlite import open_store
 from termchat.world.files import StateSaver, load_world
 from termchat.core.core import Access, ChatCore, Limits, SessionSettings
+from termchat.core.ports import NO_STORE
 from termchat.core.gate import format_address
 from termchat.core.delivery import Delivery, Outlet
 
@@ -112,7 +114,7 @@ class ChatServer:
                  sessions: SessionSettings = SessionSettings(),
                  access: Access = Access(), tls: ssl.SSLContext | None = None,
                  world_state: world_model.WorldState | None = None,
-                 state_file: Path | None = None) -> None:
+                 state_file: Path | None = None, store=None) -> None:
         self.listeners = list(listeners)
         self.tls = tls                      # the port speaks only TLS
         self.tls_buffered: set[Connection] = set()  # decrypted bytes wait inside TLS
@@ -128,11 +130,16 @@ class ChatServer:
             self.link = ClusterLink(redis_url, self.wake, heartbeat,
                                     history_seconds=sessions.resume_grace + 30)
         self.delivery = Delivery(limits.max_queue)
+        self.store = store                  # --db: a turn's writes are committed before its output
+        self.world_state = world_state
         self.core = ChatCore(self.delivery, limits, self.link, sessions,
                              wall_offset=time.time() - time.monotonic(), access=access,
-                             world_state=world_state)
+                             world_state=world_state, store=store or NO_STORE)
+        if store is not None:
+            self.core.restore(store.load(), time.monotonic())
         self.saver = StateSaver(world_state, state_file) if world_state and state_file \
             else None
+        self.next_trim = 0.0
         self.core_due: float | None = None  # when the core next wants a tick
 
     # ------------------------------------------------------------------
@@ -156,6 +163,8 @@ class ChatServer:
                 self.read_tls_buffered()
                 self.core_due = self.core.tick(time.monotonic())
                 self.expire_lingering()
+                if self.store is not None:
+                    self.keep_state()
                 self.flush()
                 if self.saver:
                     self.saver.save_if_due(time.monotonic())
@@ -163,8 +172,24 @@ class ChatServer:
             if self.link:
                 self.link.stop()
             self.close_all()
+            if self.store is not None:
+                self.store.close()
             if self.saver:
                 self.saver.save()
+
+    def keep_state(self) -> None:
+        """--db: commit what this turn changed before its output goes out
+        (so what a sender saw echoed survives a crash); tell users once when
+        history cannot be kept (or can again); trim old rows in small steps."""
+        store = self.store
+        if self.world_state is not None:
+            store.keep_world(*self.world_state.take_changes())
+        store.commit()
+        for news in store.take_news():
+            self.core.tell_everyone(news, time.monotonic())
+        now = time.monotonic()
+        if now >= self.next_trim:
+            self.next_trim = now + (0.1 if store.trim(time.time()) else 1.0)
 
     def dispatch(self, key: selectors.SelectorKey, mask: int) -> None:
         conn = key.data
@@ -377,7 +402,10 @@ class ChatServer:
             self.update_interest(conn)
 
     def write(self, conn: Connection) -> None:
-        """Send as much of the queue as the socket takes, in one send."""
+        """Send as much of the queue as the socket takes, in one send (what
+        the database must keep is committed first)."""
+        if self.store is not None and self.store.pending:
+            self.keep_state()
         if not conn.out:
             self.set_write_interest(conn, False)
             if conn.closing:
@@ -580,6 +608,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     tls.add_argument("--tls-cert", metavar="FILE",
                      help="serve only TLS on the port, with this certificate chain (PEM)")
     tls.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    durable = parser.add_argument_group("durable state (a single server)")
+    durable.add_argument("--db", metavar="FILE",
+                         help="keep sessions, history, bans and the world in this SQLite "
+                              "database, so that a restart forgets nothing (made if new)")
+    durable.add_argument("--keep", type=int_in_range("count", 1), default=10_000, metavar="N",
+                         help="messages kept per room in the database (default 10000)")
+    durable.add_argument("--keep-days", type=float_at_least("days", 1e-6), default=30.0,
+                         metavar="D", help="nothing older is kept (default 30)")
     parser.add_argument("--redis", metavar="URL",
                         help="join a cluster through Redis, e.g. redis://127.0.0.1:6379/0 "
                              f"(a URL with a password is better given by ${REDIS_URL_VARIABLE} "
@@ -598,6 +634,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--tls-cert and --tls-key go together")
     if args.state and not args.world:
         parser.error("--state needs --world")
+    if args.state and args.db:
+        parser.error("--state and --db: with --db the world's state is kept in the database")
     return args
 
 
@@ -734,6 +772,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             else getattr(exc, "strerror", None) or str(exc)
         print(f"{program_name()}: cannot listen on {where}: {reason}", file=sys.stderr)
         return 1
+    if args.db and (args.redis or args.redis_url_file or os.environ.get(REDIS_URL_VARIABLE)):
+        print(f"{program_name()}: --db is for a single server: in a cluster Redis keeps the "
+              "state", file=sys.stderr)
+        return 2
     try:
         redis_url = cluster_url(args)
     except ValueError as exc:
@@ -743,18 +785,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                     max_per_ip=args.max_per_ip, rate=args.rate, burst=args.burst,
                     connect_rate=args.connect_rate, connect_burst=args.connect_burst)
     sessions = SessionSettings(history=args.history, resume_grace=args.resume_grace)
+    store = None
     try:
         access = read_access(args)
         tls = tls_context(args.tls_cert, args.tls_key)
         world_state = load_world(args.world, args.state)
         if world_state and redis_url:  # a cluster keeps the world in Redis
             world_state = shared_world(redis_url, world_state)
+        if args.db:
+            store = open_store(args.db, args.keep, args.keep_days)
+            saved_world = store.load_world() if world_state else None
+            if saved_world is not None:
+                world_state = world_model.WorldState.from_data(world_state.world, saved_world)
     except ValueError as exc:
         print(f"{program_name()}: {exc}", file=sys.stderr)
         return 2
+    if hasattr(signal, "SIGXFSZ"):  # a file size limit is a failing write, not a death
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     server = ChatServer(listeners, limits, redis_url=redis_url, heartbeat=args.heartbeat,
                         sessions=sessions, access=access, tls=tls, world_state=world_state,
-                        state_file=Path(args.state) if args.state and not redis_url else None)
+                        state_file=Path(args.state) if args.state and not redis_url else None,
+                        store=store)
+    if store is not None:
+        announce("state kept in the database %s", args.db)
+    elif not redis_url:
+        announce("no --db: sessions, history and bans are kept in memory only, and a "
+                 "restart forgets them")
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop())
     if world_state:

@@ -36,14 +36,15 @@ def wait_for(condition: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT,
 class ServerProcess:
     """The real chat_server.py on a free loopback port."""
 
-    def __init__(self, *extra: str, port: int = 0, env: dict | None = None) -> None:
+    def __init__(self, *extra: str, port: int = 0, env: dict | None = None,
+                 preexec_fn=None) -> None:
         self.log_file = tempfile.NamedTemporaryFile(
             prefix="chat_server_", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "chat_server.py"), str(port), "--host", "127.0.0.1",
              *extra],
             stdout=subprocess.DEVNULL, stderr=self.log_file, cwd=ROOT,
-            env=dict(os.environ, **(env or {})))
+            env=dict(os.environ, **(env or {})), preexec_fn=preexec_fn)
         match = wait_for(self._listening_line, describe=self.log_text)
         self.port = int(match.group(1))
         self.host = "127.0.0.1"

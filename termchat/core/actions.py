@@ -19,7 +19,8 @@ from termchat.core.effects import Announce, Close, Direct, Effects, Move, PauseI
     Send, link
 from termchat.core.eventlog import EventLog, Position, parse_position
 from termchat.core.gate import Connection, ConnectionGate, Limits, State
-from termchat.core.moderation import Moderation
+from termchat.core.moderation import Ban, Moderation
+from termchat.core.ports import Saved
 from termchat.core.presence import Presence, Room, User
 from termchat.core.sessions import Session, Sessions
 from termchat.wire import protocol as proto
@@ -116,20 +117,19 @@ def join(parts: Parts, conn: Connection, nick: str, session: bool, now: float,
     room = room or presence.lobby
     recent = log_.recent(room.key) if session else []
     attach(conn, user)
+    effects: Effects = [Route(conn, room.key, ids=session or None)]
+    if session:
+        token = parts.sessions.start(user, log_.last_number + 1)  # its join is next
+        if parts.cluster:
+            effects.append(link("record_session", user.session.digest, nick, None, room.name))
     presence.add(user, room)
     log_.room_in_use(room.key, True)
     log_.name_in_use(user.key, True)
-    effects: Effects = [Route(conn, room.key, ids=session or None)]
-    if session:
-        grant = parts.sessions.start(user, log_.last_number + 1)  # its join is next
-        if parts.cluster:
-            effects.append(link("record_session", grant.digest, nick, None, room.name))
     effects.append(Announce(proto.Joined(nick), None,
                             publish=publish(parts, "joined", nick, room.name, replaces)))
     log.info("hello %s %s", nick, conn.peer)
     if session:
-        effects.append(Send(conn, proto.SessionGranted(grant.token,
-                                                       parts.settings.resume_grace)))
+        effects.append(Send(conn, proto.SessionGranted(token, parts.settings.resume_grace)))
         effects += [Send(conn, entry.history_packet()) for entry in recent]
     effects += [Send(conn, proto.Info(line)) for line in parts.moderation.access.motd]
     return effects
@@ -139,6 +139,34 @@ def attach(conn: Connection, user: User) -> None:
     conn.become(State.JOINED)
     conn.user, user.connection = user, conn
     user.address = conn.ban_key
+
+
+def restore(parts: Parts, saved: Saved, now: float) -> Effects:
+    """What the store kept when the server last stopped: the log's entries
+    under their numbers, the bans, and the users then: those with a session
+    are back, detached, for a fresh grace (they resume as if their
+    connection had dropped, and nobody sees them leave or come back); the
+    others left with the process, and that is logged and said."""
+    for number, time, message, target, size, mover in saved.entries:
+        parts.log.restore(number, time, message, target, size, mover)
+    parts.log.last_number = max(parts.log.last_number, saved.last_number)
+    for address, seconds, reason in saved.bans:
+        parts.moderation.bans[address] = Ban(now + seconds, reason)
+    effects: Effects = []
+    for key, nick, room, digest, start in saved.users:
+        if digest is None:
+            parts.presence.store.user_gone(key)
+            effects.append(Announce(proto.Left(nick), None))
+            continue
+        user = parts.presence.new_user(nick)
+        session = parts.sessions.restore(user, digest, start)
+        parts.presence.add(user, parts.presence.room_named(room))
+        parts.sessions.detach(session, now)
+        parts.log.room_in_use(user.room.key, True)
+        parts.log.name_in_use(user.key, True)
+    log.info("restored %d entries, %d sessions, %d bans", len(saved.entries),
+             len(parts.sessions.by_digest), len(saved.bans))
+    return effects
 
 
 # ---- leaving ----

@@ -217,7 +217,8 @@ def adopt(parts: Parts, conn: Connection, old: str, room: str, position: Positio
         return expired(parts, conn, now)
     parts.sessions.unorphan(user)
     user.node = None
-    session = parts.sessions.start(user, parts.log.last_number, token=hello.resume)
+    parts.sessions.start(user, parts.log.last_number, token=hello.resume)
+    session = user.session
     actions.attach(conn, user)
     effects: Effects = [Send(conn, proto.Resumed(len(missed)))]
     effects += [Send(conn, entry.packet) for entry in missed]

@@ -32,15 +32,15 @@ from typing import Any
 from termchat.cluster import events as cluster
 from termchat.core import clusterview, commands, worldplay  # noqa: F401 (they register handlers)
 from termchat.core.actions import Parts, SessionSettings, detach, end_session, leave, log_once, \
-    mistake, paused, refuse
-from termchat.core.clusterview import ClusterView, adopt, end_orphan, heard_from
+    mistake, paused, refuse, restore
+from termchat.core.clusterview import ClusterView, adopt, end_orphan, heard_from, tell_everyone
 from termchat.core.delivery import Outlet
 from termchat.core.effects import Announce, Broadcast, Close, Direct, Effects, LinkCall, \
     PauseInput, Route, Send
 from termchat.core.eventlog import EventLog, Origin
 from termchat.core.gate import Connection, ConnectionGate, Limits, State
 from termchat.core.moderation import Access, Moderation
-from termchat.core.ports import LINK_CALLS, Link, Outbox
+from termchat.core.ports import LINK_CALLS, NO_STORE, Link, Outbox, Saved, Store
 from termchat.core.presence import Presence
 from termchat.core.sessions import Sessions
 from termchat.core.tables import CLUSTER_HANDLERS, PACKET_HANDLERS, check_tables
@@ -59,21 +59,30 @@ class ChatCore:
 
     def __init__(self, outbox: Outbox, limits: Limits = Limits(), link: Link | None = None,
                  sessions: SessionSettings = SessionSettings(), wall_offset: float = 0.0,
-                 access: Access = Access(), world_state: Any = None) -> None:
+                 access: Access = Access(), world_state: Any = None,
+                 store: Store = NO_STORE) -> None:
         self.outbox = outbox
         self.link = link
         self.wall_offset = wall_offset  # event time + this = Unix time, for "time"
         node_id = link.node_id if link else None
         self.parts = Parts(
-            gate=ConnectionGate(limits), presence=Presence(),
+            gate=ConnectionGate(limits), presence=Presence(store=store),
             log=EventLog(history=sessions.history, list_bytes=limits.max_queue,
-                         node_id=node_id),
+                         node_id=node_id, store=store),
             sessions=Sessions(sessions.resume_grace, limits.max_queue),
-            moderation=Moderation(access), settings=sessions, limits=limits,
+            moderation=Moderation(access, store), settings=sessions, limits=limits,
             world_state=world_state, node_id=node_id, view=ClusterView() if link else None)
 
     def connection(self, outlet: Outlet) -> Connection | None:
         return self.parts.gate.connections.get(outlet)
+
+    def restore(self, saved: Saved, now: float) -> None:
+        """Take up what the store kept when the server last stopped."""
+        self.apply(restore(self.parts, saved, now), now)
+
+    def tell_everyone(self, text: str, now: float) -> None:
+        """An information line for every user of this node (from the transport)."""
+        self.apply(tell_everyone(text), now)
 
     # ------------------------------------------------------------------
     # Entry points
@@ -323,7 +332,7 @@ class ChatCore:
         base = effect.base or proto.encode(message)
         direct = type(target) is Direct
         move = effect.move
-        entry = parts.log.record(message, target.names if direct else target, len(base),
+        entry = parts.log.record(message, target.names if direct else target, base,
                                  round(now + self.wall_offset, 3),
                                  (move.mover, move.old, move.new) if move else None, origin,
                                  self.link.published_count if self.link else 0)

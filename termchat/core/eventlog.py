@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Callable, Iterable
 
+from termchat.core.ports import NO_STORE, Store
 from termchat.wire import protocol as proto
 
 StreamId = tuple[int, int]
@@ -214,12 +215,13 @@ class EventLog:
 
     def __init__(self, history: int = 20, list_bytes: int = LIST_BYTES,
                  total_bytes: int = TOTAL_BYTES, total_entries: int = TOTAL_ENTRIES,
-                 node_id: str | None = None, first_number: int = 0) -> None:
+                 node_id: str | None = None, store: Store = NO_STORE) -> None:
         self.history = history
+        self.store = store  # a single server's database keeps every entry
         self.list_bytes = list_bytes
         self.total_bytes = total_bytes
         self.total_entries = total_entries
-        self.last_number = first_number
+        self.last_number = 0
         self.lists: dict[tuple[str, Any], EntryList] = {(EVERYONE, None): EntryList()}
         self.everyone = self.lists[(EVERYONE, None)]
         self.unused: OrderedDict[tuple[str, Any], None] = OrderedDict()  # oldest first
@@ -239,16 +241,31 @@ class EventLog:
 
     # ---- recording ----
 
-    def record(self, message: proto.Message, target: Any, size: int, time: float,
+    def record(self, message: proto.Message, target: Any, packet: bytes, time: float,
                mover: tuple[str, str, str] | None = None, origin: Origin | None = None,
                published: int = 0) -> LogEntry:
-        """Number and keep a chat event (``size``: its base packet's length;
+        """Number and keep a chat event (``packet``: as base clients get it;
         ``mover``: for the exit of a move, (mover, old room, new room)
         keys; for its enter, None)."""
         self.last_number += 1
-        entry = LogEntry(self.last_number, time, message, target, size)
+        entry = LogEntry(self.last_number, time, message, target, len(packet))
         if self.node_id is not None:
             self.stamp(entry, origin, published)
+        self.file(entry, mover)
+        self.store.entry(entry, packet)
+        return entry
+
+    def restore(self, number: int, time: float, message: proto.Message, target: Any,
+                size: int, mover: tuple[str, str, str] | None) -> LogEntry:
+        """An entry kept across a restart, back in its lists under its number."""
+        entry = LogEntry(number, time, message, target, size)
+        self.last_number = max(self.last_number, number)
+        self.file(entry, mover)
+        return entry
+
+    def file(self, entry: LogEntry, mover: tuple[str, str, str] | None) -> None:
+        """Put an entry in the lists of its target (and of its mover)."""
+        message, target = entry.message, entry.target
         if target is None:
             self.keep((EVERYONE, None), entry)
             if isinstance(message, proto.NickChanged):
@@ -261,7 +278,6 @@ class EventLog:
         if mover is not None:
             entry.mover, entry.old, entry.new = mover
             self.keep((MOVES, entry.mover), entry)
-        return entry
 
     def stamp(self, entry: LogEntry, origin: Origin | None, published: int) -> None:
         entry.node, entry.cursor, entry.published = self.node_id, self.stream_cursor, published
@@ -375,7 +391,11 @@ class EventLog:
 
     def older(self, room: str, before: int, limit: int) -> tuple[list[LogEntry], bool]:
         """Up to ``limit`` of the room's chats and emotes numbered below
-        ``before``, oldest first, and whether older ones are still here."""
+        ``before``, oldest first, and whether older ones are kept (here, or
+        in the store, which keeps more)."""
+        stored = self.store.older(room, before, limit)
+        if stored is not None:
+            return stored
         lst = self.lists.get((ROOM, room))
         found: list[LogEntry] = []
         if lst is None:

@@ -3,8 +3,9 @@
 Owns the server's password and the operators' (from :class:`Access`), the
 wrong guesses at each (counted apart, per address: five wrong ``/op``
 guesses do not lock the address out of logging in), and the bans (address
-key -> until when, and why).  Bans are given and taken as durations, never
-as another clock's time.  No I/O.
+key -> until when, and why), kept in the store (a single server's database)
+too.  Bans are given and taken as durations, never as another clock's time.
+No I/O of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hmac
 from collections import deque
 from dataclasses import dataclass
 
+from termchat.core.ports import NO_STORE, Store
 from termchat.wire.protocol import Code
 
 WRONG_PASSWORDS = 5           # per address and password...
@@ -42,8 +44,9 @@ class Ban:
 class Moderation:
     """Passwords, wrong guesses and bans."""
 
-    def __init__(self, access: Access) -> None:
+    def __init__(self, access: Access, store: Store = NO_STORE) -> None:
         self.access = access
+        self.store = store
         self.bans: dict[str, Ban] = {}
         self.wrong: dict[tuple[str, str], deque[float]] = {}  # (password, address) -> when
 
@@ -82,16 +85,21 @@ class Moderation:
 
     def ban(self, address: str, seconds: float, reason: str, now: float) -> Ban:
         ban = self.bans[address] = Ban(now + seconds, reason)
+        self.store.ban(address, seconds, reason)
         return ban
 
     def banned(self, address: str | None, now: float) -> Ban | None:
         ban = self.bans.get(address or "")
         if ban is not None and ban.until <= now:
-            del self.bans[address]
+            self.lift(address)
             return None
         return ban
 
+    def lift(self, address: str) -> None:
+        del self.bans[address]
+        self.store.unban(address)
+
     def live_bans(self, now: float) -> list[tuple[str, Ban]]:
         for address in [a for a, ban in self.bans.items() if ban.until <= now]:
-            del self.bans[address]
+            self.lift(address)
         return sorted(self.bans.items(), key=lambda pair: (pair[1].until, pair[0]))

@@ -4,7 +4,9 @@ Owns the users (:class:`User`: this node's, attached to a connection or
 detached and waiting for a resume, and other nodes' users), the rooms they
 are in (:class:`Room`), and the nicks being claimed in the cluster.  Answers
 ``who`` and ``rooms``.  Nicks are unique by their name key (what a reader
-cannot tell apart is one name).  No I/O.
+cannot tell apart is one name).  This node's users are kept in the store
+(a single server's database) as they change, so that a restart knows who
+was there and which of them had a session.  No I/O of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Iterable
 
+from termchat.core.ports import NO_STORE, Store
 from termchat.wire import protocol as proto
 
 if TYPE_CHECKING:
@@ -64,8 +67,9 @@ class User:
 class Presence:
     """Users by name key, rooms by room key, and claims in progress."""
 
-    def __init__(self, lobby: str = proto.LOBBY) -> None:
+    def __init__(self, lobby: str = proto.LOBBY, store: Store = NO_STORE) -> None:
         proto.name_problem(lobby)  # load the name rules' data now, not at a hello
+        self.store = store
         self.lobby = Room(lobby)
         self.rooms: dict[str, Room] = {self.lobby.key: self.lobby}
         self.users: dict[str, User] = {}
@@ -108,6 +112,8 @@ class Presence:
     def remove(self, user: User) -> None:
         if self.users.get(user.key) is user:
             del self.users[user.key]
+            if user.local:
+                self.store.user_gone(user.key)
         self.put(user, None)
 
     def put(self, user: User, room: Room | None) -> Room | None:
@@ -121,13 +127,25 @@ class Presence:
         if room is not None:
             room.members.add(user)
             self.rooms[room.key] = room
+            if user.local:
+                self.keep(user)
         return old
+
+    def keep(self, user: User) -> None:
+        """This node's user as it is now, in the store."""
+        session = user.session
+        self.store.user(user.key, user.nick, user.room.name,
+                        session.digest if session else None, session.start if session else 0)
 
     def rename(self, user: User, new: str) -> None:
         if self.users.get(user.key) is user:
             del self.users[user.key]
+            if user.local:
+                self.store.user_gone(user.key)
         user.nick, user.key = new, proto.name_key(new)
         self.users[user.key] = user
+        if user.local:
+            self.keep(user)
 
     # ---- who and rooms ----
 

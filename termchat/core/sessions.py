@@ -30,13 +30,14 @@ def session_digest(token: str) -> str:
 
 
 class Session:
-    """A user's session: its token, and while detached when its grace ends
-    and how many bytes it would have received meanwhile."""
+    """A user's session, known by its token's digest (the token itself is
+    given to the client once and kept nowhere), and while detached when its
+    grace ends and how many bytes it would have received meanwhile."""
 
-    __slots__ = ("token", "digest", "user", "start", "expires", "missed", "room")
+    __slots__ = ("digest", "user", "start", "expires", "missed", "room")
 
-    def __init__(self, token: str, user: User, start: int) -> None:
-        self.token, self.digest, self.user = token, session_digest(token), user
+    def __init__(self, digest: str, user: User, start: int) -> None:
+        self.digest, self.user = digest, user
         self.start = start   # the log entry it began with: nothing before is replayed
         self.expires = 0.0   # while detached: when it ends
         self.missed = 0      # while detached: bytes it would have received
@@ -53,7 +54,7 @@ class Sessions:
     def __init__(self, grace: float, max_missed: int) -> None:
         self.grace = grace
         self.max_missed = max_missed
-        self.by_token: dict[str, Session] = {}
+        self.by_digest: dict[str, Session] = {}
         self.attached = 0                              # sessions with a connection
         self.by_room: dict[str, set[Session]] = {}     # detached ones, by room key
         self.by_name: dict[str, Session] = {}          # detached ones, by name key
@@ -64,16 +65,28 @@ class Sessions:
 
     # ---- this node's sessions ----
 
-    def start(self, user: User, start: int, token: str | None = None) -> Session:
-        session = Session(token or secrets.token_urlsafe(24), user, start)
-        self.by_token[session.token] = session
+    def start(self, user: User, start: int, token: str | None = None) -> str:
+        """A session for the user (attached), beginning with log entry
+        ``start``; returns its token (``token``: one taken over elsewhere)."""
+        token = token or secrets.token_urlsafe(24)
+        session = Session(session_digest(token), user, start)
+        self.by_digest[session.digest] = session
+        user.session = session
+        self.attached += 1
+        return token
+
+    def restore(self, user: User, digest: str, start: int) -> Session:
+        """A session kept across a restart (detach it once its user is in
+        its room: it gets a fresh grace)."""
+        session = Session(digest, user, start)
+        self.by_digest[digest] = session
         user.session = session
         self.attached += 1
         return session
 
     def find(self, token: str | None, nick_key: str) -> Session | None:
         """The session a resume names: its token, for the same nick."""
-        session = self.by_token.get(token or "")
+        session = self.by_digest.get(session_digest(token or ""))
         if session is None or session.user.key != nick_key:
             return None
         return session
@@ -104,7 +117,7 @@ class Sessions:
 
     def end(self, session: Session) -> None:
         """The session is over (its user left, or its grace ended)."""
-        if self.by_token.pop(session.token, None) is None:
+        if self.by_digest.pop(session.digest, None) is None:
             return
         if session.detached:
             self.undetach(session)
@@ -117,7 +130,8 @@ class Sessions:
         over = []
         while self.expiring and self.expiring[0][0] <= now:
             _, session = self.expiring.popleft()
-            if session.token in self.by_token and session.detached and session.expires <= now:
+            if session.digest in self.by_digest and session.detached and \
+                    session.expires <= now:
                 over.append(session)
         return over
 

@@ -305,6 +305,8 @@ class WorldState:
     carried: dict[str, list[str]] = field(default_factory=dict)  # player -> items
     player_place: OrderedDict[str, str] = field(default_factory=OrderedDict)
     version: int = 0
+    changed_players: set = field(default_factory=set)  # since take_changes()...
+    changed_items: set = field(default_factory=set)    # ...(for a database)
 
     @classmethod
     def fresh(cls, world: World) -> WorldState:
@@ -338,6 +340,7 @@ class WorldState:
                 if old != player and not self.carried.get(old):
                     del self.player_place[old]
                     forgotten.append(old)
+        self.changed_players.update(forgotten, (player,))
         self.changed()
         return forgotten
 
@@ -348,7 +351,9 @@ class WorldState:
         if old in self.player_place:
             self.player_place[new] = self.player_place.pop(old)
         if old in self.carried:
+            self.changed_items.update(self.carried[old])
             self.carried.setdefault(new, []).extend(self.carried.pop(old))
+        self.changed_players.update((old, new))
         self.changed()
 
     def start_of(self, item: str) -> str:
@@ -368,7 +373,19 @@ class WorldState:
             self.carried.setdefault(player, []).append(item)
         else:
             self.item_place[item] = place or self.start_of(item)
+        self.changed_items.add(item)
         self.changed()
+
+    def take_changes(self) -> tuple[dict[str, str | None], dict[str, tuple]]:
+        """What changed since the last call: player -> place (None:
+        forgotten), and item -> (place, None) or (None, holder)."""
+        players = {player: self.player_place.get(player) for player in self.changed_players}
+        holders = {item: player for player, items in self.carried.items() for item in items
+                   if item in self.changed_items}
+        items = {item: (self.item_place.get(item), holders.get(item))
+                 for item in self.changed_items}
+        self.changed_players, self.changed_items = set(), set()
+        return players, items
 
     def to_data(self) -> dict:
         return {"world": self.world.name, "items": dict(self.item_place),
@@ -402,6 +419,7 @@ class WorldState:
                 if not state.carried.get(player):
                     del state.player_place[player]
         state.version = 0
+        state.changed_players, state.changed_items = set(), set()
         return state
 
 
