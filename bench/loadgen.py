@@ -54,9 +54,12 @@ class Server:
     with ``tls`` (``client_tls`` is then the context its clients use)."""
 
     def __init__(self, *extra: str, port: int = 0, limits: bool = False,
-                 tls: bool = False) -> None:
+                 tls: bool = False, db: bool = False) -> None:
         if not limits:
             extra = UNLIMITED + extra
+        self.db_dir = tempfile.mkdtemp(prefix="chat_bench_db_") if db else None
+        if self.db_dir:
+            extra += ("--db", os.path.join(self.db_dir, "chat.db"))
         self.cert_dir = tempfile.mkdtemp(prefix="chat_bench_tls_") if tls else None
         self.client_tls: ssl.SSLContext | None = None
         if self.cert_dir:
@@ -110,8 +113,9 @@ class Server:
         self.log.close()
         if not os.environ.get("CHAT_BENCH_KEEP_LOGS"):
             self.log_path.unlink(missing_ok=True)
-        if self.cert_dir:
-            shutil.rmtree(self.cert_dir, ignore_errors=True)
+        for folder in (self.cert_dir, self.db_dir):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 class Cluster:

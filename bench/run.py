@@ -49,8 +49,8 @@ class Measure:
         }
 
 
-def start_servers(nodes: int, tls: bool = False):
-    return Server(tls=tls) if nodes == 1 else Cluster(nodes)
+def start_servers(nodes: int, tls: bool = False, db: bool = False):
+    return Server(tls=tls, db=db) if nodes == 1 else Cluster(nodes)
 
 
 def join_everyone(swarm: Swarm, nicks: list[str], reading: list[bool] | None = None,
@@ -116,9 +116,9 @@ def scenario_connect(size: int, nodes: int = 1) -> dict:
 
 
 def scenario_fanout(size: int, nodes: int = 1, senders: int = 10, burst: int = 1000,
-                    tls: bool = False) -> dict:
+                    tls: bool = False, db: bool = False) -> dict:
     raise_open_file_limit()
-    server = start_servers(nodes, tls)
+    server = start_servers(nodes, tls, db)
     swarm = Swarm(server.port, getattr(server, "client_tls", None))
     try:
         nicks = [f"f{i:05d}" for i in range(size)]
@@ -141,8 +141,11 @@ def scenario_fanout(size: int, nodes: int = 1, senders: int = 10, burst: int = 1
         figures = measure.shares(measure.wall + seconds)
         complete = all(c.received_bytes == senders * burst * packet_size and not c.closed
                        for c in swarm.clients)
+        if db:  # every chat committed before its echo: how many a second
+            figures["chats_persisted_per_second"] = round(senders * burst / seconds)
         figures.update({
-            "nodes": nodes, "tls": tls, "clients": size, "senders": senders, "burst": burst,
+            "nodes": nodes, "tls": tls, "db": db, "clients": size, "senders": senders,
+            "burst": burst,
             "deliveries": deliveries, "no_loss": ok and complete,
             "deliveries_per_second": round(deliveries / seconds),
             "mib_per_second": round(deliveries * packet_size / seconds / 2**20, 1),
@@ -191,9 +194,10 @@ class Tracker:
 
 
 def scenario_latency(clients: int = 100, rate: int = 1000, seconds: float = 5.0,
-                     senders: int = 10, stuck: bool = False, tls: bool = False) -> dict:
+                     senders: int = 10, stuck: bool = False, tls: bool = False,
+                     db: bool = False) -> dict:
     raise_open_file_limit()
-    server = Server(tls=tls)
+    server = Server(tls=tls, db=db)
     swarm = Swarm(server.port, server.client_tls)
     try:
         nicks = [f"l{i:04d}" for i in range(clients + (1 if stuck else 0))]
@@ -212,7 +216,7 @@ def scenario_latency(clients: int = 100, rate: int = 1000, seconds: float = 5.0,
                 "server_rss_mib_max": round(max(r for _, r in rss_samples) / 1024, 1),
                 "server_rss_mib_over_time": [(t, round(r / 1024, 1)) for t, r in rss_samples],
             })
-        figures["tls"] = tls
+        figures["tls"], figures["db"] = tls, db
         return figures
     finally:
         swarm.close()
@@ -491,6 +495,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tls", action="store_true",
                         help="also run fanout and latency over TLS (the server's --tls-cert), "
                              "beside the plain figures")
+    parser.add_argument("--db", action="store_true",
+                        help="also run fanout and latency with a database (the server's --db), "
+                             "beside the figures without")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
@@ -509,10 +516,11 @@ def main(argv=None) -> int:
                     name = scenario if nodes == 1 else f"{scenario}-cluster"
                     results.setdefault(name, []).append(figures)
                     report(name, figures)
-                if args.tls and scenario == "fanout":
-                    figures = scenario_fanout(size, tls=True)
-                    results.setdefault("fanout-tls", []).append(figures)
-                    report("fanout-tls", figures)
+                for flag in ("tls", "db"):
+                    if getattr(args, flag) and scenario == "fanout":
+                        figures = scenario_fanout(size, **{flag: True})
+                        results.setdefault(f"fanout-{flag}", []).append(figures)
+                        report(f"fanout-{flag}", figures)
         elif scenario == "abuse":
             results[scenario] = scenario_abuse(seconds=args.seconds, kinds=tuple(args.attacks))
             report(scenario, results[scenario])
@@ -527,10 +535,11 @@ def main(argv=None) -> int:
                                        stuck=scenario == "slow-reader")
             results[scenario] = figures
             report(scenario, figures)
-            if args.tls and scenario == "latency":
-                results["latency-tls"] = scenario_latency(rate=args.rate, seconds=args.seconds,
-                                                          tls=True)
-                report("latency-tls", results["latency-tls"])
+            for flag in ("tls", "db"):
+                if getattr(args, flag) and scenario == "latency":
+                    results[f"latency-{flag}"] = scenario_latency(
+                        rate=args.rate, seconds=args.seconds, **{flag: True})
+                    report(f"latency-{flag}", results[f"latency-{flag}"])
         else:
             for ui in ("curses", "ansi"):
                 figures = scenario_client(ui)

@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -36,7 +37,9 @@ log = logging.getLogger("chat_server")
 APPLICATION_ID = 0x54434854   # "TCHT": this file is a termchat database
 SCHEMA_VERSION = 1
 RETRY_SECONDS = 30.0          # after a failed write, try again this often
-TRIM_STEP = 500               # rows deleted at most per trim, so nobody feels it
+TRIM_STEP = 200               # rows deleted at most per trim, so nobody feels it
+CHECKPOINT_SECONDS = 2.0      # the write-ahead log is folded into the file this often,
+# by a thread of its own: its syncs never stall the loop
 LOADED_ENTRIES = 200_000      # the newest entries read back at start (the log's bound)
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {  # version -> the statements that make it
@@ -50,7 +53,6 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {  # version -> the statements that mak
                said INTEGER NOT NULL,       -- 1: a chat or an emote (a room's history)
                packet BLOB NOT NULL)        -- the payload base clients get""",
         "CREATE INDEX entries_said ON entries (target, number) WHERE said = 1",
-        "CREATE INDEX entries_time ON entries (time)",
         """CREATE TABLE users (
                key TEXT PRIMARY KEY, nick TEXT NOT NULL, room TEXT NOT NULL,
                digest TEXT, start INTEGER NOT NULL)""",
@@ -76,7 +78,36 @@ def open_store(path: str, keep: int = 10_000, keep_days: float = 30.0) -> "Sqlit
     except BaseException:
         os.close(lock)
         raise
-    return SqliteStore(connection, lock, keep, keep_days)
+    store = SqliteStore(connection, lock, keep, keep_days)
+    store.checkpointer = Checkpointer(path)
+    return store
+
+
+class Checkpointer:
+    """Folds the write-ahead log into the database every CHECKPOINT_SECONDS,
+    on a connection and a thread of its own (SQLite lets the loop go on
+    writing meanwhile): the syncs a checkpoint needs never stall the chat."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="checkpointer", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        db = connect(self.path)
+        try:
+            while not self.stopping.wait(CHECKPOINT_SECONDS):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # a failing disk: the loop's writes say so
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
 
 
 def lock_file(path: str) -> int:
@@ -131,6 +162,7 @@ def migrate(connection: sqlite3.Connection, version: int) -> None:
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")  # a commit survives a crash of the
     # process; only the operating system's crash may lose the last ones
+    connection.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
     for step in range(version + 1, SCHEMA_VERSION + 1):
         connection.execute("BEGIN IMMEDIATE")
         for statement in MIGRATIONS[step]:
@@ -156,6 +188,7 @@ class SqliteStore:
         self.news: list[str] = []                  # for the users: history kept or not
         self.said_counts: dict[str, int] = dict(connection.execute(
             "SELECT target, count(*) FROM entries WHERE said = 1 GROUP BY target"))
+        self.checkpointer: Checkpointer | None = None
 
     # ---- the Store port: queued writes ----
 
@@ -227,8 +260,7 @@ class SqliteStore:
     def write(self) -> None:
         db = self.db
         if self.entries:
-            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           self.entries)
+            db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self.entries)
             for row in self.entries:
                 if row[7]:
                     self.said_counts[row[3]] = self.said_counts.get(row[3], 0) + 1
@@ -275,10 +307,10 @@ class SqliteStore:
             return 0
         try:
             self.db.execute("BEGIN")
-            aged = self.db.execute(
+            aged = self.db.execute(  # the oldest by number are the oldest by time
                 "DELETE FROM entries WHERE number IN (SELECT number FROM entries "
-                "WHERE time < ? ORDER BY number LIMIT ?) RETURNING target, said",
-                (now_unix - self.keep_days * 86400, TRIM_STEP)).fetchall()
+                "ORDER BY number LIMIT ?) AND time < ? RETURNING target, said",
+                (TRIM_STEP, now_unix - self.keep_days * 86400)).fetchall()
             for room, said in aged:
                 if said:
                     self.said_counts[room] -= 1
@@ -346,6 +378,12 @@ class SqliteStore:
 
     def close(self) -> None:
         self.commit()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
         self.db.close()
         os.close(self.lock)
 
