@@ -70,6 +70,13 @@ class Bus:
                     self.sessions[digest] = (name, held[1])
                     self.owners[held[1]] = name
                 node.core.cluster_event(cluster.TakenOver(token, nick, old), node.now)
+            elif kind == "hand_back":
+                digest, nick, old = args
+                held = self.sessions.get(digest)
+                if held and held[0] == name:
+                    self.sessions[digest] = (old, held[1])
+                    if self.owners.get(held[1]) == name:
+                        self.owners[held[1]] = old
         return bool(calls)
 
     def claim(self, name, nick, token):

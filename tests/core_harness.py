@@ -84,6 +84,9 @@ class FakeLink:
         self.calls.append(("adopted", nick, room, old))
         return self._publish(cluster.RemoteTakeover(nick, old, room))
 
+    def hand_back(self, digest: str, nick: str, old: str) -> None:
+        self.calls.append(("hand_back", digest, nick, old))
+
     def forget(self, nick: str) -> None:
         self.calls.append(("forget", nick))
 

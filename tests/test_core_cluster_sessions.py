@@ -187,7 +187,7 @@ def test_a_failed_resume_elsewhere_gets_a_new_hello_deadline():
                                       "message": "no hello within 10 seconds"}]
 
 
-def test_a_resume_whose_connection_drops_while_it_waits_gives_the_session_back():
+def test_a_resume_whose_connection_drops_while_it_waits_hands_the_session_back():
     bus = Bus("A", "B")
     pat, token, _ = session_on(bus, "A", "pat")
     said(bus, "B", user_on(bus, "B", "bob"), "hi pat")
@@ -204,5 +204,9 @@ def test_a_resume_whose_connection_drops_while_it_waits_gives_the_session_back()
     node.tick(RESUME_WAIT + 1)
     bus.pump()
     calls = node.core.link.calls
-    assert ("forget", "pat") in calls
-    assert any(c[0] == "end_session" and c[2] == "pat" for c in calls)
+    back = [c for c in calls if c[0] == "hand_back"]
+    assert back and back[0][2:] == ("pat", "A")  # the session went back where it was
+    assert bus.sessions[back[0][1]][0] == "A"
+    node.core.parts.log.stream_cursor = (1 << 62, 0)  # the reader catches up
+    outlet, got = resume_on(bus, "B", "pat", token, last)  # so the client's next try works
+    assert got[0]["type"] == "resumed", got

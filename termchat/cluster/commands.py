@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from termchat.cluster.events import Claimed, ItemTaken, Renamed, TakenOver
+from termchat.cluster.events import Claimed, Conflict, ItemTaken, Renamed, TakenOver
 from termchat.wire import protocol as proto
 
 if TYPE_CHECKING:
@@ -188,6 +188,36 @@ class TakeOver(Command):
 
     def while_down(self, link) -> None:  # nobody can tell who holds it: not now
         link.hand_over(TakenOver(self.token, self.nick, None, unreachable=True))
+
+
+@dataclass
+class HandBack(Command):
+    """A session taken over but not taken up goes back to the node that held it."""
+    digest: str
+    nick: str
+    old: str
+
+    def queue(self, link, pipe) -> int:
+        link.client.hand_back(keys=[link.key("session:" + self.digest),
+                                    link.key("nick:" + proto.name_key(self.nick))],
+                              args=[link.node_id, self.old], client=pipe)
+        return 1
+
+
+@dataclass
+class ClaimOwn(Command):
+    """Claim the nick of a user this node took up without Redis knowing the
+    session (Redis restarted empty); someone else's by now: a conflict."""
+    nick: str
+
+    def queue(self, link, pipe) -> int:
+        link.client.claim_nick(keys=[link.key("nick:" + proto.name_key(self.nick))],
+                               args=[link.node_id, link.key("alive:")], client=pipe)
+        return 1
+
+    def answer(self, link, results) -> None:
+        if results[0] is None:
+            link.hand_over(Conflict(self.nick))
 
 
 @dataclass

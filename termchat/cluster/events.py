@@ -167,6 +167,15 @@ class RemoteAway(NodeEvent):
 
 
 @dataclass(frozen=True)
+class RemoteHeld(NodeEvent):
+    """A session user's connection dropped: its nick is held for ``seconds``
+    (0: it is back), so that a hello on any node can say so."""
+    KIND = "held"
+    nick: Name
+    seconds: Seconds
+
+
+@dataclass(frozen=True)
 class RemotePresence(NodeEvent):
     """The whole list of a node's users (nick -> room)."""
     KIND = "presence"
@@ -196,7 +205,7 @@ class RemoteItem(NodeEvent):
 NODE_EVENTS: dict[str, type[NodeEvent]] = {
     cls.KIND: cls for cls in (RemoteJoin, RemoteLeave, RemoteMove, RemoteSpeech,
                               RemoteDirect, RemoteAway, RemoteRename, RemoteKick, RemoteBan,
-                              RemotePresence, RemoteTakeover, RemoteItem)
+                              RemotePresence, RemoteTakeover, RemoteItem, RemoteHeld)
 }
 NODE_EVENT_CHECKS = {cls: cls.checks() for cls in NODE_EVENTS.values()}
 NODE_EVENT_OPTIONAL = {cls: {f.name for f in fields(cls) if f.default is not MISSING}
@@ -254,17 +263,23 @@ class Renamed:
 @dataclass(frozen=True)
 class Snapshot:
     """Everyone's presence as Redis has it, and the bans in force
-    (address -> (seconds left, reason))."""
+    (address -> (seconds left, reason)); ``mark``: the stream's last entry
+    when it was read (it is presence as of there: the reader gets there
+    first)."""
     nodes: dict  # node id -> {nick: room}
     bans: dict = field(default_factory=dict)
+    mark: str = "0-0"
 
 
 @dataclass(frozen=True)
 class NodeDead:
     """A node stopped beating; ``sessions`` (nick -> session hash) are its
-    users who keep the resume grace before they leave."""
+    users who keep the resume grace before they leave; ``mark``: the
+    stream's last entry when it was found dead (its events up to there are
+    its last words, read late; one after it means it runs again)."""
     node: str
     sessions: dict = field(default_factory=dict)
+    mark: str = "0-0"
 
 
 @dataclass(frozen=True)
@@ -326,9 +341,16 @@ class DataLost:
     being read again and messages in flight may be gone."""
 
 
+@dataclass(frozen=True)
+class SessionGone:
+    """Found when this node registers again (it was taken for dead): one of
+    its sessions was taken up elsewhere, or ended, meanwhile."""
+    nick: str
+
+
 EVENT_TYPES: tuple[type, ...] = (Claimed, Renamed, Snapshot, NodeDead, LinkLost, LinkRestored,
                                  Conflict, Undelivered, DataLost, Progress, TakenOver, ItemTaken,
-                                 *NODE_EVENTS.values())
+                                 SessionGone, *NODE_EVENTS.values())
 
 
 

@@ -61,7 +61,8 @@ from collections import deque
 from typing import Any, Callable, Iterator
 
 from termchat.cluster import scripts
-from termchat.cluster.commands import (ClaimNick, ClearPresence, Command, EndSession, Publish,
+from termchat.cluster.commands import (ClaimNick, ClaimOwn, ClearPresence, Command, EndSession,
+                                       HandBack, Publish,
                                        RecordSession, RenameNick, SaveBan, SaveWorld, SetPresence,
                                        STOP_WAIT, Stop, StopLink, TakeItem, TakeOver, PLACE,
                                        held_by,
@@ -69,8 +70,8 @@ from termchat.cluster.commands import (ClaimNick, ClearPresence, Command, EndSes
 from termchat.cluster.events import (Conflict, DataLost, LinkLost, LinkRestored, NodeDead,
                                      NodeEvent, Progress, RemoteBan, RemoteItem, RemoteJoin,
                                      RemoteLeave, RemoteMove, RemotePresence, RemoteRename,
-                                     RemoteTakeover, Snapshot, Undelivered, parse_node_event,
-                                     stream_id)
+                                     RemoteTakeover, SessionGone, Snapshot, Undelivered,
+                                     parse_node_event, stream_id)
 from termchat.wire import protocol as proto
 
 log = logging.getLogger("chat_cluster")
@@ -108,6 +109,7 @@ class ClusterLink:
         self.dropped = 0                   # ...and how many of them were given up
         self.watched: set[str] = set()     # nodes heard of: each beat checks they live
         self.registered: set[str] = set()  # nodes in the node set, as last read
+        self.dead_marks: dict[str, str] = {}  # nodes found dead -> the stream's end then
         self.epoch: str | None = None      # the Redis data set we know
         self.cursor: str | None = None     # the last stream ID read (the reader's)
         self.restart_reading = False       # Redis lost its data: read the new stream from 0
@@ -171,9 +173,14 @@ class ClusterLink:
         self._outbox.put(TakeOver(token, digest, nick))
 
     def adopted(self, nick: str, room: str, old: str) -> int:
-        """We resumed a session another node held: presence, then the event."""
+        """We resumed a session another node held: presence, the nick (ours
+        already, unless Redis lost it), then the event."""
         self._outbox.put(SetPresence(nick, room))
+        self._outbox.put(ClaimOwn(nick))
         return self.publish(RemoteTakeover(nick, old, room))
+
+    def hand_back(self, digest: str, nick: str, old: str) -> None:
+        self._outbox.put(HandBack(digest, nick, old))
 
     def take_item(self, token: Any, item: str, place: str, player: str) -> int:
         self._published += 1
@@ -280,6 +287,7 @@ class ClusterLink:
         client.rename_nick = client.register_script(scripts.RENAME_SCRIPT)
         client.release_nick = client.register_script(scripts.RELEASE_SCRIPT)
         client.take_over = client.register_script(scripts.TAKEOVER_SCRIPT)
+        client.hand_back = client.register_script(scripts.HAND_BACK_SCRIPT)
         client.end_session = client.register_script(scripts.END_SESSION_SCRIPT)
         client.take_item = client.register_script(scripts.TAKE_SCRIPT)
         return client
@@ -348,7 +356,8 @@ class ClusterLink:
         """Join (or rejoin) the cluster: heartbeat, presence, nick claims,
         then what was kept while Redis was away, then everyone's presence."""
         client, node = self.client, self.node_id
-        self._check_epoch()
+        lost = self._check_epoch()
+        self._drop_sessions_gone(lost)
         client.set(self.key("alive:" + node), "1", px=self.ttl_ms)
         client.sadd(self.key("nodes"), node)
         users_key = self.key("users:" + node)
@@ -375,7 +384,9 @@ class ClusterLink:
             self.hand_over(Undelivered(self.dropped))
             self.dropped = 0
         self.grace_until = time.monotonic() + self.ttl_ms / 1000 + MAX_BACKOFF
-        self.hand_over(Snapshot(self.read_presence(), self.read_bans()))
+        last = client.xrevrange(self.key("stream"), count=1)
+        self.hand_over(Snapshot(self.read_presence(), self.read_bans(),
+                                last[0][0].decode() if last else "0-0"))
         with self._state_lock:
             self._connected = True
             if self._was_lost:
@@ -383,16 +394,36 @@ class ClusterLink:
                 self.hand_over(LinkRestored())
         log.info("cluster: node %s registered with %s", node, self.shown_url)
 
-    def _check_epoch(self) -> None:
-        """Notice a Redis that lost its data since we last saw it."""
+    def _check_epoch(self) -> bool:
+        """Notice a Redis that lost its data since we last saw it (True)."""
         client = self.client
         client.set(self.key("epoch"), uuid.uuid4().hex, nx=True)
         epoch = client.get(self.key("epoch")).decode()
-        if self.epoch is not None and epoch != self.epoch:
+        lost = self.epoch is not None and epoch != self.epoch
+        if lost:
             log.warning("cluster: Redis lost its data; reading presence again")
             self.restart_reading = True
             self.hand_over(DataLost())
         self.epoch = epoch
+        return lost
+
+    def _drop_sessions_gone(self, redis_lost: bool) -> None:
+        """Before registering again (after an outage, or a pause that made
+        the others take us for dead): sessions of ours taken up on another
+        node meanwhile, or ended there, are not ours to claim any more."""
+        if not self.sessions:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        nicks = list(self.sessions)
+        for nick in nicks:
+            pipe.hget(self.key("session:" + self.sessions[nick]), "node")
+        for nick, holder in zip(nicks, pipe.execute()):
+            holder = holder.decode() if holder is not None else None
+            if holder == self.node_id or (holder is None and redis_lost):
+                continue
+            del self.sessions[nick]
+            self.users.pop(nick, None)
+            self.hand_over(SessionGone(nick))
 
     def _beat(self) -> None:
         """Refresh our heartbeat; notice nodes whose heartbeat expired.
@@ -425,10 +456,13 @@ class ClusterLink:
             if not alive:
                 self.watched.discard(node)
                 sessions = client.hgetall(self.key("sessions:" + node))
+                last = client.xrevrange(self.key("stream"), count=1)
                 client.srem(self.key("nodes"), node)
                 client.delete(self.key("users:" + node))
+                self.dead_marks[node] = last[0][0].decode() if last else "0-0"
                 self.hand_over(NodeDead(node, {k.decode(): v.decode()
-                                               for k, v in sessions.items()}))
+                                               for k, v in sessions.items()},
+                                        self.dead_marks[node]))
 
     def read_presence(self) -> dict[str, dict[str, str]]:
         client = self.client
@@ -550,7 +584,7 @@ class ClusterLink:
         catching_up = False
         if self.cursor is None:
             past = stream_id(end)[0] - self.history_ms
-            self.cursor = f"{past}-0" if past > 0 and end != "0-0" else end
+            self.cursor = f"{max(0, past)}-0" if end != "0-0" else end
             catching_up = stream_id(self.cursor) < stream_id(end)
             self.catch_up_end = stream_id(end) if catching_up else None
         elif stream_id(self.cursor) > stream_id(end):
@@ -572,9 +606,10 @@ class ClusterLink:
             if event.node == self.node_id:
                 own.append((event.seq, entry_id))
                 continue
-            if not self._from_a_member(client, event.node):
+            past = self.catch_up_end is not None and stream_id(entry_id) <= self.catch_up_end
+            if not past and not self._from_a_member(client, event.node):  # (the past holds
                 self.log_once("ignoring events from an unregistered node", event.node[:40])
-                continue
+                continue  # the events of nodes that died since: those are what it is read for)
             self.watched.add(event.node)
             self.hand_over(event)
         if batch:
@@ -599,9 +634,11 @@ class ClusterLink:
             self.trim_to = oldest
 
     def _from_a_member(self, client, node: str) -> bool:
-        if node not in self.registered:
+        """A node of the cluster, now or before: a node found dead may still
+        have events of its last moments in the stream, read late."""
+        if node not in self.registered and node not in self.dead_marks:
             self.registered = {n.decode() for n in client.smembers(self.key("nodes"))}
-        return node in self.registered
+        return node in self.registered or node in self.dead_marks
 
 
 def share_world_state(url: str, data: dict, prefix: str = "chat:") -> dict:

@@ -41,6 +41,14 @@ redis.call('HSET', KEYS[1], 'node', ARGV[1])
 redis.call('SET', KEYS[2], ARGV[1])
 return {old, room}
 """
+# Give session KEYS[1] (and its nick, KEYS[2]) back to node ARGV[2] if node ARGV[1]
+# (which took it over but will not take it up) still holds it.
+HAND_BACK_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'node', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) end
+return 1
+"""
 END_SESSION_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0

@@ -114,6 +114,7 @@ def join(parts: Parts, conn: Connection, nick: str, session: bool, now: float,
     a session client then gets its token and the room's recent history."""
     presence, log_ = parts.presence, parts.log
     user = presence.new_user(nick)
+    user.since = log_.last_number + 1  # its join is next
     room = room or presence.lobby
     recent = log_.recent(room.key) if session else []
     attach(conn, user)
@@ -218,7 +219,10 @@ def detach(parts: Parts, user: User, reason: str, now: float) -> Effects:
         conn.drop_held()
         conn.user, user.connection = None, None
     parts.sessions.detach(user.session, now)
-    return [Route(conn, None)] if conn is not None else []
+    effects: Effects = [Route(conn, None)] if conn is not None else []
+    if parts.cluster:  # so that a hello for the nick on any node is told it is held
+        effects.append(link("publish", events.RemoteHeld(user.nick, parts.sessions.grace)))
+    return effects
 
 
 def end_session(parts: Parts, session: Session, reason: str) -> Effects:
@@ -247,6 +251,8 @@ def resume(parts: Parts, conn: Connection, session: Session, after: str | None,
         old.become(State.CLOSING)
     parts.sessions.attach(session)
     attach(conn, user)
+    if parts.cluster:
+        effects.append(link("publish", events.RemoteHeld(user.nick, 0.0)))
     effects.append(Send(conn, proto.Resumed(len(missed))))
     effects += [Send(conn, entry.packet) for entry in missed]
     effects.append(Route(conn, user.room.key, ids=True))
@@ -264,7 +270,7 @@ def missed_here(parts: Parts, session: Session, after: str | None) -> list | Non
     if position is None:
         return None
     if position.node is not None and position.node != parts.node_id:
-        missed = parts.log.missed_elsewhere(user.nick, user.room.key, position)
+        missed = parts.log.missed_elsewhere(user.nick, user.room.key, position, session.start)
     else:
         missed = parts.log.missed(user.nick, user.room.key, position.number, session.start)
     if missed is not None and sum(entry.size for entry in missed) > parts.limits.max_queue:

@@ -38,9 +38,11 @@ class ClusterView:
     """This node's view of the other nodes."""
 
     def __init__(self) -> None:
-        self.dead: dict[str, None] = {}    # nodes seen to die, oldest first
+        self.dead: dict[str, tuple[dict, tuple]] = {}  # nodes seen to die -> (their
+        # sessions, the stream's last entry then), oldest first
         self.applied: dict[str, int] = {}  # node -> the last event number applied
         self.catching_up = False           # reading the stream's recent past at start
+        self.snapshot: cluster.Snapshot | None = None  # for when the reader gets there
 
     def fresh(self, event: cluster.NodeEvent) -> bool:
         """Not a duplicate, and a number that can be believed."""
@@ -53,16 +55,18 @@ class ClusterView:
         if event.seq:
             self.applied[event.node] = event.seq
 
-    def died(self, node: str) -> None:
-        self.dead[node] = None
+    def died(self, node: str, sessions: dict, mark: tuple) -> None:
+        self.dead[node] = (sessions, mark)
         while len(self.dead) > DEAD_KEPT:
             del self.dead[next(iter(self.dead))]
 
 
-def heard_from(parts: Parts, node: str) -> None:
-    """Any event from a node shows it runs: if it was taken for dead (it
-    was paused, say), its users were never gone."""
-    if node in parts.view.dead:
+def heard_from(parts: Parts, node: str, stream: tuple | None) -> None:
+    """An event a node wrote after it was found dead shows it runs again
+    (it was paused, say): its users were never gone.  One it wrote before
+    is only read late (its last words, or the stream's past at start)."""
+    dead = parts.view.dead.get(node)
+    if dead is not None and (stream is None or stream > dead[1]):
         del parts.view.dead[node]
         log.info("cluster: node %s answers again", node[:40])
         for user in parts.presence.of_node(node):
@@ -82,9 +86,11 @@ def owned_by(parts: Parts, nick: str, node: str) -> User | None:
     return user
 
 
-def appear(parts: Parts, node: str, nick: str, room: str) -> User:
-    """Another node's user, new to us, in ``room`` (nobody is told)."""
+def appear(parts: Parts, node: str, nick: str, room: str, joining: bool = False) -> User:
+    """Another node's user, new to us, in ``room`` (``joining``: its join is
+    announced next; while catching up, it was there before we read)."""
     user = parts.presence.new_user(nick, node)
+    user.since = 0 if parts.view.catching_up else parts.log.last_number + int(joining)
     parts.presence.add(user, parts.presence.room_named(room))
     parts.log.room_in_use(user.room.key, True)
     parts.log.name_in_use(user.key, True)
@@ -125,7 +131,7 @@ def join_remote(parts: Parts, node: str, nick: str, room: str,
     if old is not None:
         parts.sessions.unorphan(old)
         actions.forget(parts, old)
-    appear(parts, node, nick, room)
+    appear(parts, node, nick, room, joining=old is None)
     return [] if old is not None else [Announce(proto.Joined(nick), None)]
 
 
@@ -171,14 +177,23 @@ def on_taken_over(parts: Parts, event: cluster.TakenOver, now: float) -> Effects
     conn, hello = event.token, event.token.pending
     drop_claim(parts, proto.name_key(event.nick), conn)
     if conn.state is not State.CLAIMING:  # gone meanwhile
-        return give_back(hello) if event.old is not None else []
+        return hand_back(hello, event.old) if event.old is not None else []
     if event.unreachable:  # the session lives on: the client is to try again
         return refuse(parts, conn, STORE_AWAY, Code.THROTTLED, now)
-    position = parse_position(hello.after)
-    if event.old is None or position is None:
-        return expired(parts, conn, now) + (give_back(hello) if event.old else [])
-    parts.sessions.wait_for_reader(conn, event.old, event.room, position, now)
+    old = event.old or orphans_node(parts, hello)
+    if old is None:
+        return expired(parts, conn, now)
+    parts.sessions.wait_for_reader(conn, old, event.room, parse_position(hello.after), now)
     return []
+
+
+def orphans_node(parts: Parts, hello: proto.Hello) -> str | None:
+    """Redis knew no such session, but this node keeps it as the session of
+    a dead node's user (Redis restarted empty since): that node's id."""
+    user = parts.presence.get(hello.nick)
+    if user is None or parts.sessions.digest_of_orphan(user) != session_digest(hello.resume):
+        return None
+    return user.node
 
 
 def expired(parts: Parts, conn: Connection, now: float) -> Effects:
@@ -190,12 +205,32 @@ def expired(parts: Parts, conn: Connection, now: float) -> Effects:
     return [Send(conn, SESSION_EXPIRED)]
 
 
-def give_back(hello: proto.Hello) -> Effects:
-    """A session taken over for a connection that is gone before it was
-    taken up: its nick and record go, so that the nick is free once the
-    others' grace for it ends."""
-    return [link("forget", hello.nick), link("end_session", session_digest(hello.resume),
-                                              hello.nick, None)]
+def hand_back(hello: proto.Hello, old: str) -> Effects:
+    """A session handed over to us that we do not take up after all (its
+    connection went, or Redis is away): the session and its nick go back to
+    the node that held them, as if nothing had happened."""
+    return [link("hand_back", session_digest(hello.resume), hello.nick, old)]
+
+
+def give_up(parts: Parts, conn: Connection, hello: proto.Hello, old: str, room: str,
+            now: float) -> Effects:
+    """A session handed over to us that cannot be resumed (what the client
+    missed is no longer known).  Held by a live node, it goes back there.
+    Held by a dead one, it ends as a local one would: everyone sees its user
+    leave (ours for that moment, so that every node accepts the leave).
+    Either way the connection may say a fresh hello."""
+    hello_nick = hello.nick
+    user = parts.presence.get(hello_nick)
+    if user is not None and not user.local and user.node not in parts.view.dead:
+        return hand_back(hello, old) + expired(parts, conn, now)
+    if user is None or user.local:
+        user = appear(parts, old, hello_nick, room or proto.LOBBY)
+    parts.sessions.unorphan(user)
+    user.node = None
+    effects: Effects = [link("adopted", user.nick, user.room.name, old),
+                        link("end_session", session_digest(hello.resume), user.nick, None)]
+    return effects + actions.leave(parts, user, "could not be resumed") + \
+        expired(parts, conn, now)
 
 
 def adopt(parts: Parts, conn: Connection, old: str, room: str, position: Position,
@@ -204,20 +239,22 @@ def adopt(parts: Parts, conn: Connection, old: str, room: str, position: Positio
     goes on here where it was, unseen, with what it missed as this node
     logged it."""
     if conn.state is not State.CLAIMING:  # gone while it waited
-        return give_back(conn.pending)
+        return hand_back(conn.pending, old)
     if parts.log.stream_cursor < position.cursor:  # the reader never got there: Redis
-        return refuse(parts, conn, STORE_AWAY, Code.THROTTLED, now)  # is away; try later
-    hello, conn.pending = conn.pending, None
+        return hand_back(conn.pending, old) + refuse(  # is away; try later
+            parts, conn, STORE_AWAY, Code.THROTTLED, now)
+    hello = conn.pending
     user = parts.presence.get(hello.nick)
     if user is None or user.local:
         user = appear(parts, old, hello.nick, room or proto.LOBBY)
-    missed = parts.log.missed_elsewhere(user.nick, user.room.key, position)
+        user.since = 0  # here before we knew it: what the client's position leaves is owed
+    missed = parts.log.missed_elsewhere(user.nick, user.room.key, position, user.since)
     if missed is None or sum(e.size for e in missed) > parts.limits.max_queue:
-        actions.forget(parts, user)  # too long ago: a fresh hello will do (the nick is ours)
-        return expired(parts, conn, now)
+        return give_up(parts, conn, hello, old, room, now)  # too long ago
+    conn.pending = None
     parts.sessions.unorphan(user)
     user.node = None
-    parts.sessions.start(user, parts.log.last_number, token=hello.resume)
+    parts.sessions.start(user, user.since, token=hello.resume)
     session = user.session
     actions.attach(conn, user)
     effects: Effects = [Send(conn, proto.Resumed(len(missed)))]
@@ -310,8 +347,11 @@ def on_remote_kick(parts: Parts, event: cluster.RemoteKick, now: float) -> Effec
         return None
     target = parts.presence.get(event.nick)
     if target is None or not target.local:
-        return [Announce(proto.Kicked(event.nick, event.by,
-                                      actions.kick_reason(event.reason, event.minutes)), None)]
+        kicked = [Announce(proto.Kicked(event.nick, event.by,
+                                        actions.kick_reason(event.reason, event.minutes)), None)]
+        if target is not None and parts.sessions.digest_of_orphan(target) is not None:
+            kicked += actions.leave_remote(parts, target)  # a dead node's: gone everywhere
+        return kicked
     if event.minutes:
         return actions.ban(parts, target, event.by, event.minutes, event.reason, now)
     return actions.kick(parts, target, event.by, event.reason)
@@ -332,9 +372,45 @@ def on_remote_away(parts: Parts, event: cluster.RemoteAway, now: float) -> Effec
     return []
 
 
+@applies(cluster.RemoteHeld)
+def on_remote_held(parts: Parts, event: cluster.RemoteHeld, now: float) -> Effects | None:
+    user = owned_by(parts, event.nick, event.node)
+    if user is None:
+        return None
+    parts.sessions.held(user, now + event.seconds if event.seconds else None)
+    return []
+
+
+@applies(cluster.SessionGone)
+def on_session_gone(parts: Parts, event: cluster.SessionGone, now: float) -> Effects:
+    """This node was taken for dead, and one of its sessions was taken up
+    elsewhere (or ended) meanwhile: it is not ours any more."""
+    user = parts.presence.local(event.nick)
+    if user is None or user.session is None:
+        return []
+    effects = taken_elsewhere(parts, user)
+    actions.forget(parts, user)
+    return effects
+
+
 @applies(cluster.RemotePresence)
 def on_remote_presence(parts: Parts, event: cluster.RemotePresence, now: float) -> Effects:
-    return sync_node(parts, event.node, event.users)
+    dead = parts.view.dead.get(event.node)
+    stream = cluster.stream_id(event.stream) if event.stream else None
+    if dead is not None and stream is not None and stream <= dead[1]:
+        return last_presence(parts, event.node, event.users, dead[0], now)
+    return sync_node(parts, event.node, event.users, stream)
+
+
+def last_presence(parts: Parts, node: str, users: dict[str, str], sessions: dict,
+                  now: float) -> Effects:
+    """What a node found dead said of its users before it died (read late,
+    or in the stream's past at start): those with a session are orphans,
+    kept for the grace, the others were gone with it; nobody is told."""
+    for nick, room in users.items():
+        if nick in sessions and parts.presence.get(nick) is None:
+            appear(parts, node, nick, room)
+    return bury(parts, node, sessions, now)
 
 
 @applies(cluster.RemoteTakeover)
@@ -351,7 +427,7 @@ def on_remote_takeover(parts: Parts, event: cluster.RemoteTakeover,
         user.node = event.node
         return effects
     if user is None:
-        appear(parts, event.node, event.nick, event.room)
+        appear(parts, event.node, event.nick, event.room, joining=True)
         return [Announce(proto.Joined(event.nick), None)]  # new to us: never seen arrive
     parts.sessions.unorphan(user)
     user.node = event.node
@@ -379,20 +455,37 @@ def taken_elsewhere(parts: Parts, user: User) -> Effects:
 
 @applies(cluster.Snapshot)
 def on_snapshot(parts: Parts, event: cluster.Snapshot, now: float) -> Effects:
-    """Everyone's presence (and the bans) as Redis has them.  A node missing
-    from it may still be on its way back (after a Redis restart): its
-    users stay until the link says the node is dead."""
+    """Everyone's presence (and the bans) as Redis has them, applied once
+    the reader has read the stream as far as the snapshot was taken (what
+    came before it, a DM from someone gone since, comes first).  A node
+    missing from it may still be on its way back (after a Redis restart):
+    its users stay until the link says the node is dead."""
     for address, (seconds, reason) in event.bans.items():
         parts.moderation.ban(address, seconds, reason, now)
+    parts.view.snapshot = event
+    return take_snapshot(parts)
+
+
+def take_snapshot(parts: Parts, upto: tuple | None = None) -> Effects:
+    """The snapshot waiting for the reader, once the reader is at its mark:
+    before the first event past it (``upto``), or at the reader's progress."""
+    snapshot = parts.view.snapshot
+    if snapshot is None:
+        return []
+    mark = cluster.stream_id(snapshot.mark)
+    if (upto is None and parts.log.stream_cursor < mark) or (upto is not None and upto <= mark):
+        return []
+    parts.view.snapshot = None
     effects: Effects = []
-    for node, users in event.nodes.items():
+    for node, users in snapshot.nodes.items():
         effects += sync_node(parts, node, users)
     return effects
 
 
-def sync_node(parts: Parts, node: str, users: dict[str, str]) -> Effects:
+def sync_node(parts: Parts, node: str, users: dict[str, str],
+              stream: tuple | None = None) -> Effects:
     """Make our view of a node's users match ``users`` (nick -> room)."""
-    heard_from(parts, node)
+    heard_from(parts, node, stream)
     present = {proto.name_key(nick) for nick in users}
     effects: Effects = []
     for user in parts.presence.of_node(node):
@@ -410,10 +503,18 @@ def on_node_dead(parts: Parts, event: cluster.NodeDead, now: float) -> Effects:
     any other node)."""
     log.warning("cluster: node %s stopped answering; its users have left, but for %d "
                 "with sessions", event.node, len(event.sessions))
-    parts.view.died(event.node)
+    parts.view.died(event.node, event.sessions, cluster.stream_id(event.mark))
+    return bury(parts, event.node, event.sessions, now)
+
+
+def bury(parts: Parts, node: str, sessions: dict, now: float) -> Effects:
+    """A dead node's users leave, but for those with a session (orphans for
+    the grace); those that are orphans already stay as they are."""
     effects: Effects = []
-    for user in parts.presence.of_node(event.node):
-        digest = event.sessions.get(user.nick)
+    for user in parts.presence.of_node(node):
+        if parts.sessions.digest_of_orphan(user) is not None:
+            continue
+        digest = sessions.get(user.nick)
         if digest and parts.settings.resume_grace:
             parts.sessions.orphan(user, digest, now)
         else:
@@ -432,12 +533,15 @@ def end_orphan(parts: Parts, user: User, digest: str) -> Effects:
 def on_progress(parts: Parts, event: cluster.Progress, now: float) -> Effects:
     """How far the stream was read, and where our own events landed."""
     parts.log.progress(cluster.stream_id(event.cursor), event.own, event.start)
+    effects = take_snapshot(parts)
     if event.start:
         parts.view.catching_up = event.catching_up
     elif event.caught_up and parts.view.catching_up:
         parts.view.catching_up = False
         log.info("cluster: caught up with the stream")
-    return []
+        for node, (sessions, _) in list(parts.view.dead.items()):  # users of nodes that died
+            effects += bury(parts, node, sessions, now)  # before we read their events
+    return effects
 
 
 def tell_everyone(text: str) -> Effects:

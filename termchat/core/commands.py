@@ -72,8 +72,10 @@ def resume_elsewhere(parts: Parts, conn: Connection, hello: proto.Hello) -> Effe
     nick) over from whichever node does."""
     key = proto.name_key(hello.nick)
     user = parts.presence.users.get(key)
-    if (user is not None and user.local) or key in parts.presence.claims or not hello.after:
-        return [Send(conn, actions.SESSION_EXPIRED)]
+    position = parse_position(hello.after) if hello.after else None
+    if (user is not None and user.local) or key in parts.presence.claims or \
+            position is None or position.node is None:  # not an id another node gave:
+        return [Send(conn, actions.SESSION_EXPIRED)]     # nothing is asked of Redis
     conn.become(State.CLAIMING)
     conn.pending = hello
     parts.presence.claims[key] = (conn, hello.nick)
@@ -84,14 +86,9 @@ def held_message(parts: Parts, key: str, now: float) -> str | None:
     """Why a nick is taken when it is only held for a session whose
     connection dropped (most often the very user now asking for it)."""
     user = parts.presence.users.get(key)
-    if user is None:
+    until = parts.sessions.held_until(user) if user is not None else None
+    if until is None:
         return None
-    if user.local and user.session is not None and user.connection is None:
-        until = user.session.expires
-    else:
-        until = parts.sessions.orphan_until(user)
-        if until is None:
-            return None
     seconds = max(1, round(until - now))
     return (f"nick {user.nick} is held for a session whose connection dropped; it is free "
             f"in {seconds} seconds unless that session resumes")
@@ -124,8 +121,9 @@ def on_direct(parts: Parts, conn: Connection, dm: proto.SendDirect, now: float) 
         return error(conn, f"no such user: {proto.quote(dm.to)}", Code.NO_USER)
     if actions.encoded(proto.DirectFrom(user.nick, target.nick, dm.message)) is None:
         return error(conn, "message too long to send", Code.TOO_LONG)
-    telling = None if target.local else publish(
+    telling = publish(  # every node logs it, also between two users of this one: a
         parts, "publish", cluster.RemoteDirect(user.nick, target.nick, dm.message))
+    # session of either may be resumed elsewhere
     effects = actions.direct(parts, user, user.nick, target, dm.message, telling)
     if target.away and target is not user:
         effects.append(Send(conn, proto.Info(f"{target.nick} is away: {target.away}")))
@@ -270,10 +268,18 @@ def on_ban(parts: Parts, conn: Connection, ban: proto.BanRequest, now: float) ->
 
 def kick_elsewhere(parts: Parts, by: User, target: User, reason: str,
                    minutes: int) -> Effects:
-    """The user is on another node: that node does it; we show it here."""
-    return [Announce(proto.Kicked(target.nick, by.nick, actions.kick_reason(reason, minutes)),
-                     None, publish=link("publish", cluster.RemoteKick(
-                         target.nick, by.nick, reason, minutes)))]
+    """The user is on another node: that node does it; we show it here.  A
+    dead node's user in its grace is removed by every node, and its session
+    ended here: its token resumes nothing."""
+    effects: Effects = [Announce(proto.Kicked(target.nick, by.nick,
+                                              actions.kick_reason(reason, minutes)),
+                                 None, publish=link("publish", cluster.RemoteKick(
+                                     target.nick, by.nick, reason, minutes)))]
+    digest = parts.sessions.digest_of_orphan(target)
+    if digest is not None:
+        effects += actions.leave_remote(parts, target) + [
+            link("end_session", digest, target.nick, target.node)]
+    return effects
 
 
 def list_bans(parts: Parts, conn: Connection, now: float) -> Effects:

@@ -33,7 +33,8 @@ from termchat.cluster import events as cluster
 from termchat.core import clusterview, commands, worldplay  # noqa: F401 (they register handlers)
 from termchat.core.actions import Parts, SessionSettings, detach, end_session, leave, log_once, \
     mistake, paused, refuse, restore
-from termchat.core.clusterview import ClusterView, adopt, end_orphan, heard_from, tell_everyone
+from termchat.core.clusterview import ClusterView, adopt, end_orphan, heard_from, \
+    take_snapshot, tell_everyone
 from termchat.core.delivery import Outlet
 from termchat.core.effects import Announce, Broadcast, Close, Direct, Effects, LinkCall, \
     PauseInput, Route, Send
@@ -155,8 +156,9 @@ class ChatCore:
         parts = self.parts
         timeout = parts.limits.hello_timeout
         for conn in parts.gate.silent(now):
-            self.fenced(conn, now, refuse, parts, conn, f"no hello within {timeout:g} seconds",
-                        Code.NO_HELLO, now)
+            if conn.state is State.GREETING:
+                self.fenced(conn, now, refuse, parts, conn,
+                            f"no hello within {timeout:g} seconds", Code.NO_HELLO, now)
         for conn in parts.gate.refilled_now(now):
             self.process(conn, now)
         for session in parts.sessions.ended_grace(now):
@@ -182,8 +184,10 @@ class ChatCore:
                         log_once(parts, "ignoring an event numbered far past the node's last",
                                  event.node)
                     return
-                heard_from(parts, event.node)
                 stream = cluster.stream_id(event.stream) if event.stream else None
+                if stream is not None and parts.view.snapshot is not None:
+                    self.apply(take_snapshot(parts, stream), now)  # presence as of before it
+                heard_from(parts, event.node, stream)
                 if stream is not None:
                     parts.log.applied(stream)
                 origin = Origin(event.node, event.seq, stream)

@@ -366,11 +366,16 @@ class EventLog:
             self.in_use((kind, name), used)
 
     def in_use(self, key: tuple[str, Any], used: bool) -> None:
+        """(Un)used before its list exists counts too: the exit that empties
+        a room may be what makes its list."""
         if used:
             self.unused.pop(key, None)
-        elif key in self.lists:
-            self.unused[key] = None
-            self.unused.move_to_end(key)
+            return
+        self.unused[key] = None
+        self.unused.move_to_end(key)
+        if len(self.unused) > 2 * len(self.lists) + 1000:
+            for stale in [k for k in self.unused if k not in self.lists]:
+                del self.unused[stale]
 
     # ---- reading ----
 
@@ -421,16 +426,20 @@ class EventLog:
                            lambda lst, low, high: lst.between(low, high),
                            lambda lst, low: lst.dropped_through <= low)
 
-    def missed_elsewhere(self, nick: str, room: str, position: Position) -> list[LogEntry] | None:
+    def missed_elsewhere(self, nick: str, room: str, position: Position,
+                         start: int = 0) -> list[LogEntry] | None:
         """What a client of another node, who last saw ``position`` there,
-        missed, as this node logged it (None: the log does not reach back
-        that far).  Lists are read from the first entry the client may not
-        have seen, found by the stamps (never by reading from the start)."""
+        missed, as this node logged it, from entry ``start`` on (the user's
+        own start here: nothing before it is owed) (None: the log does not
+        reach back that far).  Lists are read from the first entry the
+        client may not have seen, found by the stamps (never by reading from
+        the start)."""
         node, cursor, published = position.node, position.cursor, position.published
         if self.log_start is None or cursor < self.log_start:
             return None  # it saw its last packet before we started reading
         floor = min(self.own_unseen(cursor), self.first_of_death.get(node, self.last_number + 1),
                     self.first_logged_at(cursor))
+        floor = max(floor, start + 1)
 
         def read(lst: EntryList, low: int, high: int | None) -> list[LogEntry]:
             return [e for e in lst.between(low, high) if not e.seen_at(node, cursor, published)]

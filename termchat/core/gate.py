@@ -268,12 +268,12 @@ class ConnectionGate:
 
     def silent(self, now: float) -> list[Connection]:
         """Connections whose hello deadline has passed without a hello."""
-        late = []
+        late: dict[Connection, None] = {}  # (a connection may have two deadlines)
         while self.greeting and self.greeting[0][0] <= now:
             _, conn = self.greeting.popleft()
             if conn.state is State.GREETING:
-                late.append(conn)
-        return late
+                late[conn] = None
+        return list(late)
 
     def refilled_now(self, now: float) -> list[Connection]:
         """Throttled connections whose tokens have come back."""

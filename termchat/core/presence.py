@@ -42,7 +42,7 @@ class User:
     meant for one user is never replayed to another of the same name."""
 
     __slots__ = ("uid", "nick", "key", "room", "away", "operator", "connection", "session",
-                 "node", "address")
+                 "node", "address", "since")
 
     def __init__(self, uid: int, nick: str, node: str | None = None) -> None:
         self.uid = uid
@@ -55,6 +55,8 @@ class User:
         self.session: Session | None = None
         self.node = node
         self.address: str | None = None  # its last connection's: what a ban holds out
+        self.since = 0  # the log entry after which this node has known it: nothing before
+        # is owed to it (a session it takes up here begins there)
 
     @property
     def local(self) -> bool:

@@ -60,6 +60,8 @@ class Sessions:
         self.by_name: dict[str, Session] = {}          # detached ones, by name key
         self.expiring: deque[tuple[float, Session]] = deque()  # grace ends, in order
         self.orphans: dict[int, tuple[float, str]] = {}  # uid -> (grace end, digest)
+        self.held_elsewhere: dict[int, float] = {}  # uid -> grace end of another node's
+        # detached session user
         self.orphan_order: deque[tuple[float, User]] = deque()
         self.waiting: deque[tuple[float, Connection, str, str, Position]] = deque()
 
@@ -167,13 +169,25 @@ class Sessions:
         held = self.orphans.get(user.uid)
         return held[1] if held else None
 
-    def orphan_until(self, user: User) -> float | None:
-        held = self.orphans.get(user.uid)
-        return held[0] if held else None
-
     def unorphan(self, user: User) -> None:
         """The user is alive somewhere (its node came back, or it resumed)."""
         self.orphans.pop(user.uid, None)
+        self.held_elsewhere.pop(user.uid, None)
+
+    def held(self, user: User, until: float | None) -> None:
+        """Another node's session user dropped (held until then) or is back."""
+        if until is None:
+            self.held_elsewhere.pop(user.uid, None)
+        else:
+            self.held_elsewhere[user.uid] = until
+
+    def held_until(self, user: User) -> float | None:
+        """Until when a nick is held for a session whose connection dropped."""
+        if user.local:
+            session = user.session
+            return session.expires if session is not None and session.detached else None
+        held = self.orphans.get(user.uid)
+        return held[0] if held else self.held_elsewhere.get(user.uid)
 
     def orphans_due(self, now: float) -> list[tuple[User, str]]:
         """Orphans whose grace has ended without a resume, with their digest."""
