@@ -229,6 +229,8 @@ class ChatServer:
             due.append(self.core_due)
         if self.saver and self.saver.due is not None:
             due.append(self.saver.due)
+        if self.store is not None:
+            due.append(self.next_trim)   # retention ages rows on an idle server too
         if not due:
             return None
         return max(0.0, min(due) - time.monotonic())
