@@ -233,6 +233,23 @@ def give_up(parts: Parts, conn: Connection, hello: proto.Hello, old: str, room: 
         expired(parts, conn, now)
 
 
+def caught_up(parts: Parts, position: Position) -> bool:
+    """Whether this node has applied everything the client had seen where
+    it was: the stream up to the client's cursor, and every event its node
+    had published by then (its move to another room, say: replayed by a
+    stale view, the client would get the old room's chat).  A dead node's
+    unwritten events never come: its end in the stream is enough."""
+    if parts.log.stream_cursor < position.cursor:
+        return False
+    node = position.node
+    if node is None or node == parts.node_id:
+        return True
+    if parts.view.applied.get(node, 0) >= position.published:
+        return True
+    dead = parts.view.dead.get(node)
+    return dead is not None and parts.log.stream_cursor >= dead[1]
+
+
 def adopt(parts: Parts, conn: Connection, old: str, room: str, position: Position,
           now: float) -> Effects:
     """The session (held by ``old``, last in ``room``) is ours now: the user
@@ -240,9 +257,9 @@ def adopt(parts: Parts, conn: Connection, old: str, room: str, position: Positio
     logged it."""
     if conn.state is not State.CLAIMING:  # gone while it waited
         return hand_back(conn.pending, old)
-    if parts.log.stream_cursor < position.cursor:  # the reader never got there: Redis
-        return hand_back(conn.pending, old) + refuse(  # is away; try later
-            parts, conn, STORE_AWAY, Code.THROTTLED, now)
+    if not caught_up(parts, position):  # the reader never got there (Redis is away, or
+        return hand_back(conn.pending, old) + refuse(  # the old node's last events are
+            parts, conn, STORE_AWAY, Code.THROTTLED, now)  # not written yet): try later
     hello = conn.pending
     user = parts.presence.get(hello.nick)
     if user is None or user.local:

@@ -207,16 +207,17 @@ class Sessions:
         """A session handed over from ``old`` (its user last in ``room``)."""
         self.waiting.append((now + RESUME_WAIT, conn, old, room, position))
 
-    def ready_resumes(self, now: float, cursor) -> list[tuple[Connection, str, str, Position]]:
-        """Resumes whose client's last point our reader has reached (or that
-        have waited long enough)."""
-        ready = []
-        while self.waiting:
-            deadline, conn, old, room, position = self.waiting[0]
-            if cursor < position.cursor and deadline > now:
-                break
-            self.waiting.popleft()
-            ready.append((conn, old, room, position))
+    def ready_resumes(self, now: float, caught_up) -> list[tuple[Connection, str, str, Position]]:
+        """Resumes whose client's last point our reader has reached
+        (``caught_up(position)``), or that have waited long enough."""
+        ready, waiting = [], deque()
+        for item in self.waiting:
+            deadline, conn, old, room, position = item
+            if deadline <= now or caught_up(position):
+                ready.append((conn, old, room, position))
+            else:
+                waiting.append(item)
+        self.waiting = waiting
         return ready
 
     def next_due(self) -> float | None:
