@@ -11,6 +11,9 @@ Redis keys (``P`` is the prefix, ``chat:`` by default):
 
 - ``P nodes``: set of node ids in the cluster.
 - ``P alive:ID``: a node's heartbeat, expiring after three beats.
+- ``P member:ID``: a node was in the cluster within STREAM_SECONDS (its
+  events may still be in the stream, read late: after it stopped, or after
+  another node took it for dead), refreshed with each heartbeat.
 - ``P users:ID``: hash nick -> room of the node's users.
 - ``P nick:KEY``: the node id owning a nick (KEY: the name key).  A claim
   succeeds when the nick is free, already ours, or owned by a node whose
@@ -79,6 +82,7 @@ log = logging.getLogger("chat_cluster")
 MAX_BACKOFF = 2.0
 STREAM_MAXLEN = 100_000     # events kept in the stream (approximately)...
 STREAM_SECONDS = 600        # ...for at most this long...
+MEMBERS_KEPT = 10_000       # nodes the reader remembers as members (then it asks again)
 STREAM_BYTES = 256 << 20    # ...and at most this many bytes of them
 HISTORY_SECONDS = 90.0      # what a node reads of the stream's past when it starts
 READ_COUNT = 1000           # events taken per XREAD
@@ -109,6 +113,7 @@ class ClusterLink:
         self.dropped = 0                   # ...and how many of them were given up
         self.watched: set[str] = set()     # nodes heard of: each beat checks they live
         self.registered: set[str] = set()  # nodes in the node set, as last read
+        self.members: set[str] = set()     # other nodes whose member key the reader saw
         self.dead_marks: dict[str, str] = {}  # nodes found dead -> the stream's end then
         self.epoch: str | None = None      # the Redis data set we know
         self.cursor: str | None = None     # the last stream ID read (the reader's)
@@ -359,6 +364,7 @@ class ClusterLink:
         lost = self._check_epoch()
         self._drop_sessions_gone(lost)
         client.set(self.key("alive:" + node), "1", px=self.ttl_ms)
+        client.set(self.key("member:" + node), "1", ex=STREAM_SECONDS)
         client.sadd(self.key("nodes"), node)
         users_key = self.key("users:" + node)
         client.delete(users_key)
@@ -435,13 +441,14 @@ class ClusterLink:
         client = self.client
         pipe = client.pipeline(transaction=False)
         pipe.set(self.key("alive:" + self.node_id), "1", px=self.ttl_ms)
+        pipe.expire(self.key("member:" + self.node_id), STREAM_SECONDS)
         pipe.sismember(self.key("nodes"), self.node_id)
         pipe.smembers(self.key("nodes"))
         pipe.xtrim(self.key("stream"), maxlen=STREAM_MAXLEN, approximate=True)
         if self.trim_to is not None:
             pipe.xtrim(self.key("stream"), minid=self.trim_to, approximate=True)
             self.trim_to = None
-        registered, members = pipe.execute()[1:3]
+        registered, members = pipe.execute()[2:4]
         if not registered or not self._connected:
             self._register()
         self.registered = {n.decode() for n in members}
@@ -634,11 +641,18 @@ class ClusterLink:
             self.trim_to = oldest
 
     def _from_a_member(self, client, node: str) -> bool:
-        """A node of the cluster, now or before: a node found dead may still
-        have events of its last moments in the stream, read late."""
-        if node not in self.registered and node not in self.dead_marks:
-            self.registered = {n.decode() for n in client.smembers(self.key("nodes"))}
-        return node in self.registered or node in self.dead_marks
+        """A node of the cluster, now or lately: one that stopped, or that
+        another node took for dead, may still have events of its last
+        moments in the stream, read late (never judged by whether it is
+        registered when they are read)."""
+        if node in self.registered or node in self.dead_marks or node in self.members:
+            return True
+        if client.exists(self.key("member:" + node)):
+            if len(self.members) >= MEMBERS_KEPT:
+                self.members.clear()
+            self.members.add(node)
+            return True
+        return False
 
 
 def share_world_state(url: str, data: dict, prefix: str = "chat:") -> dict:
