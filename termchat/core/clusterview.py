@@ -41,6 +41,8 @@ class ClusterView:
         self.dead: dict[str, tuple[dict, tuple]] = {}  # nodes seen to die -> (their
         # sessions, the stream's last entry then), oldest first
         self.applied: dict[str, int] = {}  # node -> the last event number applied
+        self.read: dict[str, int] = {}     # node -> the highest believable number read
+        # (applied or refused: what a resume waits for)
         self.catching_up = False           # reading the stream's recent past at start
         self.snapshot: cluster.Snapshot | None = None  # for when the reader gets there
 
@@ -49,7 +51,10 @@ class ClusterView:
         if not event.seq:
             return True
         last = self.applied.get(event.node, 0)
-        return last < event.seq <= last + MAX_SEQ_GAP
+        believable = last < event.seq <= last + MAX_SEQ_GAP
+        if believable and event.seq > self.read.get(event.node, 0):
+            self.read[event.node] = event.seq
+        return believable
 
     def vetted(self, event: cluster.NodeEvent) -> None:
         if event.seq:
@@ -244,7 +249,7 @@ def caught_up(parts: Parts, position: Position) -> bool:
     node = position.node
     if node is None or node == parts.node_id:
         return True
-    if parts.view.applied.get(node, 0) >= position.published:
+    if parts.view.read.get(node, 0) >= position.published:
         return True
     dead = parts.view.dead.get(node)
     return dead is not None and parts.log.stream_cursor >= dead[1]
