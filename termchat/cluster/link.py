@@ -119,6 +119,7 @@ class ClusterLink:
         self.cursor: str | None = None     # the last stream ID read (the reader's)
         self.restart_reading = False       # Redis lost its data: read the new stream from 0
         self.grace_until = 0.0             # after a reconnection, nodes may still be coming back
+        self.last_beat = 0.0               # when our last heartbeat was answered
         self.history_ms = int(history_seconds * 1000)  # the stream's past read at start
         self.catch_up_end: tuple[int, int] | None = None  # ...up to here (the reader's)
         self.sizes: deque[tuple[str, int]] = deque()  # stream entries read and their sizes
@@ -389,7 +390,7 @@ class ClusterLink:
         if self.dropped:
             self.hand_over(Undelivered(self.dropped))
             self.dropped = 0
-        self.grace_until = time.monotonic() + self.ttl_ms / 1000 + MAX_BACKOFF
+        self.give_grace()
         last = client.xrevrange(self.key("stream"), count=1)
         self.hand_over(Snapshot(self.read_presence(), self.read_bans(),
                                 last[0][0].decode() if last else "0-0"))
@@ -439,6 +440,9 @@ class ClusterLink:
         restarted between two beats) or the reader saw the link drop,
         register again."""
         client = self.client
+        asked = time.monotonic()
+        if asked - self.last_beat > 2 * self.heartbeat:
+            self.give_grace()  # Redis or we stalled: every heartbeat may have lapsed meanwhile
         pipe = client.pipeline(transaction=False)
         pipe.set(self.key("alive:" + self.node_id), "1", px=self.ttl_ms)
         pipe.expire(self.key("member:" + self.node_id), STREAM_SECONDS)
@@ -449,6 +453,9 @@ class ClusterLink:
             pipe.xtrim(self.key("stream"), minid=self.trim_to, approximate=True)
             self.trim_to = None
         registered, members = pipe.execute()[2:4]
+        self.last_beat = time.monotonic()
+        if self.last_beat - asked > self.heartbeat:
+            self.give_grace()  # Redis was stopped for a while: heartbeats lapsed in it
         if not registered or not self._connected:
             self._register()
         self.registered = {n.decode() for n in members}
@@ -470,6 +477,13 @@ class ClusterLink:
                 self.hand_over(NodeDead(node, {k.decode(): v.decode()
                                                for k, v in sessions.items()},
                                         self.dead_marks[node]))
+
+    def give_grace(self) -> None:
+        """Take nobody for dead for a while: after a reconnection, or a stall
+        of Redis (its keys expired while it stood still) or of ours, the
+        others need a beat or two (and a reconnection) to be seen alive."""
+        self.grace_until = max(self.grace_until,
+                               time.monotonic() + self.ttl_ms / 1000 + MAX_BACKOFF)
 
     def read_presence(self) -> dict[str, dict[str, str]]:
         client = self.client
