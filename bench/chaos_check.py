@@ -1,0 +1,255 @@
+"""The chaos run's checker: what every client received, judged against
+what every sender saw echoed (SPEC, "Where features meet: the guarantees").
+
+Owns the judgement and nothing else: it is given a :class:`History` (plain
+records the run made, or a test made by hand) and returns a
+:class:`Verdict` with the figures.
+
+- ``lost``: pairs (receiver, message) where the message was echoed to its
+  sender, the receiver was entitled to it, and never got it.  Entitled: a
+  member of the message's room (for a DM: its other party) for the whole
+  *window* of the message, within one session.  The window runs from the
+  send (less a margin) to the last moment the message was seen live by
+  anyone, the echo included (plus the margin): within it the receiver's
+  node may have applied it at any time, so only a stay covering all of it
+  says the receiver was a member then.
+- ``unwritten``: echoed messages whose sender's node was SIGKILLed after
+  the echo and that nobody on another node ever received: what the README
+  says a killed node may not yet have written to Redis.  They are counted
+  here, never in ``lost``, and are not judged further.
+- ``duplicated``: copies beyond the first of one message in one session.
+- ``reordered``: messages a session received after a later one (a higher
+  number) from the same sender.
+- ``ghosts`` / ``missing``: after the quiet period, each client's ``who``
+  answer (from whichever node it is on) against who is really connected in
+  that room: a name listed who is not there, a name there not listed;
+  each (node, name) counted once.
+
+Stays (a user's certain membership of a room) are built by the run: from
+the confirmation of a room (its own join, its ``enter`` echo, the ``who``
+answer after a reconnection) to the moment it asked to move, or to the
+connection loss before a fresh join (a session that fell back to a fresh
+join is not entitled to what was sent while it was away), or to the loss
+before a resume whose ``who`` named another room (a *misplaced* stay: a
+move the client was told about that a SIGKILLed node never wrote, so the
+other nodes never learned it; the real room's stay starts there).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+MARGIN = 0.5  # seconds either side of a message's window
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A chat or DM a client sent: ``payload`` is unique in the run."""
+
+    payload: str
+    sender: str
+    seq: int                 # the sender's own count: its order
+    at: float                # when it was written to the socket
+    node: str = ""           # the sender's node then (from the ids it had seen)
+    room: str | None = None  # a room chat: the sender's confirmed room
+    to: str | None = None    # a DM: its other party
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A chat or DM that reached a client (history items are not receipts)."""
+
+    user: str
+    session: int             # which of the user's sessions (0, then 1 after a fresh join...)
+    payload: str
+    at: float
+    node: str = ""           # the node the receiving connection was on
+    replay: bool = False     # part of a resume's replay
+
+
+@dataclass(frozen=True)
+class Stay:
+    """A user certainly in ``room``, in one session, from ``start`` to ``end``."""
+
+    user: str
+    session: int
+    room: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Session:
+    """A user's session: from its own join to the loss before a fresh join
+    (or the end of the run)."""
+
+    user: str
+    number: int
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class WhoAnswer:
+    asker: str
+    node: str
+    room: str
+    nicks: tuple[str, ...]
+
+
+@dataclass
+class History:
+    sent: list[Sent] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+    stays: list[Stay] = field(default_factory=list)
+    sessions: list[Session] = field(default_factory=list)
+    kills: list[tuple[str, float]] = field(default_factory=list)   # (node, when SIGKILLed)
+    who: list[WhoAnswer] = field(default_factory=list)
+    present: dict[str, str] = field(default_factory=dict)         # at the end: user -> room
+
+
+@dataclass
+class Verdict:
+    sent: int = 0
+    echoed: int = 0
+    received: int = 0
+    lost: int = 0
+    unwritten: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    ghosts: int = 0
+    missing: int = 0
+    judged: int = 0          # (receiver, message) pairs that were owed
+    examples: dict[str, list] = field(default_factory=dict)  # a few of each failure
+
+    @property
+    def clean(self) -> bool:
+        return not (self.lost or self.duplicated or self.reordered or self.ghosts
+                    or self.missing)
+
+    def example(self, figure: str, what) -> None:
+        kept = self.examples.setdefault(figure, [])
+        if len(kept) < 20:
+            kept.append(what)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check(history: History, margin: float = MARGIN) -> Verdict:
+    verdict = Verdict(sent=len(history.sent), received=len(history.receipts))
+    got = _receipts_by_message(history.receipts)
+    echoes = _echo_times(history.sent, got)
+    verdict.echoed = len(echoes)
+    _judge_losses(history, got, echoes, margin, verdict)
+    _judge_copies_and_order(history, verdict)
+    _judge_presence(history, verdict)
+    return verdict
+
+
+# ---- lost ----
+
+def _receipts_by_message(receipts: Iterable[Receipt]) -> dict[str, list[Receipt]]:
+    got: dict[str, list[Receipt]] = defaultdict(list)
+    for receipt in receipts:
+        got[receipt.payload].append(receipt)
+    return got
+
+
+def _echo_times(sent: list[Sent], got: dict[str, list[Receipt]]) -> dict[str, float]:
+    """payload -> when its sender first received it back."""
+    echoes = {}
+    for message in sent:
+        own = [r.at for r in got.get(message.payload, ()) if r.user == message.sender]
+        if own:
+            echoes[message.payload] = min(own)
+    return echoes
+
+
+def _judge_losses(history: History, got: dict[str, list[Receipt]], echoes: dict[str, float],
+                  margin: float, verdict: Verdict) -> None:
+    stays_in: dict[str, list[Stay]] = defaultdict(list)
+    for stay in history.stays:
+        stays_in[stay.room].append(stay)
+    sessions_of: dict[str, list[Session]] = defaultdict(list)
+    for session in history.sessions:
+        sessions_of[session.user].append(session)
+    for message in history.sent:
+        if message.payload not in echoes:
+            continue  # never acknowledged: nothing was promised
+        receipts = got.get(message.payload, [])
+        if _unwritten(message, echoes[message.payload], receipts, history.kills):
+            verdict.unwritten += 1
+            continue
+        live = [r.at for r in receipts if not r.replay]
+        start = message.at - margin
+        end = max([echoes[message.payload], *live]) + margin
+        owed = _owed(message, start, end, stays_in, sessions_of)
+        had = {(r.user, r.session) for r in receipts}
+        for user, session in owed:
+            verdict.judged += 1
+            if (user, session) not in had:
+                verdict.lost += 1
+                verdict.example("lost", {"payload": message.payload, "to": user,
+                                         "session": session, "window": [start, end]})
+
+
+def _unwritten(message: Sent, echoed: float, receipts: list[Receipt],
+               kills: list[tuple[str, float]]) -> bool:
+    killed = any(node == message.node and at >= echoed for node, at in kills)
+    return killed and all(r.node == message.node for r in receipts)
+
+
+def _owed(message: Sent, start: float, end: float, stays_in: dict[str, list[Stay]],
+          sessions_of: dict[str, list[Session]]) -> set[tuple[str, int]]:
+    """The (user, session) pairs that were entitled to the message."""
+    if message.to is not None:
+        return {(s.user, s.number) for s in sessions_of.get(message.to, ())
+                if s.start <= start and s.end >= end and s.user != message.sender}
+    return {(s.user, s.session) for s in stays_in.get(message.room, ())
+            if s.start <= start and s.end >= end and s.user != message.sender}
+
+
+# ---- duplicated, reordered ----
+
+def _judge_copies_and_order(history: History, verdict: Verdict) -> None:
+    order = {m.payload: (m.sender, m.seq) for m in history.sent}
+    copies: Counter = Counter()
+    highest: dict[tuple[str, int, str], tuple[int, str]] = {}
+    for receipt in sorted(history.receipts, key=lambda r: r.at):
+        key = (receipt.user, receipt.session, receipt.payload)
+        copies[key] += 1
+        if copies[key] > 1:
+            verdict.duplicated += 1
+            verdict.example("duplicated", {"payload": receipt.payload, "to": receipt.user,
+                                           "session": receipt.session, "at": receipt.at})
+            continue
+        if receipt.payload not in order:
+            continue
+        sender, seq = order[receipt.payload]
+        stream = (receipt.user, receipt.session, sender)
+        if stream in highest and seq < highest[stream][0]:
+            verdict.reordered += 1
+            verdict.example("reordered", {"payload": receipt.payload, "to": receipt.user,
+                                          "after": highest[stream][1], "at": receipt.at})
+        else:
+            highest[stream] = (seq, receipt.payload)
+
+
+# ---- ghosts, missing ----
+
+def _judge_presence(history: History, verdict: Verdict) -> None:
+    ghosts: set[tuple[str, str]] = set()
+    missing: set[tuple[str, str]] = set()
+    for answer in history.who:
+        expected = {user for user, room in history.present.items() if room == answer.room}
+        listed = set(answer.nicks)
+        ghosts |= {(answer.node, nick) for nick in listed - expected}
+        missing |= {(answer.node, nick) for nick in expected - listed}
+    verdict.ghosts, verdict.missing = len(ghosts), len(missing)
+    for node, nick in sorted(ghosts):
+        verdict.example("ghosts", {"node": node, "nick": nick})
+    for node, nick in sorted(missing):
+        verdict.example("missing", {"node": node, "nick": nick})
