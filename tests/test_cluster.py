@@ -830,3 +830,42 @@ def ping(client) -> bool:
         return client.ping()
     except redis.RedisError:
         return False
+
+
+
+class SlowPipeline:
+    """A pipeline whose answer comes late, as from a Redis that was stopped."""
+
+    def __init__(self, pipe, delay):
+        self.pipe, self.delay = pipe, delay
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def execute(self):
+        time.sleep(self.delay)
+        return self.pipe.execute()
+
+
+@pytest.mark.parametrize("stall", ["in Redis", "in the node"])
+def test_a_stall_gives_grace_before_any_node_is_taken_for_dead(redis_server, stall):
+    """Chaos seed 2: while Redis (or this node) stood still, every alive key
+    lapsed; the beat after the stall must not take a live node for dead
+    before that node has had the chance to beat again."""
+    from termchat.cluster.events import NodeDead
+    from termchat.cluster.link import ClusterLink
+    link = ClusterLink(redis_server.url, wake=lambda: None, heartbeat=0.2)
+    link.client = link._connect()
+    link._register()
+    peer = redis_server.client()
+    peer.sadd("chat:nodes", "othernode")  # a live node, whose alive key lapsed in the stall
+    link._beat()
+    link.grace_until = 0.0  # the grace of registering is over
+    if stall == "in Redis":
+        plain = link.client.pipeline
+        link.client.pipeline = lambda **kw: SlowPipeline(plain(**kw), delay=0.3)
+    else:
+        link.last_beat -= 1.0  # this node was stopped for a second
+    link._beat()
+    assert not any(isinstance(e, NodeDead) for e in link._inbox), list(link._inbox)
+
