@@ -77,6 +77,22 @@ def mistake(conn: Connection, reason: str, closing: bool = False) -> None:
         log.info("error %s %s: more mistakes; not logging them", nick, conn.peer)
 
 
+def admit_connection(parts: Parts, outlet: Any, address: tuple, now: float) -> Effects:
+    """A new connection: let in, or refused (over the limits, or banned)."""
+    conn, refusal = parts.gate.admit(outlet, address, now)
+    ban = parts.moderation.banned(conn.ban_key, now)
+    if ban is not None:
+        parts.gate.release(conn)
+        refusal = ban.refusal(now)
+    if refusal is None:
+        log.info("connect %s", conn.peer)
+        return []
+    throttled = refusal[1] == Code.THROTTLED
+    if throttled and parts.gate.first_refusal(conn.ban_key):
+        log.info("throttling new connections from %s", conn.ban_key)
+    return refuse(parts, conn, *refusal, now, logged=not throttled)
+
+
 def refuse(parts: Parts, conn: Connection, reason: str, code: str, now: float,
            logged: bool = True) -> Effects:
     """An error, then the close once it is written (its user, if any, leaves)."""

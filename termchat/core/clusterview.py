@@ -20,7 +20,7 @@ from termchat.cluster import events as cluster
 from termchat.core import actions, worldplay
 from termchat.core.actions import Parts, SESSION_EXPIRED, log, log_once, refuse
 from termchat.core.effects import Announce, Broadcast, Direct, Effects, Move, Send, link
-from termchat.core.eventlog import Position, parse_position
+from termchat.core.eventlog import Origin, Position, parse_position
 from termchat.core.gate import Connection, State
 from termchat.core.presence import User
 from termchat.core.sessions import session_digest
@@ -64,6 +64,23 @@ class ClusterView:
         self.dead[node] = (sessions, mark)
         while len(self.dead) > DEAD_KEPT:
             del self.dead[next(iter(self.dead))]
+
+
+def admit(parts: Parts, event: cluster.NodeEvent) -> tuple[Effects, Origin] | None:
+    """Whether another node's event is one to apply (None: seen already, or
+    numbered past what the node can have said), and where it comes from;
+    with it, presence as of before it when a snapshot waited on it."""
+    view = parts.view
+    if not view.fresh(event):
+        if event.seq > view.applied.get(event.node, 0):
+            log_once(parts, "ignoring an event numbered far past the node's last", event.node)
+        return None
+    stream = cluster.stream_id(event.stream) if event.stream else None
+    before = take_snapshot(parts, stream) if stream is not None else []
+    heard_from(parts, event.node, stream)
+    if stream is not None:
+        parts.log.applied(stream)
+    return before, Origin(event.node, event.seq, stream)
 
 
 def heard_from(parts: Parts, node: str, stream: tuple | None) -> None:

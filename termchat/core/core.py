@@ -31,10 +31,9 @@ from typing import Any
 
 from termchat.cluster import events as cluster
 from termchat.core import clusterview, commands, worldplay  # noqa: F401 (they register handlers)
-from termchat.core.actions import Parts, SessionSettings, detach, end_session, leave, log_once, \
-    mistake, paused, refuse, restore
-from termchat.core.clusterview import ClusterView, adopt, end_orphan, heard_from, \
-    take_snapshot, tell_everyone
+from termchat.core.actions import Parts, SessionSettings, admit_connection, detach, \
+    end_session, leave, mistake, paused, refuse, restore
+from termchat.core.clusterview import ClusterView, admit, adopt, end_orphan, tell_everyone
 from termchat.core.delivery import Outlet
 from termchat.core.effects import Announce, Broadcast, Close, Direct, Effects, LinkCall, \
     PauseInput, Route, Send
@@ -90,20 +89,7 @@ class ChatCore:
 
     def connected(self, outlet: Outlet, address: tuple, now: float) -> None:
         """A connection from ``address`` (host, port, ...) was accepted."""
-        parts = self.parts
-        conn, refusal = parts.gate.admit(outlet, address, now)
-        ban = parts.moderation.banned(conn.ban_key, now)
-        if ban is not None:
-            parts.gate.release(conn)
-            refusal = (f"you are banned from this server for {ban.minutes_left(now)} more "
-                       "minutes" + (f" ({ban.reason})" if ban.reason else ""), Code.BANNED)
-        if refusal is None:
-            log.info("connect %s", conn.peer)
-            return
-        throttled = refusal[1] == Code.THROTTLED
-        if throttled and parts.gate.first_refusal(conn.ban_key):
-            log.info("throttling new connections from %s", conn.ban_key)
-        self.apply(refuse(parts, conn, *refusal, now, logged=not throttled), now)
+        self.apply(admit_connection(self.parts, outlet, address, now), now)
 
     def received(self, outlet: Outlet, payloads: list[bytes], now: float) -> None:
         """Whole payloads from one connection, in the order they came."""
@@ -179,18 +165,11 @@ class ChatCore:
         parts, origin = self.parts, None
         try:
             if isinstance(event, cluster.NodeEvent):
-                if not parts.view.fresh(event):
-                    if event.seq > parts.view.applied.get(event.node, 0):
-                        log_once(parts, "ignoring an event numbered far past the node's last",
-                                 event.node)
+                admitted = admit(parts, event)
+                if admitted is None:
                     return
-                stream = cluster.stream_id(event.stream) if event.stream else None
-                if stream is not None and parts.view.snapshot is not None:
-                    self.apply(take_snapshot(parts, stream), now)  # presence as of before it
-                heard_from(parts, event.node, stream)
-                if stream is not None:
-                    parts.log.applied(stream)
-                origin = Origin(event.node, event.seq, stream)
+                before, origin = admitted
+                self.apply(before, now)
             elif isinstance(event, cluster.NodeDead):
                 origin = Origin(None, cause=event.node)
             effects = handler(parts, event, now)

@@ -40,6 +40,11 @@ class Ban:
     def minutes_left(self, now: float) -> int:
         return max(1, round((self.until - now) / 60))
 
+    def refusal(self, now: float) -> tuple[str, str]:
+        """What a banned address is told, and the code."""
+        return (f"you are banned from this server for {self.minutes_left(now)} more minutes"
+                + (f" ({self.reason})" if self.reason else ""), Code.BANNED)
+
 
 class Moderation:
     """Passwords, wrong guesses and bans."""
