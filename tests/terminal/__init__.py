@@ -20,7 +20,7 @@ from tests.support import DEFAULT_TIMEOUT, ROOT, ServerProcess
 # A terminal test of the client's logic rather than of its drawing runs under
 # one UI: both backends show the same lines through the same core
 # (termchat/ui/screen.py), and that logic has its unit tests
-# (tests/test_client_core.py, test_client_session.py).  What the backends do
+# (tests/unit/test_client_core.py, test_client_session.py).  What the backends do
 # differently (keys, drawing, colours, resizing, restoring the terminal) and
 # each finding of issue 20 run under both.
 one_ui = pytest.mark.parametrize("ui", ["curses"])

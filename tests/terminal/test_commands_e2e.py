@@ -1,11 +1,10 @@
 """Client commands end to end under both UIs: what is sent and what shows."""
 
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProcess, chat_from, join
+from tests.support import ROOT, ServerProcess, chat_from, join
 from tests.terminal import TerminalClient, one_ui, with_chris as ready
 from tests.terminal import server, spare_server  # noqa: F401  (fixtures)
 
@@ -143,7 +142,7 @@ def test_nick_changes_the_prompt_and_everyone_sees_it(terminal, connect):
 
 
 @one_ui
-@pytest.mark.server_args("--op-password-file", str(Path(__file__).parent / "data" / "ops"))
+@pytest.mark.server_args("--op-password-file", str(ROOT / "tests" / "data" / "ops"))
 def test_op_and_kick(terminal, connect):
     term, chris = ready(terminal, connect)
     term.say("/op opsecret")
@@ -198,7 +197,7 @@ def test_the_password_prompt_says_once_what_is_shown_even_with_timestamps(
         term.close()
 
 
-OPS = str(Path(__file__).parent / "data" / "ops")
+OPS = str(ROOT / "tests" / "data" / "ops")
 
 
 def operator(connect):

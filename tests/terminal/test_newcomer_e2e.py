@@ -119,7 +119,7 @@ def listener():
 
 def test_a_server_that_never_answers_gets_a_notice_then_the_client_gives_up(listener, ui):
     """The timing (3 s, then 10 s) is the session's, tested without a terminal
-    (tests/test_client_session.py); here the same path with shorter waits."""
+    (tests/unit/test_client_session.py); here the same path with shorter waits."""
     port = listener().port
     term = TerminalClient("pat", port, ui, then_stty=True, extra=("--answer-timeout", "1"))
     try:

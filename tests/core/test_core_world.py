@@ -6,7 +6,7 @@ import pytest
 from termchat.world import model as world
 from tests.core_harness import Harness
 from tests.support import chat_from, join
-from tests.test_world import SMALL
+from tests.unit.test_world import SMALL
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The attack surface where features meet, in memory (issue 19): what a
 replay may contain, what a resume may cost, what a flood may push out,
 what forged input does.  The same findings over real sockets are in
-test_public_server.py, test_sessions.py, test_tls.py and test_cluster.py."""
+tests/server/ (test_public_server.py, test_sessions.py, test_tls.py) and
+tests/cluster/test_cluster.py."""
 
 import logging
 from dataclasses import replace

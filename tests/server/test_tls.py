@@ -12,8 +12,8 @@ import trustme
 
 from tests.support import RawClient, ServerProcess, chat_from, join, wait_for
 from tests.terminal import TerminalClient
-from tests.test_client_cli import run_in_terminal
-from tests.test_cluster import HEARTBEAT, RedisServer  # noqa: F401
+from tests.terminal.test_client_cli import run_in_terminal
+from tests.cluster.test_cluster import HEARTBEAT, RedisServer  # noqa: F401
 
 NOT_TLS = "this server speaks TLS only: connect with --tls"
 
