@@ -456,10 +456,13 @@ def last_presence(parts: Parts, node: str, users: dict[str, str], sessions: dict
 def on_remote_takeover(parts: Parts, event: cluster.RemoteTakeover,
                        now: float) -> Effects | None:
     """A session resumed on the sending node: the user is there now.
-    Nobody is told anything; if it was ours, we let it go silently."""
+    Nobody is told anything; if it was ours, we let it go silently.  Ours
+    and taken from another node: if its connection is here, that takeover
+    is older than ours (ignored); if not, Redis moved the session away from
+    us to ``old`` (only a takeover moves it), which died before saying so."""
     user = parts.presence.get(event.nick)
     if user is not None and user.local:
-        if event.old != parts.node_id:
+        if event.old != parts.node_id and user.connection is not None:
             log_once(parts, "ignoring a takeover of a session this node holds", event.node)
             return None
         effects = taken_elsewhere(parts, user)

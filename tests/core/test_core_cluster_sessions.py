@@ -104,6 +104,35 @@ def test_a_session_taken_over_from_a_live_node_goes_quietly_there():
     assert bus.nodes["A"].received(amy) == [leave("pat")]
 
 
+def test_a_session_passed_on_by_a_node_that_died_before_saying_so_lets_its_first_node_go():
+    """Chaos seed 1: pat's session went from B to A (the takeover script ran
+    in Redis), A was killed before its takeover event was written, and pat
+    resumed on C from A.  B, still holding pat's detached session, must take
+    C's takeover as the session gone; else it ignores everything C says for
+    pat (pat's chat lost for all of B's users) and at the grace's end tells
+    them pat left."""
+    bus = Bus("A", "B", "C")
+    pat, token, _ = session_on(bus, "B", "pat")
+    amy = user_on(bus, "B", "amy")
+    said(bus, "B", amy, "hi pat")
+    last = bus.nodes["B"].received(pat)[-1]["id"]
+    bus.nodes["B"].lose(pat)
+    bus.pump()
+    on_a = bus.nodes["A"].connect()
+    bus.nodes["A"].send(on_a, {"type": "hello", "nick": "pat", "session": True,
+                               "resume": token, "after": last})
+    bus.answer_calls("A", bus.nodes["A"])  # the script moved the session to A...
+    bus.kill("A")                          # ...which died before its event was written
+    outlet, got = resume_on(bus, "C", "pat", token, last)
+    assert got[0] == {"type": "resumed", "missed": 0}, got
+    bus.nodes["B"].received(amy)
+    said(bus, "C", outlet, "back, on C")
+    assert bare(bus.nodes["B"].received(amy)) == [chat_from("pat", "back, on C")]
+    assert bus.core("B").parts.presence.local("pat") is None  # C's user now
+    bus.tick(120)  # past the grace: B has no session of pat's to end
+    assert leave("pat") not in bus.nodes["B"].received(amy)
+
+
 def test_an_unknown_session_elsewhere_is_expired_and_a_fresh_hello_works():
     bus = Bus("A", "B")
     node = bus.nodes["B"]
