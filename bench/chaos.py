@@ -299,7 +299,7 @@ def main(argv=None) -> int:
         run.chaos()
         run.settle()
         record, line = run.finish()
-    except RunError as exc:
+    except (RunError, RuntimeError) as exc:  # (RuntimeError: a child did not start)
         print(f"chaos: the run failed: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -139,7 +139,11 @@ class Verdict:
 
 
 def check(history: History, margin: float = MARGIN) -> Verdict:
-    verdict = Verdict(sent=len(history.sent), received=len(history.receipts))
+    return _check_into(history, Verdict(), margin)
+
+
+def _check_into(history: History, verdict: Verdict, margin: float = MARGIN) -> Verdict:
+    verdict.sent, verdict.received = len(history.sent), len(history.receipts)
     got = _receipts_by_message(history.receipts)
     echoes = _echo_times(history.sent, got)
     verdict.echoed = len(echoes)
@@ -253,3 +257,38 @@ def _judge_presence(history: History, verdict: Verdict) -> None:
         verdict.example("ghosts", {"node": node, "nick": nick})
     for node, nick in sorted(missing):
         verdict.example("missing", {"node": node, "nick": nick})
+
+
+# ---- a record written by ``chaos.py --json``, judged again ----
+
+def history_from_record(record: dict) -> History:
+    """The History in a record's ``history`` (chaos.history_record's shape)."""
+    raw = record["history"]
+    return History(
+        sent=[Sent(p, s, q, at, node=n, room=room, to=to) for p, s, q, at, n, room, to
+              in raw["sent"]],
+        receipts=[Receipt(u, s, p, at, node=n, replay=r) for u, s, p, at, n, r
+                  in raw["receipts"]],
+        stays=[Stay(*stay) for stay in raw["stays"]],
+        sessions=[Session(*session) for session in raw["sessions"]],
+        kills=[tuple(kill) for kill in raw["kills"]],
+        who=[WhoAnswer(a, n, room, tuple(nicks)) for a, n, room, nicks in raw["who"]],
+        present=raw["present"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python bench/chaos_check.py RECORD.json``: judge a run's record
+    again and print every failure (the run itself keeps only a few)."""
+    import json
+    import sys
+    path = (argv if argv is not None else sys.argv[1:])[0]
+    verdict = Verdict()
+    history = history_from_record(json.loads(open(path).read()))
+    verdict.example = lambda figure, what: print(figure, what)  # every one, as found
+    verdict = _check_into(history, verdict)
+    print({k: v for k, v in verdict.as_dict().items() if k != "examples"})
+    return 0 if verdict.clean else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -220,10 +220,16 @@ class ChaosClient:
         if roll < 0.04:
             self.goal_room = self.rng.choice([r for r in ROOMS if r != self.stay[0]])
             self._move(self.goal_room, now)
-        elif roll < 0.14 and others:
-            self.say(now, to=self.rng.choice(others))
+        elif roll < 0.14 and len(others) > 1:
+            self.say(now, to=self._someone_else(others))
         else:
             self.say(now)
+
+    def _someone_else(self, nicks: list[str]) -> str:
+        index = self.rng.randrange(len(nicks))
+        if nicks[index] == self.nick:
+            index = (index + 1) % len(nicks)
+        return nicks[index]
 
     def say(self, now: float, to: str | None = None) -> None:
         self.seq += 1
