@@ -327,8 +327,10 @@ def history_record(history: History) -> dict:
                  for m in history.sent],
         "receipts": [[r.user, r.session, r.payload, round(r.at, 4), r.node, r.replay]
                      for r in history.receipts],
-        "stays": [[s.user, s.session, s.room, round(s.start, 4), round(s.end, 4)]
+        "stays": [[s.user, s.session, s.room, round(s.start, 4), round(s.end, 4), s.node]
                   for s in history.stays],
+        "entered": [[nick, room, round(at, 4), node] for nick, room, at, node
+                    in history.entered],
         "sessions": [[s.user, s.number, round(s.start, 4), round(s.end, 4)]
                      for s in history.sessions],
         "kills": history.kills, "present": history.present,

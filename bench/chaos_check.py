@@ -71,13 +71,16 @@ class Receipt:
 
 @dataclass(frozen=True)
 class Stay:
-    """A user certainly in ``room``, in one session, from ``start`` to ``end``."""
+    """A user certainly in ``room``, in one session, from ``start`` to
+    ``end``; ``node``: where it moved there (empty: it joined, or a
+    reconnection's ``who`` named the room)."""
 
     user: str
     session: int
     room: str
     start: float
     end: float
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class History:
     kills: list[tuple[str, float]] = field(default_factory=list)   # (node, when SIGKILLed)
     who: list[WhoAnswer] = field(default_factory=list)
     present: dict[str, str] = field(default_factory=dict)         # at the end: user -> room
+    entered: list[tuple[str, str, float, str]] = field(default_factory=list)  # another
+    # user's ``enter`` received: (its nick, the room, when, the receiving node)
 
 
 @dataclass
@@ -175,7 +180,7 @@ def _echo_times(sent: list[Sent], got: dict[str, list[Receipt]]) -> dict[str, fl
 def _judge_losses(history: History, got: dict[str, list[Receipt]], echoes: dict[str, float],
                   margin: float, verdict: Verdict) -> None:
     stays_in: dict[str, list[Stay]] = defaultdict(list)
-    for stay in history.stays:
+    for stay in known_stays(history):
         stays_in[stay.room].append(stay)
     sessions_of: dict[str, list[Session]] = defaultdict(list)
     for session in history.sessions:
@@ -198,6 +203,31 @@ def _judge_losses(history: History, got: dict[str, list[Receipt]], echoes: dict[
                 verdict.lost += 1
                 verdict.example("lost", {"payload": message.payload, "to": user,
                                          "session": session, "window": [start, end]})
+
+
+def known_stays(history: History) -> list[Stay]:
+    """The stays, each from when the whole cluster knew of it.  A move is
+    echoed by the mover's node at once, but the other nodes learn it from
+    the stream, which may be much later (Redis was away): in the stream's
+    order, what others said in the new room before that came before the
+    move, and is not owed to the mover (a node it resumes on replays in
+    that order).  So a stay that began with a move begins when the last
+    other node had shown that ``enter`` to one of its clients."""
+    seen: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
+    for nick, room, at, node in history.entered:
+        seen[(nick, room)].append((at, node))
+    stays = []
+    for stay in history.stays:
+        if stay.node:
+            first: dict[str, float] = {}
+            for at, node in seen.get((stay.user, stay.room), ()):
+                if node != stay.node and stay.start - MARGIN <= at <= stay.end:
+                    first[node] = min(at, first.get(node, at))
+            if first:
+                stay = Stay(stay.user, stay.session, stay.room,
+                            max(stay.start, *first.values()), stay.end, stay.node)
+        stays.append(stay)
+    return stays
 
 
 def _unwritten(message: Sent, echoed: float, receipts: list[Receipt],
@@ -270,6 +300,7 @@ def history_from_record(record: dict) -> History:
         receipts=[Receipt(u, s, p, at, node=n, replay=r) for u, s, p, at, n, r
                   in raw["receipts"]],
         stays=[Stay(*stay) for stay in raw["stays"]],
+        entered=[tuple(seen) for seen in raw.get("entered", ())],
         sessions=[Session(*session) for session in raw["sessions"]],
         kills=[tuple(kill) for kill in raw["kills"]],
         who=[WhoAnswer(a, n, room, tuple(nicks)) for a, n, room, nicks in raw["who"]],

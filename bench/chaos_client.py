@@ -89,7 +89,8 @@ class ChaosClient:
         # the checker's view of this user
         self.number = -1             # its session number (fresh joins count up)
         self.session_start = 0.0
-        self.stay: tuple[str, float] | None = None   # the room it is certainly in, since
+        self.stay: tuple[str, float, str] | None = None  # the room it is certainly in,
+        # since when, and the node it moved there on (empty: not by a move)
         self.last_loss: float | None = None
         self.checking_room = False   # asked who after a reconnection, no answer yet
         self.moving_to: str | None = None
@@ -346,8 +347,10 @@ class ChaosClient:
             if self.stay is None or self.stay[0] != message.room:
                 if self.stay is not None:
                     self._end_stay(now)
-                self.stay = (message.room, now)
+                self.stay = (message.room, now, self.node)
             self.moving_to = None
+        elif isinstance(message, proto.EnteredRoom):
+            self.records.entered.append((message.nick, message.room, now, self.node))
         elif isinstance(message, proto.WhoList):
             self._who(message, now)
         elif isinstance(message, proto.Error):
@@ -361,9 +364,9 @@ class ChaosClient:
             if self.stay is not None and self.stay[0] != answer.room:
                 self.counts.misplaced += 1  # told a move the cluster never learned
                 self._end_stay(self.last_loss)
-                self.stay = (answer.room, self.last_loss)
+                self.stay = (answer.room, self.last_loss, "")
             elif self.stay is None:  # a move in flight when the connection went
-                self.stay = (answer.room, now)
+                self.stay = (answer.room, now, "")
             self.moving_to = None
             self.goal_room = self.stay[0] if self.rng.random() < 0.5 else self.goal_room
         elif self.asked_final_who:
@@ -379,7 +382,7 @@ class ChaosClient:
     def _begin_session(self, now: float) -> None:
         self.number += 1
         self.session_start = now
-        self.stay = ("lobby", now)
+        self.stay = ("lobby", now, "")
         self.moving_to = None
 
     def _end_session(self) -> None:
@@ -389,7 +392,7 @@ class ChaosClient:
         self.records.sessions.append(Session(self.nick, self.number, self.session_start, end))
 
     def _end_stay(self, end: float) -> None:
-        room, start = self.stay
+        room, start, node = self.stay
         self.stay = None
         if end > start:
-            self.records.stays.append(Stay(self.nick, self.number, room, start, end))
+            self.records.stays.append(Stay(self.nick, self.number, room, start, end, node))

@@ -92,6 +92,24 @@ def test_a_late_live_receipt_widens_the_window():
     assert (verdict.lost, verdict.judged) == (0, 1)
 
 
+def test_a_move_is_owed_the_new_rooms_chat_from_when_the_other_nodes_learned_it():
+    """bob moved on n2 at 10 (echoed at once) while Redis was away; n1 read
+    the move at 20: ann's chat at 15, from n1, came before it in the stream."""
+    history = History(stays=[Stay("ann", 0, "games", 0.0, END),
+                             Stay("cat", 0, "games", 0.0, END),
+                             Stay("bob", 0, "games", 10.0, END, node="n2")],
+                      sessions=[Session(u, 0, 0.0, END) for u in ("ann", "bob", "cat")],
+                      entered=[("bob", "games", 10.0, "n2"), ("bob", "games", 20.0, "n1")])
+    before = say(history, "ann", 1, 15.0, room="games", node="n1")
+    after = say(history, "ann", 2, 25.0, room="games", node="n1")
+    for payload, at in ((before, 15.1), (after, 25.1)):
+        receive(history, "ann", payload, at)
+        receive(history, "cat", payload, at)
+    verdict = check(history)
+    assert (verdict.lost, verdict.judged) == (1, 3)
+    assert verdict.examples["lost"][0]["payload"] == after
+
+
 def test_a_session_that_fell_back_to_a_fresh_join_is_owed_nothing_sent_while_away():
     history = History(stays=[Stay("ann", 0, "lobby", 0.0, END),
                              Stay("bob", 0, "lobby", 0.0, 9.0),    # lost at 9
@@ -176,3 +194,4 @@ def test_who_naming_someone_gone_is_a_ghost_and_leaving_out_someone_there_is_mis
     assert verdict.examples["missing"] == [{"node": "n3", "nick": "ann"}]
     history.who = history.who[:1]
     assert check(history).clean
+
