@@ -40,7 +40,8 @@ from termchat.world import model as world_model
 from termchat.args import (add_version, first_line_of, float_at_least, int_in_range,
                            program_name, read_text)
 from termchat.store.sqlite import open_store
-from termchat.world.files import StateSaver, load_world
+from termchat.store.keeping import StateKeeper
+from termchat.world.files import load_world
 from termchat.core.core import Access, ChatCore, Limits, SessionSettings
 from termchat.core.ports import NO_STORE
 from termchat.core.gate import format_address
@@ -130,16 +131,12 @@ class ChatServer:
             self.link = ClusterLink(redis_url, self.wake, heartbeat,
                                     history_seconds=sessions.resume_grace + 30)
         self.delivery = Delivery(limits.max_queue)
-        self.store = store                  # --db: a turn's writes are committed before its output
-        self.world_state = world_state
+        self.keeper = StateKeeper(store, world_state, state_file)  # --db and --state
         self.core = ChatCore(self.delivery, limits, self.link, sessions,
                              wall_offset=time.time() - time.monotonic(), access=access,
                              world_state=world_state, store=store or NO_STORE)
         if store is not None:
             self.core.restore(store.load(), time.monotonic())
-        self.saver = StateSaver(world_state, state_file) if world_state and state_file \
-            else None
-        self.next_trim = 0.0
         self.core_due: float | None = None  # when the core next wants a tick
 
     # ------------------------------------------------------------------
@@ -163,33 +160,13 @@ class ChatServer:
                 self.read_tls_buffered()
                 self.core_due = self.core.tick(time.monotonic())
                 self.expire_lingering()
-                if self.store is not None:
-                    self.keep_state()
+                self.keeper.end_turn(self.core, time.monotonic())  # before the turn's output
                 self.flush()
-                if self.saver:
-                    self.saver.save_if_due(time.monotonic())
         finally:
             if self.link:
                 self.link.stop()
             self.close_all()
-            if self.store is not None:
-                self.store.close()
-            if self.saver:
-                self.saver.save()
-
-    def keep_state(self) -> None:
-        """--db: commit what this turn changed before its output goes out
-        (so what a sender saw echoed survives a crash); tell users once when
-        history cannot be kept (or can again); trim old rows in small steps."""
-        store = self.store
-        if self.world_state is not None:
-            store.keep_world(*self.world_state.take_changes())
-        store.commit()
-        for news in store.take_news():
-            self.core.tell_everyone(news, time.monotonic())
-        now = time.monotonic()
-        if now >= self.next_trim:
-            self.next_trim = now + (0.1 if store.trim(time.time()) else 1.0)
+            self.keeper.close()
 
     def dispatch(self, key: selectors.SelectorKey, mask: int) -> None:
         conn = key.data
@@ -227,10 +204,8 @@ class ChatServer:
         due = [next(iter(self.lingering)).deadline] if self.lingering else []
         if self.core_due is not None:
             due.append(self.core_due)
-        if self.saver and self.saver.due is not None:
-            due.append(self.saver.due)
-        if self.store is not None:
-            due.append(self.next_trim)   # retention ages rows on an idle server too
+        if self.keeper.next_due() is not None:
+            due.append(self.keeper.next_due())  # retention ages rows on an idle server too
         if not due:
             return None
         return max(0.0, min(due) - time.monotonic())
@@ -406,8 +381,7 @@ class ChatServer:
     def write(self, conn: Connection) -> None:
         """Send as much of the queue as the socket takes, in one send (what
         the database must keep is committed first)."""
-        if self.store is not None and self.store.pending:
-            self.keep_state()
+        self.keeper.commit(self.core)
         if not conn.out:
             self.set_write_interest(conn, False)
             if conn.closing:
