@@ -84,7 +84,7 @@ class RenameNick(Command):
 
     def while_down(self, link) -> None:  # as a claim: made good on reconnection
         link.users[self.new] = link.users.pop(self.old, None) or "lobby"
-        link.keep_for_later(self.wire)
+        link.buffer.keep(self.wire)  # Redis is away: for later
         link.hand_over(Renamed(self.token, self.old, self.new, True, self.seq))
 
 
@@ -284,7 +284,7 @@ class Publish(Command):
         return 1
 
     def while_down(self, link) -> None:
-        link.keep_for_later(self.wire)
+        link.buffer.keep(self.wire)  # Redis is away: for later
 
 
 @dataclass

@@ -48,8 +48,8 @@ an event appended twice by a retry.  A node that starts reads the
 stream's recent past first (``history_seconds``), so that it can resume
 the sessions of a node that died, or of the process it replaces.
 
-The commands the writer runs are in commands.py, the Lua scripts in
-scripts.py, the events in events.py.
+The commands the writer runs are in commands.py, its death watch in
+watch.py, the reader in reader.py, the Lua scripts in scripts.py, the events in events.py.
 """
 
 from __future__ import annotations
@@ -64,31 +64,26 @@ from collections import deque
 from typing import Any, Callable, Iterator
 
 from termchat.cluster import scripts
+from termchat.cluster.reader import MAX_BACKOFF, STREAM_MAXLEN, STREAM_SECONDS, StreamReader
+from termchat.cluster.watch import NodeWatch
 from termchat.cluster.commands import (ClaimNick, ClaimOwn, ClearPresence, Command, EndSession,
                                        HandBack, Publish,
                                        RecordSession, RenameNick, SaveBan, SaveWorld, SetPresence,
                                        STOP_WAIT, Stop, StopLink, TakeItem, TakeOver, PLACE,
                                        held_by,
                                        lying_in, session_record)
-from termchat.cluster.events import (Conflict, DataLost, LinkLost, LinkRestored, NodeDead,
-                                     NodeEvent, Progress, RemoteBan, RemoteItem, RemoteJoin,
+from termchat.cluster.events import (Conflict, DataLost, LinkLost, LinkRestored,
+                                     NodeEvent, RemoteBan, RemoteItem, RemoteJoin,
                                      RemoteLeave, RemoteMove, RemotePresence, RemoteRename,
                                      RemoteTakeover, SessionGone, Snapshot, Undelivered,
-                                     parse_node_event, stream_id)
+                                     stream_id)
 from termchat.wire import protocol as proto
 
 log = logging.getLogger("chat_cluster")
 
-MAX_BACKOFF = 2.0
-STREAM_MAXLEN = 100_000     # events kept in the stream (approximately)...
-STREAM_SECONDS = 600        # ...for at most this long...
-MEMBERS_KEPT = 10_000       # nodes the reader remembers as members (then it asks again)
-STREAM_BYTES = 256 << 20    # ...and at most this many bytes of them
 HISTORY_SECONDS = 90.0      # what a node reads of the stream's past when it starts
-READ_COUNT = 1000           # events taken per XREAD
 BUFFER_EVENTS = 10_000      # kept while Redis is away...
 BUFFER_SECONDS = 60.0       # ...for at most this long
-
 
 
 class ClusterLink:
@@ -109,40 +104,28 @@ class ClusterLink:
         self.client = None                 # the writer's connection
         self.users: dict[str, str] = {}    # our users: nick -> room (writer's copy)
         self.sessions: dict[str, str] = {}  # ...those with sessions: nick -> digest
-        self.buffer: deque[tuple[float, str]] = deque()  # events kept while Redis is away
-        self.dropped = 0                   # ...and how many of them were given up
-        self.watched: set[str] = set()     # nodes heard of: each beat checks they live
-        self.registered: set[str] = set()  # nodes in the node set, as last read
-        self.members: set[str] = set()     # other nodes whose member key the reader saw
-        self.dead_marks: dict[str, str] = {}  # nodes found dead -> the stream's end then
+        self.buffer = OutageBuffer()       # events kept while Redis is away
+        self.watch = NodeWatch(self.node_id, heartbeat, self.ttl_ms)  # who lives (the writer's)
         self.epoch: str | None = None      # the Redis data set we know
-        self.cursor: str | None = None     # the last stream ID read (the reader's)
-        self.restart_reading = False       # Redis lost its data: read the new stream from 0
-        self.grace_until = 0.0             # after a reconnection, nodes may still be coming back
-        self.last_beat = 0.0               # when our last heartbeat was answered
-        self.history_ms = int(history_seconds * 1000)  # the stream's past read at start
-        self.catch_up_end: tuple[int, int] | None = None  # ...up to here (the reader's)
-        self.sizes: deque[tuple[str, int]] = deque()  # stream entries read and their sizes
-        self.stream_bytes = 0              # ...together (the reader's)
-        self.trim_to: str | None = None    # the stream holds too many bytes: trim to here
         self._logged: set[tuple[str, str]] = set()
         self._published = 0                # our events so far (the event loop's count)
         self._in_flight: list[Command] = []
         self._wake = wake
         self._outbox: queue.Queue[Command] = queue.Queue()
         self._inbox: deque = deque()
-        self._running = False
+        self.running = False
         self._connected = False
         self._was_lost = False
         self._state_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self.reader = StreamReader(self, history_seconds)  # its thread's state and loop
 
     # ---- called from the event loop: queue work, take events ----
 
     def start(self) -> None:
-        self._running = True
+        self.running = True
         for target, name in ((self._write_loop, "redis-writer"),
-                             (self._read_loop, "redis-reader")):
+                             (self.reader.run, "redis-reader")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -154,7 +137,7 @@ class ClusterLink:
         self._outbox.put(Stop())  # the writer deregisters, then ends
         if self._threads:
             self._threads[0].join(timeout=STOP_WAIT + 3)
-        self._running = False  # the reader (a daemon) ends at its next poll
+        self.running = False  # the reader (a daemon) ends at its next poll
 
     @property
     def published_count(self) -> int:
@@ -245,10 +228,8 @@ class ClusterLink:
         return self._published
 
     def take_events(self) -> list:
-        events = []
-        while self._inbox:
-            events.append(self._inbox.popleft())
-        return events
+        inbox = self._inbox  # the threads append meanwhile: take what is there now
+        return [inbox.popleft() for _ in range(len(inbox))]
 
     # ---- shared by the threads and the commands ----
 
@@ -268,24 +249,15 @@ class ClusterLink:
     def redis_ms(self) -> int:
         """Milliseconds by Redis's clock, as the last stream entry read says
         (this process's clock until one is read)."""
-        cursor = self.cursor
+        cursor = self.reader.cursor
         return stream_id(cursor)[0] if cursor and cursor != "0-0" else int(time.time() * 1000)
-
-    def keep_for_later(self, wire: str) -> None:
-        """Redis is away: keep an event for it, within the buffer's bounds."""
-        now = time.monotonic()
-        self.buffer.append((now, wire))
-        while self.buffer and (len(self.buffer) > BUFFER_EVENTS
-                               or self.buffer[0][0] < now - BUFFER_SECONDS):
-            self.buffer.popleft()
-            self.dropped += 1
 
     def log_once(self, what: str, detail: str) -> None:
         if (what, detail) not in self._logged and len(self._logged) < 1000:
             self._logged.add((what, detail))
             log.warning("cluster: %s: %s (logged once)", what, detail)
 
-    def _connect(self):
+    def connect(self):
         client = self._redis_module.Redis.from_url(
             self.url, socket_connect_timeout=2, socket_timeout=5)
         client.ping()
@@ -303,10 +275,10 @@ class ClusterLink:
     def _write_loop(self) -> None:
         backoff = 0.1
         next_beat = 0.0
-        while self._running:
+        while self.running:
             try:
                 if self.client is None:
-                    self.client = self._connect()
+                    self.client = self.connect()
                     self._register()
                     backoff = 0.1
                     next_beat = time.monotonic() + self.heartbeat
@@ -321,12 +293,12 @@ class ClusterLink:
             except StopLink:
                 return
             except Exception as exc:  # a dead link thread would silently split the chat
-                self._log_unexpected(exc)
+                self.log_unexpected(exc)
                 if self.client is None and not self._connected and backoff == 0.1:
                     log.warning("cluster: cannot reach Redis at %s (%s); retrying",
                                 self.shown_url, exc)
                 self.client = None
-                self._went_down(str(exc))
+                self.went_down(str(exc))
                 in_flight, self._in_flight = self._in_flight, []
                 for command in in_flight:  # Redis may or may not have them: redo
                     command.while_down(self)
@@ -383,16 +355,16 @@ class ClusterLink:
         pipe = client.pipeline(transaction=False)
         self.append(pipe, RemotePresence(dict(self.users)).to_wire(node))  # unnumbered:
         # presence may be applied twice
-        for _, wire in self.buffer:
+        for wire in self.buffer.events():
             self.append(pipe, wire)
         pipe.execute()
-        self.buffer.clear()
-        if self.dropped:
-            self.hand_over(Undelivered(self.dropped))
-            self.dropped = 0
-        self.give_grace()
+        dropped = self.buffer.passed_on()
+        if dropped:
+            self.hand_over(Undelivered(dropped))
+        self.watch.give_grace()
         last = client.xrevrange(self.key("stream"), count=1)
-        self.hand_over(Snapshot(self.read_presence(), self.read_bans(),
+        self.hand_over(Snapshot(self.watch.read_presence(client, self.key),
+                                read_bans(client, self.key("ban:")),
                                 last[0][0].decode() if last else "0-0"))
         with self._state_lock:
             self._connected = True
@@ -409,7 +381,7 @@ class ClusterLink:
         lost = self.epoch is not None and epoch != self.epoch
         if lost:
             log.warning("cluster: Redis lost its data; reading presence again")
-            self.restart_reading = True
+            self.reader.restart_reading = True
             self.hand_over(DataLost())
         self.epoch = epoch
         return lost
@@ -439,78 +411,24 @@ class ClusterLink:
         notices a death itself.  If Redis lost our registration (it
         restarted between two beats) or the reader saw the link drop,
         register again."""
-        client = self.client
-        asked = time.monotonic()
-        if asked - self.last_beat > 2 * self.heartbeat:
-            self.give_grace()  # Redis or we stalled: every heartbeat may have lapsed meanwhile
+        client, watch = self.client, self.watch
+        asked = watch.asking()
         pipe = client.pipeline(transaction=False)
         pipe.set(self.key("alive:" + self.node_id), "1", px=self.ttl_ms)
         pipe.expire(self.key("member:" + self.node_id), STREAM_SECONDS)
         pipe.sismember(self.key("nodes"), self.node_id)
         pipe.smembers(self.key("nodes"))
         pipe.xtrim(self.key("stream"), maxlen=STREAM_MAXLEN, approximate=True)
-        if self.trim_to is not None:
-            pipe.xtrim(self.key("stream"), minid=self.trim_to, approximate=True)
-            self.trim_to = None
+        trim_to = self.reader.trim_to
+        if trim_to is not None:
+            pipe.xtrim(self.key("stream"), minid=trim_to, approximate=True)
+            self.reader.trim_to = None
         registered, members = pipe.execute()[2:4]
-        self.last_beat = time.monotonic()
-        if self.last_beat - asked > self.heartbeat:
-            self.give_grace()  # Redis was stopped for a while: heartbeats lapsed in it
+        watch.answered(asked, members)
         if not registered or not self._connected:
             self._register()
-        self.registered = {n.decode() for n in members}
-        self.watched |= self.registered - {self.node_id}
-        if not self.watched or time.monotonic() < self.grace_until:
-            return
-        others = sorted(self.watched)
-        pipe = client.pipeline(transaction=False)
-        for node in others:
-            pipe.exists(self.key("alive:" + node))
-        for node, alive in zip(others, pipe.execute()):
-            if not alive:
-                self.watched.discard(node)
-                sessions = client.hgetall(self.key("sessions:" + node))
-                last = client.xrevrange(self.key("stream"), count=1)
-                client.srem(self.key("nodes"), node)
-                client.delete(self.key("users:" + node))
-                self.dead_marks[node] = last[0][0].decode() if last else "0-0"
-                self.hand_over(NodeDead(node, {k.decode(): v.decode()
-                                               for k, v in sessions.items()},
-                                        self.dead_marks[node]))
-
-    def give_grace(self) -> None:
-        """Take nobody for dead for a while: after a reconnection, or a stall
-        of Redis (its keys expired while it stood still) or of ours, the
-        others need a beat or two (and a reconnection) to be seen alive."""
-        self.grace_until = max(self.grace_until,
-                               time.monotonic() + self.ttl_ms / 1000 + MAX_BACKOFF)
-
-    def read_presence(self) -> dict[str, dict[str, str]]:
-        client = self.client
-        nodes = [n.decode() for n in client.smembers(self.key("nodes"))]
-        snapshot = {}
-        for node in nodes:
-            if node == self.node_id or not client.exists(self.key("alive:" + node)):
-                continue
-            users = client.hgetall(self.key("users:" + node))
-            snapshot[node] = {k.decode(): v.decode() for k, v in users.items()}
-            self.watched.add(node)
-        return snapshot
-
-    def read_bans(self) -> dict[str, tuple[float, str]]:
-        """The bans in force: address -> (seconds left, reason)."""
-        client, prefix = self.client, self.key("ban:")
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.pttl(key)
-            pipe.get(key)
-        results = pipe.execute()
-        bans = {}
-        for key, left, reason in zip(keys, results[0::2], results[1::2]):
-            if reason is not None and left and left > 0:
-                bans[key.decode()[len(prefix):]] = (left / 1000, reason.decode())
-        return bans
+        for death in watch.find_dead(client, self.key):
+            self.hand_over(death)
 
     def deregister(self) -> None:
         """Leave the cluster (a clean stop).  Users with a session stay
@@ -528,11 +446,11 @@ class ClusterLink:
         client.delete(self.key("users:" + node), self.key("alive:" + node))
         client.srem(self.key("nodes"), node)
 
-    def _log_unexpected(self, exc: Exception) -> None:
+    def log_unexpected(self, exc: Exception) -> None:
         if not isinstance(exc, self._redis_module.RedisError):
             log.exception("cluster: unexpected error in the Redis link; reconnecting")
 
-    def _went_down(self, reason: str) -> None:
+    def went_down(self, reason: str) -> None:
         with self._state_lock:
             if not self._connected:
                 return
@@ -567,106 +485,49 @@ class ClusterLink:
                     return False
                 command.while_down(self)
 
-    # ---- the reader thread ----
+class OutageBuffer:
+    """What this node's users said while Redis was away, for Redis once it
+    is back: at most BUFFER_EVENTS events and BUFFER_SECONDS seconds (older
+    ones are given up, and counted, so the users can be told)."""
 
-    def _read_loop(self) -> None:
-        backoff = 0.1
-        while self._running:
-            try:
-                client = self._connect()
-                self._start_reading(client)
-                backoff = 0.1
-                while self._running:
-                    if self.restart_reading:
-                        self.restart_reading = False
-                        self.cursor = "0-0"
-                    entries = client.xread({self.key("stream"): self.cursor},
-                                           count=READ_COUNT, block=500)
-                    for _, items in entries or ():
-                        self._receive(client, [(entry_id.decode(), fields.get(b"e", b""))
-                                               for entry_id, fields in items])
-                        self.cursor = items[-1][0].decode()
-                client.close()
-            except Exception as exc:
-                self._log_unexpected(exc)
-                self._went_down(str(exc))
-                time.sleep(backoff)
-                backoff = min(MAX_BACKOFF, backoff * 2)
+    def __init__(self) -> None:
+        self.kept: deque[tuple[float, str]] = deque()  # (when, event)
+        self.dropped = 0
 
-    def _start_reading(self, client) -> None:
-        """Where to read from.  The first time: the stream's recent past
-        (HISTORY_SECONDS by Redis's clock), so that this node can replay
-        what the sessions of a node that died (or the node this one
-        replaces) missed; the core holds new hellos until that is read.
-        After a reconnection, where we were, unless that is past the end of
-        the stream (Redis lost its data): then from its start."""
-        last = client.xrevrange(self.key("stream"), count=1)
-        end = last[0][0].decode() if last else "0-0"
-        catching_up = False
-        if self.cursor is None:
-            past = stream_id(end)[0] - self.history_ms
-            self.cursor = f"{max(0, past)}-0" if end != "0-0" else end
-            catching_up = stream_id(self.cursor) < stream_id(end)
-            self.catch_up_end = stream_id(end) if catching_up else None
-        elif stream_id(self.cursor) > stream_id(end):
-            self.cursor = "0-0"
-        self.hand_over(Progress(self.cursor, start=True, catching_up=catching_up,
-                                caught_up=not catching_up))
+    def __len__(self) -> int:
+        return len(self.kept)
 
-    def _receive(self, client, batch: list[tuple[str, bytes]]) -> None:
-        """A batch of stream entries (ID, event): parsed and handed over in
-        order (the core vets them), then how far the stream has been read."""
-        own = []
-        for entry_id, data in batch:
-            self.count_bytes(entry_id, len(data))
-            try:
-                event = parse_node_event(data, entry_id)
-            except proto.ProtocolError as exc:
-                self.log_once("ignoring a malformed event", str(exc)[:200])
-                continue
-            if event.node == self.node_id:
-                own.append((event.seq, entry_id))
-                continue
-            past = self.catch_up_end is not None and stream_id(entry_id) <= self.catch_up_end
-            if not past and not self._from_a_member(client, event.node):  # (the past holds
-                self.log_once("ignoring events from an unregistered node", event.node[:40])
-                continue  # the events of nodes that died since: those are what it is read for)
-            self.watched.add(event.node)
-            self.hand_over(event)
-        if batch:
-            last = stream_id(batch[-1][0])
-            caught_up = self.catch_up_end is not None and last >= self.catch_up_end
-            if caught_up:
-                self.catch_up_end = None
-            self.hand_over(Progress(batch[-1][0], tuple(own), caught_up=caught_up))
+    def keep(self, wire: str) -> None:
+        now = time.monotonic()
+        kept = self.kept
+        kept.append((now, wire))
+        while kept and (len(kept) > BUFFER_EVENTS or kept[0][0] < now - BUFFER_SECONDS):
+            kept.popleft()
+            self.dropped += 1
 
-    def count_bytes(self, entry_id: str, size: int) -> None:
-        """Keep the stream's bytes (as read here) under STREAM_BYTES: past
-        it, the beat trims the stream's oldest entries."""
-        sizes = self.sizes
-        sizes.append((entry_id, size))
-        self.stream_bytes += size
-        oldest_kept = stream_id(entry_id)[0] - STREAM_SECONDS * 1000  # gone from Redis too
-        while sizes and (len(sizes) > STREAM_MAXLEN or stream_id(sizes[0][0])[0] < oldest_kept):
-            self.stream_bytes -= sizes.popleft()[1]
-        while self.stream_bytes > STREAM_BYTES and sizes:
-            oldest, dropped = sizes.popleft()
-            self.stream_bytes -= dropped
-            self.trim_to = oldest
+    def events(self) -> list[str]:
+        return [wire for _, wire in self.kept]
 
-    def _from_a_member(self, client, node: str) -> bool:
-        """A node of the cluster, now or lately: one that stopped, or that
-        another node took for dead, may still have events of its last
-        moments in the stream, read late (never judged by whether it is
-        registered when they are read)."""
-        if node in self.registered or node in self.dead_marks or node in self.members:
-            return True
-        if client.exists(self.key("member:" + node)):
-            if len(self.members) >= MEMBERS_KEPT:
-                self.members.clear()
-            self.members.add(node)
-            return True
-        return False
+    def passed_on(self) -> int:
+        """Redis took them all: forget them; how many had been given up."""
+        dropped, self.dropped = self.dropped, 0
+        self.kept.clear()
+        return dropped
+
+
+def read_bans(client: Any, prefix: str) -> dict[str, tuple[float, str]]:
+    """The bans in force: address -> (seconds left, reason)."""
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.pttl(key)
+        pipe.get(key)
+    results = pipe.execute()
+    bans = {}
+    for key, left, reason in zip(keys, results[0::2], results[1::2]):
+        if reason is not None and left and left > 0:
+            bans[key.decode()[len(prefix):]] = (left / 1000, reason.decode())
+    return bans
 
 
 def share_world_state(url: str, data: dict, prefix: str = "chat:") -> dict:

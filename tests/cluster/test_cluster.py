@@ -167,6 +167,7 @@ def test_rooms_emotes_who_and_rooms_across_nodes(nodes, client):
     b.send({"type": "enter", "room": "games"})
     b.expect({"type": "enter", "nick": "bob", "room": "games"})
     a.expect({"type": "exit", "nick": "bob", "room": "lobby"})
+    c.expect({"type": "exit", "nick": "bob", "room": "lobby"})  # cat's node knows the room
     c.send({"type": "enter", "room": "Games"})  # the room keeps its creator's spelling
     b.expect({"type": "enter", "nick": "cat", "room": "games"})
     b.send({"type": "emote", "message": "rolls dice"})
@@ -766,6 +767,7 @@ def test_a_ban_holds_on_a_node_started_later_and_across_a_restart(nodes, client,
 def test_the_stream_lets_go_of_what_is_older_than_its_age_bound(redis_server):
     """Finding 12: the stream is bounded by age and bytes, not entries alone."""
     from termchat.cluster import link as cluster_link
+    from termchat.cluster.reader import STREAM_BYTES
     redis = redis_server.client()
     stream = "chat:stream"
     old = int(time.time() * 1000) - (cluster_link.STREAM_SECONDS + 60) * 1000
@@ -778,8 +780,8 @@ def test_the_stream_lets_go_of_what_is_older_than_its_age_bound(redis_server):
     pipe.execute()
     assert redis.xlen(stream) < 200  # trimmed a node of entries at a time
     for index in range(400):
-        link.count_bytes(f"{int(time.time() * 1000)}-{index}", 1 << 20)
-    assert link.stream_bytes <= cluster_link.STREAM_BYTES and link.trim_to is not None
+        link.reader.count_bytes(f"{int(time.time() * 1000)}-{index}", 1 << 20)
+    assert link.reader.stream_bytes <= STREAM_BYTES and link.reader.trim_to is not None
 
 
 @pytest.mark.redis(persist=True)
@@ -855,17 +857,17 @@ def test_a_stall_gives_grace_before_any_node_is_taken_for_dead(redis_server, sta
     from termchat.cluster.events import NodeDead
     from termchat.cluster.link import ClusterLink
     link = ClusterLink(redis_server.url, wake=lambda: None, heartbeat=0.2)
-    link.client = link._connect()
+    link.client = link.connect()
     link._register()
     peer = redis_server.client()
     peer.sadd("chat:nodes", "othernode")  # a live node, whose alive key lapsed in the stall
     link._beat()
-    link.grace_until = 0.0  # the grace of registering is over
+    link.watch.grace_until = 0.0  # the grace of registering is over
     if stall == "in Redis":
         plain = link.client.pipeline
         link.client.pipeline = lambda **kw: SlowPipeline(plain(**kw), delay=0.3)
     else:
-        link.last_beat -= 1.0  # this node was stopped for a second
+        link.watch.last_beat -= 1.0  # this node was stopped for a second
     link._beat()
     assert not any(isinstance(e, NodeDead) for e in link._inbox), list(link._inbox)
 
