@@ -80,10 +80,10 @@ def mistake(conn: Connection, reason: str, closing: bool = False) -> None:
 def admit_connection(parts: Parts, outlet: Any, address: tuple, now: float) -> Effects:
     """A new connection: let in, or refused (over the limits, or banned)."""
     conn, refusal = parts.gate.admit(outlet, address, now)
-    ban = parts.moderation.banned(conn.ban_key, now)
-    if ban is not None:
+    banned = ban_refusal(parts, conn, now)
+    if banned is not None:
         parts.gate.release(conn)
-        refusal = ban.refusal(now)
+        refusal = banned
     if refusal is None:
         log.info("connect %s", conn.peer)
         return []
@@ -104,6 +104,14 @@ def refuse(parts: Parts, conn: Connection, reason: str, code: str, now: float,
     conn.drop_held()
     conn.become(State.CLOSING)
     return effects + [Close(conn), *unpause(conn)]
+
+
+def ban_refusal(parts: Parts, conn: Connection, now: float) -> tuple[str, str] | None:
+    """Why the connection's address may not come in (a ban), or None: asked
+    at connect and again at every hello, fresh or resume (a connection
+    opened before the ban must not let its address in after it)."""
+    ban = parts.moderation.banned(conn.ban_key, now)
+    return ban.refusal(now) if ban is not None else None
 
 
 def unpause(conn: Connection) -> Effects:

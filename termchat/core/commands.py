@@ -36,6 +36,9 @@ def error(conn: Connection, text: str, code: str) -> Effects:
 def on_hello(parts: Parts, conn: Connection, hello: proto.Hello, now: float) -> Effects:
     if conn.state is not State.GREETING:
         return error(conn, "already said hello", Code.BAD_PACKET)
+    banned = actions.ban_refusal(parts, conn, now)
+    if banned is not None:
+        return refuse(parts, conn, *banned, now)
     if hello.resume is not None:
         return on_resume(parts, conn, hello, now)
     refusal = parts.moderation.refusal(SERVER, conn.ban_key or conn.peer, hello.password, now)
