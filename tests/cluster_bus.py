@@ -2,7 +2,7 @@
 node's link threads: one stream in one order, nick claims, session
 records, takeovers, a node's death.  No sockets, no threads, no clock."""
 
-from dataclasses import replace
+from msgspec.structs import replace
 
 from termchat.cluster import events as cluster
 from termchat.wire import protocol as proto

@@ -8,8 +8,9 @@ for each connection.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
+
+from msgspec.structs import replace
 
 from termchat.cluster import events as cluster
 from termchat.wire import protocol as proto

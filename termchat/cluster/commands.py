@@ -61,7 +61,7 @@ class RenameNick(Command):
     token: Any
     old: str
     new: str
-    wire: str  # the RemoteRename event, numbered like any publish...
+    wire: bytes  # the RemoteRename event, numbered like any publish...
     seq: int   # ...under this number
 
     def queue(self, link, pipe) -> int:
@@ -227,7 +227,7 @@ class TakeItem(Command):
     item: str
     place: str
     player: str
-    wire: str  # the RemoteItem event, published only if granted
+    wire: bytes  # the RemoteItem event, published only if granted
 
     def queue(self, link, pipe) -> int:
         link.client.take_item(keys=[link.key("world:items")],
@@ -277,7 +277,7 @@ class SaveBan(Command):
 
 @dataclass
 class Publish(Command):
-    wire: str  # the event as JSON, numbered: a retry is recognised as one
+    wire: bytes  # the event as JSON, numbered: a retry is recognised as one
 
     def queue(self, link, pipe) -> int:
         link.append(pipe, self.wire)

@@ -240,7 +240,7 @@ class ClusterLink:
         self._inbox.append(event)
         self._wake()
 
-    def append(self, pipe, wire: str) -> None:
+    def append(self, pipe, wire: bytes) -> None:
         """Add an event to the stream, letting entries older than
         STREAM_SECONDS go (by Redis's clock, approximately)."""
         oldest = f"{max(0, self.redis_ms() - STREAM_SECONDS * 1000)}-0"
@@ -497,7 +497,7 @@ class OutageBuffer:
     def __len__(self) -> int:
         return len(self.kept)
 
-    def keep(self, wire: str) -> None:
+    def keep(self, wire: bytes) -> None:
         now = time.monotonic()
         kept = self.kept
         kept.append((now, wire))

@@ -13,8 +13,11 @@ UTF-8 JSON encoding one object with a string field ``"type"``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+import re
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Union, get_args, get_origin
+
+import msgspec
+from msgspec import Meta
 
 from termchat.wire.names import MAX_NAME_LENGTH, name_key, name_problem, normalize  # noqa: F401
 
@@ -111,6 +114,9 @@ class PacketDecoder:
         return len(self._buffer)
 
 
+ENCODER = msgspec.json.Encoder()
+
+
 def frame(payload: bytes) -> bytes:
     """Prefix a payload with its 2-byte length; refuse one that cannot fit."""
     if len(payload) > MAX_PAYLOAD:
@@ -121,39 +127,16 @@ def frame(payload: bytes) -> bytes:
 
 def encode_object(obj: dict[str, Any]) -> bytes:
     """Encode a JSON-able dict as one whole packet."""
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return frame(to_payload(obj))
+
+
+def to_payload(value: Any) -> bytes:
+    """UTF-8 JSON of a message or of plain values; PacketTooLarge for text
+    that is not valid Unicode (a lone surrogate)."""
     try:
-        payload = text.encode("utf-8")
+        return ENCODER.encode(value)
     except UnicodeEncodeError as exc:
         raise PacketTooLarge("text is not valid Unicode") from exc
-    return frame(payload)
-
-
-def decode_object(payload: bytes) -> dict[str, Any]:
-    """Decode one payload into a JSON object with a string ``type``."""
-    try:
-        obj = json.loads(payload.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise MalformedPacket("payload is not valid UTF-8") from exc
-    except (ValueError, RecursionError) as exc:
-        raise MalformedPacket("payload is not valid JSON") from exc
-    if not isinstance(obj, dict):
-        raise InvalidMessage("payload is not a JSON object")
-    if not isinstance(obj.get("type"), str):
-        raise InvalidMessage('payload has no string field "type"')
-    return obj
-
-
-# --------------------------------------------------------------------------
-# Field rules
-
-
-def _is_valid_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
@@ -163,16 +146,16 @@ def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
     return shown + "..." if len(text) > limit else shown
 
 
-def _check_text(value: Any, field: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidMessage(f'field "{field}" must be a string')
-    if not _is_valid_unicode(value):
-        raise InvalidMessage(f'field "{field}" is not valid Unicode')
-    return value
+# --------------------------------------------------------------------------
+# Field types.  msgspec checks a field's JSON type and bounds as it decodes;
+# the description is what an error says the field must be.  A function in
+# the Annotated is one of the project's own rules, applied to the value
+# msgspec hands over (see Vocabulary).
 
 
-def _check_name(value: Any, field: str) -> str:
-    text = normalize(_check_text(value, field))
+def checked_name(value: str, field: str) -> str:
+    """A nick or room name, in NFC, or InvalidMessage saying which rule it breaks."""
+    text = normalize(value)
     problem = name_problem(text)
     if problem:
         raise InvalidMessage(f'invalid {field} "{quote(text)}": {problem}',
@@ -180,505 +163,280 @@ def _check_name(value: Any, field: str) -> str:
     return text
 
 
-def _check_nonempty(value: Any, field: str) -> str:
-    text = _check_text(value, field)
-    if not text.strip():
+def nonempty(value: str, field: str) -> str:
+    if not value.strip():
         raise InvalidMessage(f'field "{field}" must not be empty')
-    return text
-
-
-def _check_number(value: Any, field: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise InvalidMessage(f'field "{field}" must be a number')
     return value
 
 
-def _check_text_map(value: Any, field: str) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise InvalidMessage(f'field "{field}" must be an object')
-    return {_check_text(k, field): _check_text(v, field) for k, v in value.items()}
+Text = Annotated[str, Meta(description="a string")]
+Name = Annotated[str, Meta(description="a string"), checked_name]
+Said = Annotated[str, Meta(description="a string"), nonempty]
+Token = Annotated[str, Meta(max_length=200, description="a string")]
+Flag = Annotated[bool, Meta(description="true or false")]
+Count = Annotated[int, Meta(ge=0, description="a number")]
+Seconds = Annotated[float, Meta(ge=0, description="a number")]
+Texts = Annotated[tuple[str, ...], Meta(description="a list of strings")]
+TextMap = Annotated[dict[str, str], Meta(description="an object of strings")]
+BanMinutes = Annotated[int, Meta(ge=1, le=525_600,
+                                 description="a whole number of minutes, 1 to 525600")]
+HistoryLimit = Annotated[int, Meta(ge=1, le=MAX_HISTORY,
+                                   description=f"a whole number, 1 to {MAX_HISTORY}")]
 
 
-def _check_text_list(value: Any, field: str) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise InvalidMessage(f'field "{field}" must be a list')
-    return tuple(_check_text(item, field) for item in value)
+class Vocabulary:
+    """The messages of one direction (or the events of the cluster): one
+    cached msgspec Decoder for their tagged union, then each field's own
+    rule.  A payload msgspec refuses takes the slow path, which explains
+    it in the words of PROTOCOL.md: not UTF-8 or not JSON
+    (MalformedPacket), not an object, no string tag, an unknown one, a
+    missing field, a field that is not what it must be (InvalidMessage);
+    there, a null optional field counts as absent, as does text that is
+    not valid Unicode in a field nobody reads."""
+
+    def __init__(self, classes: Iterable[type], what: str = "message") -> None:
+        classes = tuple(classes)
+        self.what = what
+        self.tag = classes[0].__struct_config__.tag_field
+        self.classes = {cls.__struct_config__.tag: cls for cls in classes}
+        self.decoder = msgspec.json.Decoder(Union[classes])  # type: ignore[valid-type]
+        self.rules = {cls: rules for cls in classes if (rules := field_rules(cls))}
+
+    def decode(self, payload: bytes | str) -> Any:
+        try:
+            message = self.decoder.decode(payload)
+        except (msgspec.MsgspecError, RecursionError):
+            message = self.decode_slowly(payload)
+        rules = self.rules.get(type(message))
+        if rules:
+            for name, wire, rule in rules:
+                value = getattr(message, name)
+                if value is not None:
+                    checked = rule(value, wire)
+                    if checked is not value:
+                        msgspec.structs.force_setattr(message, name, checked)
+        return message
+
+    def decode_slowly(self, payload: bytes | str) -> Any:
+        try:
+            obj = json.loads(payload if isinstance(payload, str) else payload.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise MalformedPacket("payload is not valid UTF-8") from exc
+        except (ValueError, RecursionError) as exc:
+            raise MalformedPacket("payload is not valid JSON") from exc
+        if not isinstance(obj, dict):
+            raise InvalidMessage("payload is not a JSON object")
+        kind = obj.get(self.tag)
+        if not isinstance(kind, str):
+            raise InvalidMessage(f'payload has no string field "{self.tag}"')
+        cls = self.classes.get(kind)
+        if cls is None:
+            raise InvalidMessage(f'unknown {self.what} {self.tag} "{quote(kind)}"')
+        fields = {info.encode_name: info for info in msgspec.structs.fields(cls)}
+        given = {key: value for key, value in obj.items()
+                 if key in fields and (value is not None or fields[key].required)}
+        try:
+            message = msgspec.convert(dict(given, **{self.tag: kind}), cls)
+        except msgspec.ValidationError as exc:
+            raise self.explain(kind, fields, given, str(exc)) from exc
+        for wire, info in fields.items():
+            try:
+                ENCODER.encode(getattr(message, info.name))
+            except UnicodeEncodeError as exc:
+                raise InvalidMessage(f'field "{wire}" is not valid Unicode') from exc
+        return message
+
+    def explain(self, kind: str, fields: dict, given: dict, error: str) -> InvalidMessage:
+        missing = re.search(r"missing required field `([^`]+)`", error)
+        if missing:
+            return InvalidMessage(f'"{kind}" {self.what} needs field "{missing.group(1)}"')
+        where = re.search(r"at `\$\.([^.[`]+)", error)
+        if where and where.group(1) in fields:
+            wire = where.group(1)
+            return InvalidMessage(f'field "{wire}" {what_it_must_be(fields[wire].type, given[wire])}')
+        return InvalidMessage(f"invalid {self.what}: {quote(error)}")
 
 
-def _check_room_counts(value: Any, field: str) -> tuple[RoomCount, ...]:
-    if not isinstance(value, list):
-        raise InvalidMessage(f'field "{field}" must be a list')
-    rooms = []
-    for item in value:
-        if not isinstance(item, dict):
-            raise InvalidMessage(f'field "{field}" must hold objects')
-        count = item.get("count")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise InvalidMessage(f'field "{field}" needs a count for each room')
-        rooms.append(RoomCount(_check_text(item.get("name"), "name"), count))
-    return tuple(rooms)
+def field_rules(cls: type) -> tuple[tuple[str, str, Callable[[Any, str], Any]], ...]:
+    """(attribute, wire name, rule) for each field of ``cls`` whose type
+    carries one of the project's rules."""
+    return tuple((info.name, info.encode_name, extra)
+                 for info in msgspec.structs.fields(cls)
+                 for extra in metadata(info.type) if callable(extra))
+
+
+def metadata(annotation: Any) -> list:
+    """What the Annotated type of a field carries (through ``| None``)."""
+    options = get_args(annotation) if get_origin(annotation) is Union else (annotation,)
+    return [extra for option in options for extra in getattr(option, "__metadata__", ())]
+
+
+def what_it_must_be(annotation: Any, value: Any) -> str:
+    for extra in metadata(annotation):
+        if isinstance(extra, Meta) and extra.description:
+            if isinstance(value, str) and extra.max_length is not None:
+                return "is too long"
+            return f"must be {extra.description}"
+    return "is not valid"
 
 
 # --------------------------------------------------------------------------
 # Messages
 
 
-@dataclass(frozen=True, slots=True)
-class RoomCount:
-    name: str
-    count: int
+class WireType:
+    """``Message.TYPE``: the wire ``type`` of a message class (its struct tag)."""
+
+    def __get__(self, message: Any, cls: type) -> str:
+        return cls.__struct_config__.tag
 
 
-class Message:
-    """Base of every message; subclasses are frozen dataclasses.
+class Message(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
+    """Base of every message: a frozen msgspec Struct tagged by its wire
+    ``type``; fields left at their default are not sent."""
 
-    ``TYPE`` is the wire ``type``; ``CHECKS`` maps each field to the function
-    that validates it when the message is parsed off the wire; ``OPTIONAL``
-    does the same for fields that may be absent (they keep their default,
-    and are left out of the encoding while they have it).
-    """
-
-    __slots__ = ()
-    TYPE: ClassVar[str]
-    CHECKS: ClassVar[dict[str, Any]] = {}
-    OPTIONAL: ClassVar[dict[str, Any]] = {}
-
-    def to_dict(self) -> dict[str, Any]:
-        obj: dict[str, Any] = {"type": self.TYPE}
-        for field in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, field.name)
-            if field.name in self.OPTIONAL and value == field.default:
-                continue
-            obj[_wire_name(field.name)] = to_json(value)
-        return obj
+    TYPE: ClassVar[str] = WireType()  # type: ignore[assignment]
 
 
-def _wire_name(field_name: str) -> str:
-    return "from" if field_name == "sender" else field_name
+class RoomCount(msgspec.Struct, frozen=True):
+    name: Text
+    count: Count
 
 
-def to_json(value: Any) -> Any:
-    """A field value as the JSON the wire carries."""
-    if isinstance(value, tuple):
-        return [to_json(item) for item in value]
-    if isinstance(value, RoomCount):
-        return {"name": value.name, "count": value.count}
-    return value
+def declare(base: type, name: str, tag: str, doc: str = "", **fields: Any) -> Any:
+    """A message (or event) class: a Struct deriving from ``base``, tagged
+    ``tag``, whose fields are given as name=type, or name=(type, default)
+    for a field that may be left out."""
+    specs = [(field, *spec) if isinstance(spec, tuple) else (field, spec)
+             for field, spec in fields.items()]
+    return msgspec.defstruct(name, specs, bases=(base,), tag=tag, module=base.__module__,
+                             namespace={"__doc__": doc or None})
 
+
+MaybeToken = Token | None
 
 # Client -> server
-
-
-def _check_bool(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidMessage(f'field "{field}" must be true or false')
-    return value
-
-
-def _check_token(value: Any, field: str) -> str:
-    text = _check_text(value, field)
-    if len(text) > 200:
-        raise InvalidMessage(f'field "{field}" is too long')
-    return text
-
-
-@dataclass(frozen=True, slots=True)
-class Hello(Message):
-    """The first packet.  ``session`` asks for a resumable session;
-    ``resume`` and ``after`` take one up again after a lost connection."""
-    TYPE = "hello"
-    CHECKS = {"nick": _check_name}
-    OPTIONAL = {"session": _check_bool, "resume": _check_token, "after": _check_token,
-                "password": _check_token}
-    nick: str
-    session: bool = False
-    resume: str | None = None
-    after: str | None = None
-    password: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeNick(Message):
-    TYPE = "nick"
-    CHECKS = {"nick": _check_name}
-    nick: str
-
-
-@dataclass(frozen=True, slots=True)
-class BecomeOperator(Message):
-    TYPE = "op"
-    CHECKS = {"password": _check_token}
-    password: str
-
-
-def _check_minutes(value: Any, field: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 525_600:
-        raise InvalidMessage(f'field "{field}" must be a whole number of minutes, 1 to 525600')
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class KickRequest(Message):
-    TYPE = "kick"
-    CHECKS = {"nick": _check_text}
-    OPTIONAL = {"reason": _check_text}
-    nick: str
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class BanRequest(Message):
-    """Ban the user's address for ``minutes`` and kick them; with no nick,
-    list the bans."""
-    TYPE = "ban"
-    OPTIONAL = {"nick": _check_text, "minutes": _check_minutes, "reason": _check_text}
-    nick: str | None = None
-    minutes: int | None = None
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Away(Message):
-    """Away with a message, or back when it is empty."""
-    TYPE = "away"
-    CHECKS = {"message": _check_text}
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Quit(Message):
-    """Leaving on purpose: the others see the leave at once."""
-    TYPE = "quit"
-
-
-@dataclass(frozen=True, slots=True)
-class Chat(Message):
-    TYPE = "chat"
-    CHECKS = {"message": _check_text}
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class SendDirect(Message):
-    TYPE = "dm"
-    CHECKS = {"to": _check_text, "message": _check_nonempty}
-    to: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Emote(Message):
-    TYPE = "emote"
-    CHECKS = {"message": _check_nonempty}
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class WhoRequest(Message):
-    TYPE = "who"
-
-
-@dataclass(frozen=True, slots=True)
-class EnterRoom(Message):
-    TYPE = "enter"
-    CHECKS = {"room": _check_name}
-    room: str
-
-
-@dataclass(frozen=True, slots=True)
-class RoomsRequest(Message):
-    TYPE = "rooms"
-
-
+Hello = declare(Message, "Hello", "hello", "The first packet.  ``session`` asks for a "
+                "resumable session; ``resume`` and ``after`` take one up again after a lost "
+                "connection.", nick=Name, session=(Flag, False), resume=(MaybeToken, None),
+                after=(MaybeToken, None), password=(MaybeToken, None))
+ChangeNick = declare(Message, "ChangeNick", "nick", nick=Name)
+BecomeOperator = declare(Message, "BecomeOperator", "op", password=Token)
+KickRequest = declare(Message, "KickRequest", "kick", nick=Text, reason=(Text, ""))
+BanRequest = declare(Message, "BanRequest", "ban", "Ban the user's address for ``minutes`` "
+                     "and kick them; with no nick, list the bans.", nick=(Text | None, None),
+                     minutes=(BanMinutes | None, None), reason=(Text, ""))
+Away = declare(Message, "Away", "away", "Away with a message, or back when it is empty.",
+               message=Text)
+Quit = declare(Message, "Quit", "quit", "Leaving on purpose: the others see the leave at once.")
+Chat = declare(Message, "Chat", "chat", message=Text)
+SendDirect = declare(Message, "SendDirect", "dm", to=Text, message=Said)
+Emote = declare(Message, "Emote", "emote", message=Said)
+WhoRequest = declare(Message, "WhoRequest", "who")
+EnterRoom = declare(Message, "EnterRoom", "enter", room=Name)
+RoomsRequest = declare(Message, "RoomsRequest", "rooms")
+HistoryRequest = declare(Message, "HistoryRequest", "history", "Older history of one's room: "
+                         "up to ``limit`` chats and emotes before the entry ``before`` (an id "
+                         "the server gave).", before=Token, limit=HistoryLimit)
 # World mode (client -> server)
-
-
-@dataclass(frozen=True, slots=True)
-class Look(Message):
-    """Look around (no ``at``), or at an item or an exit."""
-    TYPE = "look"
-    OPTIONAL = {"at": _check_text}
-    at: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Go(Message):
-    TYPE = "go"
-    CHECKS = {"exit": _check_nonempty}
-    exit: str
-
-
-@dataclass(frozen=True, slots=True)
-class Take(Message):
-    TYPE = "take"
-    CHECKS = {"item": _check_nonempty}
-    item: str
-
-
-@dataclass(frozen=True, slots=True)
-class Drop(Message):
-    TYPE = "drop"
-    CHECKS = {"item": _check_nonempty}
-    item: str
-
-
-@dataclass(frozen=True, slots=True)
-class InventoryRequest(Message):
-    TYPE = "inventory"
-
-
-def _check_limit(value: Any, field: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_HISTORY:
-        raise InvalidMessage(f'field "{field}" must be a whole number, 1 to {MAX_HISTORY}')
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryRequest(Message):
-    """Older history of one's room: up to ``limit`` chats and emotes before
-    the entry ``before`` (an id the server gave)."""
-    TYPE = "history"
-    CHECKS = {"before": _check_token, "limit": _check_limit}
-    before: str
-    limit: int
-
+Look = declare(Message, "Look", "look", "Look around (no ``at``), or at an item or an exit.",
+               at=(Text | None, None))
+Go = declare(Message, "Go", "go", exit=Said)
+Take = declare(Message, "Take", "take", item=Said)
+Drop = declare(Message, "Drop", "drop", item=Said)
+InventoryRequest = declare(Message, "InventoryRequest", "inventory")
 
 # Server -> client
+ChatFrom = declare(Message, "ChatFrom", "chat", nick=Text, message=Text)
+Joined = declare(Message, "Joined", "join", nick=Text)
+Left = declare(Message, "Left", "leave", nick=Text)
+Error = declare(Message, "Error", "error", "A refusal: ``code`` (see Code) says what it "
+                "refuses, ``message`` in words.", message=Text, code=(Text, ""))
+Info = declare(Message, "Info", "info", message=Text)
+DirectFrom = declare(Message, "DirectFrom", "dm", "``sender`` is ``from`` on the wire.",
+                     sender=(Text, msgspec.field(name="from")), to=Text, message=Text)
+EmoteFrom = declare(Message, "EmoteFrom", "emote", nick=Text, message=Text)
+WhoList = declare(Message, "WhoList", "who", "``away``: nick -> away message, for those in "
+                  "the list who are away.", room=Text, nicks=Texts, away=(TextMap | None, None))
+EnteredRoom = declare(Message, "EnteredRoom", "enter", "``way``: in world mode, the direction "
+                      "the mover went.", nick=Text, room=Text, way=(Text | None, None))
+ExitedRoom = declare(Message, "ExitedRoom", "exit", EnteredRoom.__doc__,
+                     nick=Text, room=Text, way=(Text | None, None))
+Kicked = declare(Message, "Kicked", "kick", nick=Text, by=Text, reason=Text)
+NickChanged = declare(Message, "NickChanged", "nick", old=Text, nick=Text)
+SessionGranted = declare(Message, "SessionGranted", "session", token=Text, grace=Seconds)
+Resumed = declare(Message, "Resumed", "resumed", missed=Count)
+HistoryEnd = declare(Message, "HistoryEnd", "history", "After the answer to a history "
+                     "request: whether older history is left.", more=Flag)
+PlaceView = declare(Message, "PlaceView", "look", "What a player sees of a place (world mode). "
+                    " Long lists are cut: ``more_items`` and ``more_people`` say how many were "
+                    "left out.", room=Text, title=Text, description=Text, exits=Texts,
+                    items=Texts, people=Texts, more_items=(Count, 0), more_people=(Count, 0))
+Inventory = declare(Message, "Inventory", "inventory", "What a player carries; ``more``: how "
+                    "many were left out of a long list.", items=Texts, more=(Count, 0))
+RoomList = declare(Message, "RoomList", "rooms", rooms=Annotated[
+    tuple[RoomCount, ...], Meta(description="a list of rooms, each with a name and a count")])
 
 
-@dataclass(frozen=True, slots=True)
-class ChatFrom(Message):
-    TYPE = "chat"
-    CHECKS = {"nick": _check_text, "message": _check_text}
-    nick: str
-    message: str
+CLIENT = Vocabulary((Hello, Chat, SendDirect, Emote, WhoRequest, EnterRoom, RoomsRequest, Quit,
+                     Away, ChangeNick, BecomeOperator, KickRequest, BanRequest, Look, Go, Take,
+                     Drop, InventoryRequest, HistoryRequest))
+SERVER = Vocabulary((ChatFrom, Joined, Left, Error, Info, DirectFrom, EmoteFrom, WhoList,
+                     EnteredRoom, ExitedRoom, RoomList, SessionGranted, Resumed, NickChanged,
+                     Kicked, PlaceView, Inventory, HistoryEnd))
+CLIENT_MESSAGES: dict[str, type[Message]] = CLIENT.classes
+SERVER_MESSAGES: dict[str, type[Message]] = SERVER.classes
 
 
-@dataclass(frozen=True, slots=True)
-class Joined(Message):
-    TYPE = "join"
-    CHECKS = {"nick": _check_text}
-    nick: str
+class Stamp(msgspec.Struct):
+    """The session fields a server packet may carry beside its message,
+    taken only when well-formed (unknown or odd values are ignored)."""
+    id: Any = None
+    time: Any = None
+    history: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class Left(Message):
-    TYPE = "leave"
-    CHECKS = {"nick": _check_text}
-    nick: str
-
-
-@dataclass(frozen=True, slots=True)
-class Error(Message):
-    """A refusal: ``code`` (see Code) says what it refuses, ``message`` in words."""
-    TYPE = "error"
-    CHECKS = {"message": _check_text}
-    OPTIONAL = {"code": _check_text}
-    message: str
-    code: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Info(Message):
-    TYPE = "info"
-    CHECKS = {"message": _check_text}
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class DirectFrom(Message):
-    TYPE = "dm"
-    CHECKS = {"sender": _check_text, "to": _check_text, "message": _check_text}
-    sender: str
-    to: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class EmoteFrom(Message):
-    TYPE = "emote"
-    CHECKS = {"nick": _check_text, "message": _check_text}
-    nick: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class WhoList(Message):
-    """``away``: nick -> away message, for those in the list who are away."""
-    TYPE = "who"
-    CHECKS = {"room": _check_text, "nicks": _check_text_list}
-    OPTIONAL = {"away": lambda value, field: _check_text_map(value, field)}
-    room: str
-    nicks: tuple[str, ...]
-    away: dict | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EnteredRoom(Message):
-    """``way``: in world mode, the direction the mover went."""
-    TYPE = "enter"
-    CHECKS = {"nick": _check_text, "room": _check_text}
-    OPTIONAL = {"way": _check_text}
-    nick: str
-    room: str
-    way: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ExitedRoom(Message):
-    """``way``: in world mode, the direction the mover went."""
-    TYPE = "exit"
-    CHECKS = {"nick": _check_text, "room": _check_text}
-    OPTIONAL = {"way": _check_text}
-    nick: str
-    room: str
-    way: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Kicked(Message):
-    TYPE = "kick"
-    CHECKS = {"nick": _check_text, "by": _check_text, "reason": _check_text}
-    nick: str
-    by: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class NickChanged(Message):
-    TYPE = "nick"
-    CHECKS = {"old": _check_text, "nick": _check_text}
-    old: str
-    nick: str
-
-
-@dataclass(frozen=True, slots=True)
-class SessionGranted(Message):
-    TYPE = "session"
-    CHECKS = {"token": _check_text, "grace": lambda value, field: _check_number(value, field)}
-    token: str
-    grace: float
-
-
-@dataclass(frozen=True, slots=True)
-class Resumed(Message):
-    TYPE = "resumed"
-    CHECKS = {"missed": lambda value, field: int(_check_number(value, field))}
-    missed: int
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEnd(Message):
-    """After the answer to a history request: whether older history is left."""
-    TYPE = "history"
-    CHECKS = {"more": _check_bool}
-    more: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PlaceView(Message):
-    """What a player sees of a place (world mode).  Long lists are cut:
-    ``more_items`` and ``more_people`` say how many were left out."""
-    TYPE = "look"
-    CHECKS = {"room": _check_text, "title": _check_text, "description": _check_text,
-              "exits": _check_text_list, "items": _check_text_list,
-              "people": _check_text_list}
-    OPTIONAL = {"more_items": lambda value, field: int(_check_number(value, field)),
-                "more_people": lambda value, field: int(_check_number(value, field))}
-    room: str
-    title: str
-    description: str
-    exits: tuple[str, ...]
-    items: tuple[str, ...]
-    people: tuple[str, ...]
-    more_items: int = 0
-    more_people: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Inventory(Message):
-    """What a player carries; ``more``: how many were left out of a long list."""
-    TYPE = "inventory"
-    CHECKS = {"items": _check_text_list}
-    OPTIONAL = {"more": lambda value, field: int(_check_number(value, field))}
-    items: tuple[str, ...]
-    more: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class RoomList(Message):
-    TYPE = "rooms"
-    CHECKS = {"rooms": _check_room_counts}
-    rooms: tuple[RoomCount, ...]
-
-
-CLIENT_MESSAGES: dict[str, type[Message]] = {
-    cls.TYPE: cls
-    for cls in (Hello, Chat, SendDirect, Emote, WhoRequest, EnterRoom, RoomsRequest, Quit,
-                Away, ChangeNick, BecomeOperator, KickRequest, BanRequest, Look, Go, Take,
-                Drop, InventoryRequest, HistoryRequest)
-}
-SERVER_MESSAGES: dict[str, type[Message]] = {
-    cls.TYPE: cls
-    for cls in (ChatFrom, Joined, Left, Error, Info, DirectFrom, EmoteFrom, WhoList,
-                EnteredRoom, ExitedRoom, RoomList, SessionGranted, Resumed, NickChanged,
-                Kicked, PlaceView, Inventory, HistoryEnd)
-}
-
-
-def _build(registry: dict[str, type[Message]], obj: dict[str, Any]) -> Message:
-    cls = registry.get(obj["type"])
-    if cls is None:
-        raise InvalidMessage(f'unknown message type "{quote(obj["type"])}"')
-    values = {}
-    for name, check in cls.CHECKS.items():
-        wire = _wire_name(name)
-        if wire not in obj:
-            raise InvalidMessage(f'"{cls.TYPE}" message needs field "{wire}"')
-        values[name] = check(obj[wire], wire)
-    for name, check in cls.OPTIONAL.items():
-        if obj.get(name) is not None:
-            values[name] = check(obj[name], name)
-    return cls(**values)
+STAMP = msgspec.json.Decoder(Stamp)
 
 
 def parse_client_message(payload: bytes) -> Message:
     """Validate a payload a client sent; raise ProtocolError if it is bad."""
-    return _build(CLIENT_MESSAGES, decode_object(payload))
+    return CLIENT.decode(payload)
 
 
 def parse_server_message(payload: bytes) -> Message:
     """Validate a payload a server sent; raise ProtocolError if it is bad."""
-    return parse_server_packet(payload)[0]
-
+    return SERVER.decode(payload)
 
 
 def parse_server_packet(payload: bytes) -> tuple[Message, dict[str, Any]]:
     """Like parse_server_message, plus the session fields the packet
     carries (id, time, history), checked; unknown fields are ignored."""
-    obj = decode_object(payload)
-    message = _build(SERVER_MESSAGES, obj)
+    message = SERVER.decode(payload)
+    stamp = STAMP.decode(payload)
     meta: dict[str, Any] = {}
-    if isinstance(obj.get("id"), str) and len(obj["id"]) <= 200:
-        meta["id"] = obj["id"]
-    if isinstance(obj.get("time"), (int, float)) and not isinstance(obj.get("time"), bool):
-        meta["time"] = float(obj["time"])
-    if obj.get("history") is True:
+    if isinstance(stamp.id, str) and len(stamp.id) <= 200:
+        meta["id"] = stamp.id
+    if isinstance(stamp.time, (int, float)) and not isinstance(stamp.time, bool):
+        meta["time"] = float(stamp.time)
+    if stamp.history is True:
         meta["history"] = True
     return message, meta
+
+
+def to_json(value: Any) -> Any:
+    """A message or field value as the JSON values the wire carries."""
+    return msgspec.to_builtins(value)
 
 
 def encode(message: Message, **extra: Any) -> bytes:
     """One whole packet for ``message`` (plus ``extra`` fields, such as a
     session's id and time); PacketTooLarge if it cannot fit."""
-    obj = message.to_dict()
-    obj.update(extra)
-    return encode_object(obj)
+    payload = to_payload(message)
+    if extra:  # {"type":...} + {"id":...} -> {"type":...,"id":...}
+        payload = payload[:-1] + b"," + to_payload(extra)[1:]
+    return frame(payload)
 
 
 def fits_in_packet(message: Message) -> bool:
-    try:
-        encode(message)
-    except PacketTooLarge:
-        return False
-    return True
+    return len(to_payload(message)) <= MAX_PAYLOAD

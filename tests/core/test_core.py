@@ -9,6 +9,7 @@ import logging
 import unicodedata
 from dataclasses import replace
 
+import msgspec
 import pytest
 
 from termchat.cluster import events as cluster
@@ -445,7 +446,7 @@ def test_node_events_round_trip_through_the_wire():
         wire = event.to_wire("n1")
         assert json.loads(wire)["node"] == "n1"
         parsed = cluster.parse_node_event(wire)
-        assert parsed == type(event)(**{**event.__dict__, "node": "n1"})
+        assert parsed == msgspec.structs.replace(event, node="n1")
 
 
 # ---- a public server: limits on what one client or address may cost ----
