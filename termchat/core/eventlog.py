@@ -106,10 +106,19 @@ class LogEntry:
     """One chat event as sessions see it: its number, time and message,
     who it was for (None: everyone; a room key; or the frozenset of the
     name keys of a DM's parties), for a move who moved from where to where
-    (name and room keys), and in a cluster its origin and stamp."""
+    (name and room keys), and in a cluster (a :class:`StampedEntry`) its
+    origin and stamp.  Made for every chat: a single server's entry sets
+    only what it has."""
 
     __slots__ = ("number", "time", "message", "target", "size", "mover", "old", "new",
-                 "node", "origin", "seq", "stream", "cursor", "published", "cause", "_packet")
+                 "_packet")
+    node: str | None = None  # this node's id, in a cluster
+    origin: str | None = None
+    seq = 0
+    stream: StreamId | None = None
+    cursor: StreamId = (0, 0)
+    published = 0
+    cause: str | None = None
 
     def __init__(self, number: int, time: float, message: proto.Message, target: Any,
                  size: int) -> None:
@@ -118,13 +127,6 @@ class LogEntry:
         self.mover: str | None = None
         self.old: str | None = None
         self.new: str | None = None
-        self.node: str | None = None  # this node's id, in a cluster
-        self.origin: str | None = None
-        self.seq = 0
-        self.stream: StreamId | None = None
-        self.cursor: StreamId = (0, 0)
-        self.published = 0
-        self.cause: str | None = None
         self._packet: bytes | None = None
 
     @property
@@ -155,6 +157,20 @@ class LogEntry:
         if self.origin is not None:
             return self.stream is not None and self.stream <= cursor
         return self.cursor <= cursor
+
+
+class StampedEntry(LogEntry):
+    """A cluster node's entry: where it came from and what this node had
+    seen when it logged it (set by :meth:`EventLog.stamp`)."""
+
+    __slots__ = ("node", "origin", "seq", "stream", "cursor", "published", "cause")
+
+    def __init__(self, number: int, time: float, message: proto.Message, target: Any,
+                 size: int) -> None:
+        super().__init__(number, time, message, target, size)
+        self.node = self.origin = self.stream = self.cause = None
+        self.seq = self.published = 0
+        self.cursor = (0, 0)
 
 
 class EntryList:
@@ -248,8 +264,10 @@ class EventLog:
         ``mover``: for the exit of a move, (mover, old room, new room)
         keys; for its enter, None)."""
         self.last_number += 1
-        entry = LogEntry(self.last_number, time, message, target, len(packet))
-        if self.node_id is not None:
+        if self.node_id is None:
+            entry = LogEntry(self.last_number, time, message, target, len(packet))
+        else:
+            entry = StampedEntry(self.last_number, time, message, target, len(packet))
             self.stamp(entry, origin, published)
         self.file(entry, mover)
         self.store.entry(entry, packet)
@@ -279,7 +297,7 @@ class EventLog:
             entry.mover, entry.old, entry.new = mover
             self.keep((MOVES, entry.mover), entry)
 
-    def stamp(self, entry: LogEntry, origin: Origin | None, published: int) -> None:
+    def stamp(self, entry: StampedEntry, origin: Origin | None, published: int) -> None:
         entry.node, entry.cursor, entry.published = self.node_id, self.stream_cursor, published
         if not self.marks or self.marks[-1][0] != self.stream_cursor:
             self.marks.append((self.stream_cursor, entry.number))
@@ -307,7 +325,7 @@ class EventLog:
         self.entries += 1
         while lst.bytes > self.list_bytes and len(lst) > 1:
             self.drop(lst)
-        if lst.bytes >= 65536 and (len(lst) & 63) == 0:
+        if (entry.number & 63) == 0 and lst.bytes >= 65536:  # now and then: a hint
             heapq.heappush(self.big, (-lst.bytes, id(lst), key))
         if self.memory > self.total_bytes or self.entries > self.total_entries:
             self.trim_total()
