@@ -144,5 +144,12 @@ def name_key(name: str) -> str:
     """Names that a reader cannot tell apart have the same key."""
     if len(name) > MAX_NAME_LENGTH * 4:  # not a name at all: matches no name
         return "\0" + name
+    return _key(name)
+
+
+@functools.lru_cache(maxsize=8192)
+def _key(name: str) -> str:
+    """name_key's work, remembered for the names in use (a cluster looks
+    up the sender's and the room's in every event it reads)."""
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
     return skeleton(folded)
