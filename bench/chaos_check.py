@@ -30,9 +30,10 @@ the confirmation of a room (its own join, its ``enter`` echo, the ``who``
 answer after a reconnection) to the moment it asked to move, or to the
 connection loss before a fresh join (a session that fell back to a fresh
 join is not entitled to what was sent while it was away), or to the loss
-before a resume whose ``who`` named another room (a *misplaced* stay: a
-move the client was told about that a SIGKILLed node never wrote, so the
-other nodes never learned it; the real room's stay starts there).
+before a resume whose ``who`` named another room: then the stay it was
+told of is dropped (a *misplaced* stay: a move that a SIGKILLed node
+echoed but never wrote, so for the cluster it never happened), and the
+real room's stay starts at that loss.
 """
 
 from __future__ import annotations

@@ -362,9 +362,8 @@ class ChaosClient:
         if self.checking_room:
             self.checking_room = False
             if self.stay is not None and self.stay[0] != answer.room:
-                self.counts.misplaced += 1  # told a move the cluster never learned
-                self._end_stay(self.last_loss)
-                self.stay = (answer.room, self.last_loss, "")
+                self.counts.misplaced += 1  # told a move the cluster never learned:
+                self.stay = (answer.room, self.last_loss, "")  # for it, there was no stay
             elif self.stay is None:  # a move in flight when the connection went
                 self.stay = (answer.room, now, "")
             self.moving_to = None
