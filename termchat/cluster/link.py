@@ -236,8 +236,8 @@ class ClusterLink:
     def key(self, name: str) -> str:
         return self.prefix + name
 
-    def hand_over(self, event: Any) -> None:
-        self._inbox.append(event)
+    def hand_over(self, *events: Any) -> None:
+        self._inbox.extend(events)
         self._wake()
 
     def append(self, pipe, wire: bytes) -> None:

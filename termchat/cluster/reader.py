@@ -88,8 +88,9 @@ class StreamReader:
 
     def _receive(self, client, batch: list[tuple[str, bytes]]) -> None:
         """A batch of stream entries (ID, event): parsed and handed over in
-        order (the core vets them), then how far the stream has been read."""
-        own = []
+        order (the core vets them), then how far the stream has been read,
+        all with one wake-up of the loop."""
+        own, ready = [], []
         for entry_id, data in batch:
             self.count_bytes(entry_id, len(data))
             try:
@@ -105,13 +106,14 @@ class StreamReader:
                 self.link.log_once("ignoring events from an unregistered node", event.node[:40])
                 continue  # the events of nodes that died since: those are what it is read for)
             self.link.watch.watched.add(event.node)
-            self.link.hand_over(event)
+            ready.append(event)
         if batch:
             last = stream_id(batch[-1][0])
             caught_up = self.catch_up_end is not None and last >= self.catch_up_end
             if caught_up:
                 self.catch_up_end = None
-            self.link.hand_over(Progress(batch[-1][0], tuple(own), caught_up=caught_up))
+            ready.append(Progress(batch[-1][0], tuple(own), caught_up=caught_up))
+            self.link.hand_over(*ready)
 
     def count_bytes(self, entry_id: str, size: int) -> None:
         """Keep the stream's bytes (as read here) under STREAM_BYTES: past

@@ -58,13 +58,6 @@ def name_problem(name: str) -> str | None:
         return f"must be 1 to {MAX_NAME_LENGTH} characters"
     if name.startswith("/"):
         return "must not start with /"
-    return _visible_problem(name)
-
-
-@functools.lru_cache(maxsize=8192)
-def _visible_problem(name: str) -> str | None:
-    """The character and script rules, remembered for the names in use (a
-    cluster checks each name in every event it reads)."""
     return _character_problem(name) or _script_problem(name)
 
 

@@ -12,6 +12,7 @@ UTF-8 JSON encoding one object with a string field ``"type"``.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Annotated, Any, Callable, ClassVar, Iterable, Union, get_args, get_origin
@@ -155,12 +156,23 @@ def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
 
 def checked_name(value: str, field: str) -> str:
     """A nick or room name, in NFC, or InvalidMessage saying which rule it breaks."""
-    text = normalize(value)
-    problem = name_problem(text)
+    if len(value) <= 4 * MAX_NAME_LENGTH:
+        text, problem = name_verdict(value)
+    else:  # too long to be remembered (or to be a name)
+        text = normalize(value)
+        problem = name_problem(text)
     if problem:
         raise InvalidMessage(f'invalid {field} "{quote(text)}": {problem}',
                              Code.BAD_NICK if field == "nick" else None)
     return text
+
+
+@functools.lru_cache(maxsize=8192)
+def name_verdict(value: str) -> tuple[str, str | None]:
+    """A short name's NFC form and what is wrong with it, remembered for the
+    names in use (a cluster node checks two in every event it reads)."""
+    text = normalize(value)
+    return text, name_problem(text)
 
 
 def nonempty(value: str, field: str) -> str:
