@@ -12,8 +12,12 @@ from tests.core_harness import FakeLink, Harness
 class Bus:
     """What Redis and each node's link threads would do, run by pump()."""
 
-    def __init__(self, *names: str) -> None:
-        self.nodes = {name: Harness(link=FakeLink(name)) for name in names}
+    def __init__(self, *names: str, make=lambda name: Harness(link=FakeLink(name))) -> None:
+        self.make = make  # name -> a Harness whose core has a FakeLink of that name
+        self.nodes = {name: make(name) for name in names}
+        self.dead_marks: dict[str, str] = {}  # nodes found dead -> the stream's end then
+        self.bans: dict[str, tuple[float, str]] = {}  # address -> (until, reason)
+        self.clock = 0.0                      # Redis's, for the bans' expiry
         self.stream: list[tuple[str, object]] = []
         self.appended = dict.fromkeys(names, 0)  # of each node's events
         self.read = dict.fromkeys(names, 0)      # stream entries each node has read
@@ -57,6 +61,9 @@ class Bus:
                 seq = next(e.seq for e in reversed(node.core.link.events)
                            if isinstance(e, cluster.RemoteRename) and e.new == new)
                 node.core.cluster_event(cluster.Renamed(token, old, new, True, seq), node.now)
+            elif kind == "ban":
+                address, minutes, reason = args
+                self.bans[address] = (self.clock + minutes * 60, reason)
             elif kind == "record_session":
                 self.sessions[args[0]] = (name, proto.name_key(args[1]))
             elif kind == "end_session" and args[0] in self.sessions:
@@ -111,7 +118,7 @@ class Bus:
     def start(self, name, history=False) -> None:
         """A node that joins now: it reads the stream from its end, or with
         ``history`` from its start (the recent past a real node reads)."""
-        self.nodes[name] = node = Harness(link=FakeLink(name))
+        self.nodes[name] = node = self.make(name)
         for table in (self.appended, self.answered):
             table[name] = 0
         self.read[name] = 0 if history else len(self.stream)
@@ -120,29 +127,51 @@ class Bus:
         catching_up = history and bool(self.stream)
         node.core.cluster_event(cluster.Progress(start, start=True, catching_up=catching_up,
                                                  caught_up=not catching_up), node.now)
+        node.core.cluster_event(self.snapshot(name), node.now)  # it registers
         if catching_up:
             self.deliver(name, node)
             node.core.cluster_event(cluster.Progress(last, caught_up=True), node.now)
+        for dead in self.dead & {event.node for _, event in self.stream}:
+            # its watch checks the nodes it read of, and finds these dead itself
+            node.core.cluster_event(cluster.NodeDead(dead, self.sessions_of(dead),
+                                                     self.dead_marks[dead]), node.now)
 
     def kill(self, name) -> None:
         """SIGKILL: the node stops; every survivor notices it on its own."""
         self.dead.add(name)
-        sessions = {}
-        for digest, (node, key) in self.sessions.items():
-            if node == name:
-                user = next(u for u in self.core(next(iter(self.live))).parts.presence.users.values()
-                            if proto.name_key(u.nick) == key)
-                sessions[user.nick] = digest
+        self.dead_marks[name] = self.stream[-1][0] if self.stream else "0-0"
+        sessions = self.sessions_of(name)
         for survivor in self.live:
-            self.core(survivor).cluster_event(cluster.NodeDead(name, sessions),
-                                              self.nodes[survivor].now)
+            self.core(survivor).cluster_event(
+                cluster.NodeDead(name, sessions, self.dead_marks[name]),
+                self.nodes[survivor].now)
         self.pump()
+
+    def snapshot(self, name) -> cluster.Snapshot:
+        """What a node registering reads: the others' presence, the bans in
+        force with their time left, and the stream's end then."""
+        presence = {other: self.users_of(other) for other in self.live if other != name}
+        bans = {address: (until - self.clock, reason)
+                for address, (until, reason) in self.bans.items() if until > self.clock}
+        return cluster.Snapshot(presence, bans, self.stream[-1][0] if self.stream else "0-0")
+
+    def users_of(self, name) -> dict:
+        """A node's own users as Redis keeps them: nick -> room."""
+        users = self.core(name).parts.presence.users.values()
+        return {user.nick: user.room.name for user in users if user.local}
+
+    def sessions_of(self, name) -> dict:
+        """A node's sessions as Redis keeps them: nick -> digest."""
+        users = self.core(name).parts.presence.users
+        return {users[key].nick: digest for digest, (node, key) in self.sessions.items()
+                if node == name and key in users}
 
     @property
     def live(self):
         return [name for name in self.nodes if name not in self.dead]
 
     def tick(self, seconds) -> None:
+        self.clock += seconds
         for name in self.live:
             self.nodes[name].tick(seconds)
         self.pump()

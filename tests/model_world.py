@@ -104,7 +104,8 @@ class World:
         self.cids = itertools.count(1)
         self.texts = itertools.count(1)
         self.banned: dict[str, float] = {}    # host -> until
-        self.wrong: dict[tuple[str, str], list[float]] = {}  # (which, host) -> times
+        self.seen_ids: dict[str, int] = {}    # every id shown to anyone, in the order seen
+        self.wrong: dict[tuple, list[float]] = {}  # (which, host, node) -> times
 
     # ---- who is here ----
 
@@ -135,11 +136,13 @@ class World:
 
     # ---- passwords (the server's rule: five wrong a minute, then refused) ----
 
-    def password_refusal(self, which: str, host: str, given: str | None,
+    def password_refusal(self, which: str, client: "Client", given: str | None,
                          right: str) -> str | None:
-        """The code of the refusal, or None."""
-        times = [t for t in self.wrong.get((which, host), []) if t >= self.now - WRONG_WINDOW]
-        self.wrong[(which, host)] = times
+        """The code of the refusal, or None (wrong guesses are counted per
+        address by each node)."""
+        key = (which, client.host, client.node)
+        times = [t for t in self.wrong.get(key, []) if t >= self.now - WRONG_WINDOW]
+        self.wrong[key] = times
         if len(times) >= WRONG_PASSWORDS:
             return "wrong-password"
         if given is None:

@@ -45,6 +45,8 @@ class ClusterView:
         # (applied or refused: what a resume waits for)
         self.catching_up = False           # reading the stream's recent past at start
         self.snapshot: cluster.Snapshot | None = None  # for when the reader gets there
+        self.bans_mark: tuple = (0, 0)     # the last snapshot's mark: bans up to there
+        # are the ones it gave
 
     def fresh(self, event: cluster.NodeEvent) -> bool:
         """Not a duplicate, and a number that can be believed."""
@@ -92,7 +94,7 @@ def heard_from(parts: Parts, node: str, stream: tuple | None) -> None:
         del parts.view.dead[node]
         log.info("cluster: node %s answers again", node[:40])
         for user in parts.presence.of_node(node):
-            parts.sessions.unorphan(user)
+            parts.sessions.unorphan(user, held=True)
 
 
 def owned_by(parts: Parts, nick: str, node: str) -> User | None:
@@ -145,7 +147,7 @@ def join_remote(parts: Parts, node: str, nick: str, room: str,
         return None
     worldplay.follow_player(parts, nick, room)
     if allowed is not True:  # the node's own user: where it is now
-        parts.sessions.unorphan(allowed)
+        parts.sessions.unorphan(allowed, held=True)
         if allowed.room.key != proto.name_key(room):
             parts.presence.put(allowed, parts.presence.room_named(room))
         return []
@@ -377,7 +379,15 @@ def on_remote_rename(parts: Parts, event: cluster.RemoteRename, now: float) -> E
     user = owned_by(parts, event.old, event.node)
     if user is None:
         return None
-    return actions.rename(parts, user, event.new)
+    holder = parts.presence.get(event.new)
+    if holder is None or holder is user:
+        return actions.rename(parts, user, event.new)
+    if holder.local:
+        log_once(parts, "ignoring a rename to a nick this node holds", event.node)
+        return None
+    # Redis gave the nick to the renamer, so its holder here is gone: the user of a
+    # node we have not seen die yet (our watch lags, or we are catching up at start)
+    return actions.leave_remote(parts, holder) + actions.rename(parts, user, event.new)
 
 
 @applies(cluster.RemoteKick)
@@ -398,6 +408,11 @@ def on_remote_kick(parts: Parts, event: cluster.RemoteKick, now: float) -> Effec
 
 @applies(cluster.RemoteBan)
 def on_remote_ban(parts: Parts, event: cluster.RemoteBan, now: float) -> Effects:
+    """A ban for its duration from now; unless it comes before the mark of the
+    last snapshot, which gave the bans then in force with their time left
+    (a ban read from the stream's past at start would be made longer)."""
+    if event.stream and cluster.stream_id(event.stream) <= parts.view.bans_mark:
+        return []
     parts.moderation.ban(event.address, event.seconds, event.reason, now)
     return []
 
@@ -504,6 +519,7 @@ def on_snapshot(parts: Parts, event: cluster.Snapshot, now: float) -> Effects:
     its users stay until the link says the node is dead."""
     for address, (seconds, reason) in event.bans.items():
         parts.moderation.ban(address, seconds, reason, now)
+    parts.view.bans_mark = max(parts.view.bans_mark, cluster.stream_id(event.mark))
     parts.view.snapshot = event
     return take_snapshot(parts)
 

@@ -161,7 +161,10 @@ class Sessions:
     # ---- other nodes' users whose node died ----
 
     def orphan(self, user: User, digest: str, now: float) -> None:
-        until = now + self.grace
+        """A dead node's session user, kept for the grace; one whose
+        connection had dropped already (its node said so) only for what is
+        left of the grace it had then."""
+        until = min(now + self.grace, self.held_elsewhere.get(user.uid, now + self.grace))
         self.orphans[user.uid] = (until, digest)
         self.orphan_order.append((until, user))
 
@@ -169,10 +172,13 @@ class Sessions:
         held = self.orphans.get(user.uid)
         return held[1] if held else None
 
-    def unorphan(self, user: User) -> None:
-        """The user is alive somewhere (its node came back, or it resumed)."""
+    def unorphan(self, user: User, held: bool = False) -> None:
+        """The user is alive somewhere (it resumed, or left); ``held``: only
+        its node is (it came back, or said its users again): a dropped
+        session's nick stays held as that node said."""
         self.orphans.pop(user.uid, None)
-        self.held_elsewhere.pop(user.uid, None)
+        if not held:
+            self.held_elsewhere.pop(user.uid, None)
 
     def held(self, user: User, until: float | None) -> None:
         """Another node's session user dropped (held until then) or is back."""

@@ -2,8 +2,9 @@
 plain test: the shrunk sequence, written out, with what it must do now."""
 
 from termchat.core.core import Access
-from tests.core_harness import Harness
-from tests.support import join
+from tests.cluster_bus import Bus, session_on, user_on
+from tests.core_harness import UNLIMITED, FakeLink, Harness
+from tests.support import join, leave
 
 
 def hello(nick, **fields):
@@ -43,3 +44,67 @@ def test_a_connection_opened_before_a_ban_cannot_resume_after_it():
     got = chat.received(spare)
     assert [p.get("code") for p in got] == ["banned"], got
     assert chat.closed(spare)
+
+
+# ---- in a cluster (tests/cluster_bus.py) ----
+
+def node(name):
+    return Harness(UNLIMITED, link=FakeLink(name), access=Access(op_password="op"))
+
+
+def lobby(bus, name):
+    presence = bus.core(name).parts.presence
+    return [user.nick for user in presence.who(presence.lobby)]
+
+
+def test_a_node_catching_up_sees_a_rename_to_the_nick_of_a_node_it_has_not_seen_die():
+    bus = Bus("A", "B", make=node)
+    user_on(bus, "A", "ann")
+    bus.kill("A")                     # B buries ann; the nick is free
+    bob = user_on(bus, "B", "bob")
+    bus.nodes["B"].send(bob, {"type": "nick", "nick": "ann"})
+    bus.pump()
+    bus.start("C", history=True)      # reads A's ann, then the rename, then finds A dead
+    assert lobby(bus, "C") == ["ann"] == lobby(bus, "B")
+    assert bus.core("C").parts.presence.get("ann").node == "B"
+
+
+def test_a_ban_read_from_the_streams_past_at_start_is_not_made_longer():
+    bus = Bus("A", "B", make=node)
+    boss = user_on(bus, "A", "boss")
+    bus.nodes["A"].send(boss, {"type": "op", "password": "op"})
+    bus.nodes["B"].connect("bob", host="10.0.0.7")
+    bus.pump()
+    bus.nodes["A"].send(boss, {"type": "ban", "nick": "bob", "minutes": 1})
+    bus.pump()
+    bus.tick(50)
+    bus.start("C", history=True)      # the snapshot says 10 seconds are left
+    bus.tick(11)
+    late = bus.nodes["C"].connect(host="10.0.0.7")
+    assert bus.nodes["C"].received(late) == []  # not banned any more, here as elsewhere
+    early = bus.nodes["A"].connect(host="10.0.0.7")
+    assert bus.nodes["A"].received(early) == []
+
+
+def test_a_dropped_sessions_nick_stays_held_on_a_node_started_meanwhile():
+    bus = Bus("A", "B", make=node)
+    dan, _, _ = session_on(bus, "A", "dan")
+    bus.nodes["A"].lose(dan)
+    bus.pump()
+    bus.start("C", history=True)      # its snapshot says A has dan: A's word stands
+    impostor = bus.nodes["C"].connect("dan")
+    bus.pump()
+    assert [p.get("code") for p in bus.nodes["C"].received(impostor)] == ["nick-held"]
+
+
+def test_a_dropped_session_whose_node_then_dies_has_only_the_rest_of_its_grace():
+    bus = Bus("A", "B", make=node)
+    pat, _, _ = session_on(bus, "A", "pat")
+    bob = user_on(bus, "B", "bob")
+    bus.nodes["A"].lose(pat)
+    bus.pump()
+    bus.tick(50)
+    bus.kill("A")
+    bus.nodes["B"].received(bob)
+    bus.tick(11)                      # 61 seconds after the drop, 11 after the death
+    assert bus.nodes["B"].received(bob) == [leave("pat")]
