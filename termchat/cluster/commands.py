@@ -203,6 +203,9 @@ class HandBack(Command):
                               args=[link.node_id, self.old], client=pipe)
         return 1
 
+    def while_down(self, link) -> None:  # given back first thing on reconnection
+        link.hand_backs.append(self)
+
 
 @dataclass
 class ClaimOwn(Command):

@@ -105,6 +105,7 @@ class ClusterLink:
         self.users: dict[str, str] = {}    # our users: nick -> room (writer's copy)
         self.sessions: dict[str, str] = {}  # ...those with sessions: nick -> digest
         self.buffer = OutageBuffer()       # events kept while Redis is away
+        self.hand_backs: list[HandBack] = []  # ...and sessions to give back then
         self.watch = NodeWatch(self.node_id, heartbeat, self.ttl_ms)  # who lives (the writer's)
         self.epoch: str | None = None      # the Redis data set we know
         self._logged: set[tuple[str, str]] = set()
@@ -335,6 +336,7 @@ class ClusterLink:
         then what was kept while Redis was away, then everyone's presence."""
         client, node = self.client, self.node_id
         lost = self._check_epoch()
+        self._give_back_kept()
         self._drop_sessions_gone(lost)
         client.set(self.key("alive:" + node), "1", px=self.ttl_ms)
         client.set(self.key("member:" + node), "1", ex=STREAM_SECONDS)
@@ -386,20 +388,40 @@ class ClusterLink:
         self.epoch = epoch
         return lost
 
+    def _give_back_kept(self) -> None:
+        """Sessions taken over for resumes whose connections went before
+        they were taken up, while Redis was away: given back now, before
+        their nodes judge whose they are (the list goes once Redis took it)."""
+        if self.hand_backs:
+            pipe = self.client.pipeline(transaction=False)
+            for command in self.hand_backs:
+                command.queue(self, pipe)
+            pipe.execute()
+            self.hand_backs = []
+
     def _drop_sessions_gone(self, redis_lost: bool) -> None:
         """Before registering again (after an outage, or a pause that made
         the others take us for dead): sessions of ours taken up on another
-        node meanwhile, or ended there, are not ours to claim any more."""
+        node meanwhile, or ended there, are not ours to claim any more.  One
+        taken over by a node that never took its user up (the resume's
+        connection went, and the node died or Redis went away before it
+        could give it back) is still ours: we take its nick back."""
         if not self.sessions:
             return
-        pipe = self.client.pipeline(transaction=False)
         nicks = list(self.sessions)
+        pipe = self.client.pipeline(transaction=False)
         for nick in nicks:
             pipe.hget(self.key("session:" + self.sessions[nick]), "node")
-        for nick, holder in zip(nicks, pipe.execute()):
-            holder = holder.decode() if holder is not None else None
+        holders = [h.decode() if h is not None else None for h in pipe.execute()]
+        pipe = self.client.pipeline(transaction=False)
+        for nick, holder in zip(nicks, holders):
+            pipe.hexists(self.key("users:" + (holder or "")), nick)
+        for nick, holder, taken_up in zip(nicks, holders, pipe.execute()):
             if holder == self.node_id or (holder is None and redis_lost):
                 continue
+            if holder is not None and not taken_up:
+                self.client.set(self.key("nick:" + proto.name_key(nick)), self.node_id)
+                continue  # ours still: registering writes its record again
             del self.sessions[nick]
             self.users.pop(nick, None)
             self.hand_over(SessionGone(nick))

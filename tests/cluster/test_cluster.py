@@ -871,3 +871,48 @@ def test_a_stall_gives_grace_before_any_node_is_taken_for_dead(redis_server, sta
     link._beat()
     assert not any(isinstance(e, NodeDead) for e in link._inbox), list(link._inbox)
 
+
+
+@pytest.mark.redis(persist=True)
+def test_a_session_taken_over_for_a_resume_never_taken_up_stays_with_its_node(redis_server):
+    """Chaos seed 4: node X ran the takeover script for a resume whose
+    connection then went, and Redis went away before X could give the
+    session back.  Its node, serving its users meanwhile, resumed it
+    locally; registering again it must keep it (X never took it up), or
+    everything its user said meanwhile is lost for the rest and the user
+    is told its session went elsewhere.  X gives back what it kept."""
+    from termchat.cluster.events import SessionGone
+    from termchat.cluster.link import ClusterLink
+    redis = redis_server.client()
+    home, other = links = [ClusterLink(redis_server.url, wake=lambda: None, heartbeat=0.2)
+                           for _ in range(2)]
+
+    def holders():
+        return [redis.hget(f"chat:session:{digest}", "node") for digest in ("d1", "d2")] + \
+            [redis.get("chat:nick:" + proto.name_key(nick)) for nick in ("pat", "amy")]
+
+    try:
+        for link in links:
+            link.start()
+        wait_for(lambda: all(redis.sismember("chat:nodes", link.node_id) for link in links))
+        for digest, nick in (("d1", "pat"), ("d2", "amy")):
+            home.claim(None, nick, proto.name_key(nick))
+            home.joined(nick, "lobby")
+            home.record_session(digest, nick, room="lobby")
+        mine = home.node_id.encode()
+        wait_for(lambda: holders() == [mine] * 4, describe=lambda: str(holders()))
+        other.take_over(None, "d1", "pat")  # never taken up, never given back
+        other.take_over(None, "d2", "amy")  # given back once Redis is there again
+        theirs = other.node_id.encode()
+        wait_for(lambda: holders() == [theirs] * 4, describe=lambda: str(holders()))
+        redis_server.stop(signal.SIGKILL)
+        other.hand_back("d2", "amy", home.node_id)
+        wait_for(lambda: other.hand_backs, describe=lambda: "the hand back was not kept")
+        redis_server.start()
+        wait_for(lambda: holders() == [mine] * 4 and not other.hand_backs, timeout=20,
+                 describe=lambda: str(holders()))
+        gone = [e for e in home.take_events() if isinstance(e, SessionGone)]
+        assert gone == [] and set(home.sessions) == {"pat", "amy"}
+    finally:
+        for link in links:
+            link.stop()
