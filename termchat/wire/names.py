@@ -33,6 +33,7 @@ from fontTools import unicodedata as ucd
 
 MAX_NAME_LENGTH = 32
 MAX_MARKS = 4  # combining marks on one base character
+NAMES_REMEMBERED = 2048  # names whose key (and verdict) are kept: ~0.2 KiB each
 
 _DEFAULT_IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")
 _BLANKS = frozenset("\u2800")  # visible category, invisible glyph
@@ -140,7 +141,7 @@ def name_key(name: str) -> str:
     return _key(name)
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=NAMES_REMEMBERED)
 def _key(name: str) -> str:
     """name_key's work, remembered for the names in use (a cluster looks
     up the sender's and the room's in every event it reads)."""

@@ -20,7 +20,8 @@ from typing import Annotated, Any, Callable, ClassVar, Iterable, Union, get_args
 import msgspec
 from msgspec import Meta
 
-from termchat.wire.names import MAX_NAME_LENGTH, name_key, name_problem, normalize  # noqa: F401
+from termchat.wire.names import (MAX_NAME_LENGTH, NAMES_REMEMBERED, name_key,  # noqa: F401
+                                 name_problem, normalize)
 
 HEADER_SIZE = 2
 MAX_PAYLOAD = 0xFFFF
@@ -167,7 +168,7 @@ def checked_name(value: str, field: str) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=NAMES_REMEMBERED)
 def name_verdict(value: str) -> tuple[str, str | None]:
     """A short name's NFC form and what is wrong with it, remembered for the
     names in use (a cluster node checks two in every event it reads)."""
