@@ -17,6 +17,7 @@ class Bus:
         self.nodes = {name: make(name) for name in names}
         self.dead_marks: dict[str, str] = {}  # nodes found dead -> the stream's end then
         self.bans: dict[str, tuple[float, str]] = {}  # address -> (until, reason)
+        self.paused: dict[str, float] = {}    # SIGSTOPped nodes -> the clock then
         self.clock = 0.0                      # Redis's, for the bans' expiry
         self.stream: list[tuple[str, object]] = []
         self.appended = dict.fromkeys(names, 0)  # of each node's events
@@ -168,7 +169,37 @@ class Bus:
 
     @property
     def live(self):
-        return [name for name in self.nodes if name not in self.dead]
+        """The nodes that run (not dead, nor taken for dead, nor paused)."""
+        return [name for name in self.nodes if name not in self.dead and name not in self.paused]
+
+    def pause(self, name) -> None:
+        """SIGSTOP: the node does nothing; its heartbeat lapses (take_for_dead)."""
+        self.paused[name] = self.clock
+
+    def take_for_dead(self, name) -> None:
+        """The others find a paused node's heartbeat lapsed, as if it had died."""
+        self.kill(name)
+
+    def carry_on(self, name) -> None:
+        """SIGCONT: its clock jumps, and if it was taken for dead it registers
+        again as the real link does: its sessions taken up or ended
+        elsewhere meanwhile are dropped, its users' nicks are claimed again
+        (one taken meanwhile is a conflict), its presence is appended to
+        the stream, and it reads everyone's presence and the bans."""
+        node = self.nodes[name]
+        node.tick(self.clock - self.paused.pop(name))
+        if name in self.dead:
+            self.dead.discard(name)
+            for session in list(node.core.parts.sessions.by_digest.values()):
+                if self.sessions.get(session.digest, (None,))[0] != name:
+                    node.core.cluster_event(cluster.SessionGone(session.user.nick), node.now)
+            for nick in list(self.users_of(name)):
+                if not self.claim(name, nick, None).granted:
+                    node.core.cluster_event(cluster.Conflict(nick), node.now)
+            presence = cluster.RemotePresence(self.users_of(name))
+            self.stream.append((f"{len(self.stream) + 1}-0", replace(presence, node=name)))
+            node.core.cluster_event(self.snapshot(name), node.now)
+        self.pump()
 
     def tick(self, seconds) -> None:
         self.clock += seconds

@@ -112,9 +112,11 @@ def owned_by(parts: Parts, nick: str, node: str) -> User | None:
 
 def appear(parts: Parts, node: str, nick: str, room: str, joining: bool = False) -> User:
     """Another node's user, new to us, in ``room`` (``joining``: its join is
-    announced next; while catching up, it was there before we read)."""
+    announced next, also while catching up: nothing before it is owed to
+    it; otherwise, while catching up, it was there before we read)."""
     user = parts.presence.new_user(nick, node)
-    user.since = 0 if parts.view.catching_up else parts.log.last_number + int(joining)
+    user.since = 0 if parts.view.catching_up and not joining else \
+        parts.log.last_number + int(joining)
     parts.presence.add(user, parts.presence.room_named(room))
     parts.log.room_in_use(user.room.key, True)
     parts.log.name_in_use(user.key, True)
@@ -573,10 +575,10 @@ def bury(parts: Parts, node: str, sessions: dict, now: float) -> Effects:
         if parts.sessions.digest_of_orphan(user) is not None:
             continue
         digest = sessions.get(user.nick)
-        if digest and parts.settings.resume_grace:
-            parts.sessions.orphan(user, digest, now)
-        else:
+        if not digest or not parts.settings.resume_grace:
             effects += actions.leave_remote(parts, user)
+        elif not parts.sessions.orphan(user, digest, now):  # its grace ran out already
+            effects += end_orphan(parts, user, digest)
     return effects
 
 

@@ -160,13 +160,16 @@ class Sessions:
 
     # ---- other nodes' users whose node died ----
 
-    def orphan(self, user: User, digest: str, now: float) -> None:
+    def orphan(self, user: User, digest: str, now: float) -> bool:
         """A dead node's session user, kept for the grace; one whose
         connection had dropped already (its node said so) only for what is
-        left of the grace it had then."""
+        left of the grace it had then (False: nothing is left)."""
         until = min(now + self.grace, self.held_elsewhere.get(user.uid, now + self.grace))
+        if until <= now:
+            return False
         self.orphans[user.uid] = (until, digest)
         self.orphan_order.append((until, user))
+        return True
 
     def digest_of_orphan(self, user: User) -> str | None:
         held = self.orphans.get(user.uid)

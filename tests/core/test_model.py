@@ -35,8 +35,8 @@ The invariants, each written once in code (``check_*`` below):
 5. Bounded and live (``check_bounded``): the core's log lists and totals
    within their bounds, every output queue within the bound, the core's
    connections, sessions, claims and waiting resumes exactly the model's;
-   no exception escapes an entry point and none is caught and logged by
-   the core's fences (``check_no_internal_error``).
+   and after every step (``check_no_internal_error``) no exception has
+   escaped an entry point, nor been caught and logged by the core's fences.
 
 In a cluster (``Cluster``: two or three nodes on the in-memory bus, which
 plays Redis and the link threads as termchat/cluster/link.py does: claims,
@@ -179,6 +179,7 @@ class ChatChecks(RuleBasedStateMachine):
                 self.observe(client, packet)
             if outlet.closing:
                 harness.lose(outlet, "closed after an error")
+        self.check_no_internal_error()
         return got
 
     def run_cluster(self) -> None:
@@ -219,6 +220,9 @@ class ChatChecks(RuleBasedStateMachine):
             assert person.pid in said.audience, (
                 f"{person.nick} (#{person.pid}) got {said.text} meant for {set(said.audience)}")
 
+    def check_no_internal_error(self) -> None:
+        assert not self.errors.records, [r.getMessage() for r in self.errors.records]
+
     @invariant()
     def check_exactly_once(self) -> None:
         for person in self.world.people:
@@ -256,6 +260,18 @@ class ChatChecks(RuleBasedStateMachine):
                 nicks = [u.nick for u in presence.who(core_room)] if core_room else []
                 assert nicks == expected, (name, room, nicks, expected)
 
+    def ban(self, target: Person, minutes: int) -> None:
+        """The kicked user's node bans its address."""
+        if self.running(target.node):
+            self.world.banned[target.host] = self.world.now + minutes * 60
+
+    def usable(self, which: str) -> list[Client]:
+        """The connections a rule may use (joined, greeting or open): those
+        of nodes that run (a paused node's clients wait)."""
+        clients = {"joined": self.world.joined, "greeting": self.world.greeting,
+                   "open": self.world.open_clients}[which]()
+        return [client for client in clients if self.running(client.node)]
+
     def running(self, node: str) -> bool:
         return node in self.nodes
 
@@ -284,11 +300,6 @@ class ChatChecks(RuleBasedStateMachine):
             if self.settled(name):
                 assert not parts.presence.claims and not parts.sessions.waiting, name
 
-    @invariant()
-    def check_no_internal_error(self) -> None:
-        assert not self.errors.records, [r.getMessage() for r in self.errors.records]
-
-
 class OneNode(ChatChecks):
     """One server: every rule on one core."""
 
@@ -313,7 +324,7 @@ class OneNode(ChatChecks):
         """A few people in the chat to begin with (one perhaps an operator)."""
         for n, nick in enumerate(nicks):
             self.arrive(n, nick, sessions[n], "right", hosts[n])
-        joined = self.world.joined()
+        joined = self.usable('joined')
         if operator and joined:
             self.op(0, True)
 
@@ -325,11 +336,11 @@ class OneNode(ChatChecks):
         if client is not None:
             self.say_hello(client, nick, session, password)
 
-    @precondition(lambda self: self.world.greeting())
+    @precondition(lambda self: self.usable('greeting'))
     @rule(i=index, nick=st.sampled_from(NICKS), session=st.booleans(),
           password=PASSWORD_CHOICES)
     def hello(self, i, nick, session, password):
-        self.say_hello(pick(self.world.greeting(), i), nick, session, password)
+        self.say_hello(pick(self.usable('greeting'), i), nick, session, password)
 
     def say_hello(self, client, nick, session, password):
         world = self.world
@@ -369,19 +380,19 @@ class OneNode(ChatChecks):
 
     # ---- talking ----
 
-    @precondition(lambda self: self.world.joined())
+    @precondition(lambda self: self.usable('joined'))
     @rule(i=index, kind=st.sampled_from(("chat", "emote")))
     def speak(self, i, kind):
-        client = pick(self.world.joined(), i)
+        client = pick(self.usable('joined'), i)
         said = self.world.say(client.person, kind, self.world.text())
         self.send(client, {"type": kind, "message": said.text})
         self.settle()
 
-    @precondition(lambda self: self.world.joined())
+    @precondition(lambda self: self.usable('joined'))
     @rule(i=index, to=st.sampled_from(NICKS))
     def direct(self, i, to):
         world = self.world
-        client = pick(world.joined(), i)
+        client = pick(self.usable('joined'), i)
         target = world.holder(to)
         text = world.text()
         if target is not None:
@@ -391,10 +402,10 @@ class OneNode(ChatChecks):
         if target is None:
             assert codes(got) == ["no-user"], got
 
-    @precondition(lambda self: self.world.joined())
+    @precondition(lambda self: self.usable('joined'))
     @rule(i=index, room=st.sampled_from(ROOMS))
     def enter(self, i, room):
-        client = pick(self.world.joined(), i)
+        client = pick(self.usable('joined'), i)
         person = client.person
         same = person.room == room
         if not same:
@@ -403,10 +414,10 @@ class OneNode(ChatChecks):
         got = self.settle()[client]
         assert codes(got) == (["bad-packet"] if same else []), got
 
-    @precondition(lambda self: self.world.joined())
+    @precondition(lambda self: self.usable('joined'))
     @rule(i=index, nick=st.sampled_from(NICKS))
     def rename(self, i, nick):
-        client = pick(self.world.joined(), i)
+        client = pick(self.usable('joined'), i)
         person = client.person
         holder = self.world.holder(nick)
         refused = nick == person.nick or (holder is not None and holder is not person)
@@ -416,18 +427,18 @@ class OneNode(ChatChecks):
         got = self.settle()[client]
         assert codes(got) == (["nick-taken"] if refused else []), got
 
-    @precondition(lambda self: self.world.joined())
+    @precondition(lambda self: self.usable('joined'))
     @rule(i=index, text=st.sampled_from(("", "lunch")))
     def away(self, i, text):
-        client = pick(self.world.joined(), i)
+        client = pick(self.usable('joined'), i)
         client.person.away = text or None
         self.send(client, {"type": "away", "message": text})
         self.settle()
 
-    @precondition(lambda self: self.world.joined())
+    @precondition(lambda self: self.usable('joined'))
     @rule(i=index)
     def who(self, i):
-        client = pick(self.world.joined(), i)
+        client = pick(self.usable('joined'), i)
         person = client.person
         self.send(client, {"type": "who"})
         got = self.settle()[client]
@@ -442,10 +453,10 @@ class OneNode(ChatChecks):
 
     # ---- moderation ----
 
-    @precondition(lambda self: self.world.joined())
+    @precondition(lambda self: self.usable('joined'))
     @rule(i=index, right=st.booleans())
     def op(self, i, right):
-        client = pick(self.world.joined(), i)
+        client = pick(self.usable('joined'), i)
         given = OP_PASSWORD if right else "guess"
         refusal = self.world.password_refusal("operator", client, given, OP_PASSWORD)
         if refusal is None:
@@ -454,17 +465,17 @@ class OneNode(ChatChecks):
         got = self.settle()[client]
         assert codes(got) == ([refusal] if refusal else []), got
 
-    @precondition(lambda self: self.world.joined())
+    @precondition(lambda self: self.usable('joined'))
     @rule(i=index, nick=st.sampled_from(NICKS), minutes=st.sampled_from((0, 0, 1, 5)))
     def kick(self, i, nick, minutes):
         world = self.world
-        client = pick(world.joined(), i)
+        client = pick(self.usable('joined'), i)
         target = world.holder(nick)
         refusal = None if client.person.operator else "not-operator"
         refusal = refusal or (None if target is not None else "no-user")
         if refusal is None:
-            if minutes and self.running(target.node):  # OPEN: a dead node's user's address
-                world.banned[target.host] = world.now + minutes * 60  # is its node's alone
+            if minutes:
+                self.ban(target, minutes)
             world.leave(target)
         message = {"type": "ban", "nick": nick, "minutes": minutes} if minutes else \
             {"type": "kick", "nick": nick}
@@ -481,11 +492,11 @@ class OneNode(ChatChecks):
 
     # ---- leaving and coming back ----
 
-    @precondition(lambda self: self.world.open_clients())
+    @precondition(lambda self: self.usable('open'))
     @rule(i=index)
     def drop(self, i):
         world = self.world
-        client = pick(world.open_clients(), i)
+        client = pick(self.usable('open'), i)
         person = client.person if client.state == "joined" else None
         if person is None:
             world.close(client)
@@ -496,10 +507,10 @@ class OneNode(ChatChecks):
         self.harness(client).lose(client.outlet, "connection reset")
         self.settle()
 
-    @precondition(lambda self: self.world.joined())
+    @precondition(lambda self: self.usable('joined'))
     @rule(i=index)
     def quit(self, i):
-        client = pick(self.world.joined(), i)
+        client = pick(self.usable('joined'), i)
         self.world.leave(client.person)
         self.send(client, {"type": "quit"})
         self.settle()
@@ -643,6 +654,9 @@ class Cluster(OneNode):
 
     def readable(self, client: Client) -> bool:
         return client.node in self.bus.live
+
+    def running(self, node: str) -> bool:
+        return node in self.bus.live
 
     # ---- what befalls nodes ----
 

@@ -2,9 +2,9 @@
 plain test: the shrunk sequence, written out, with what it must do now."""
 
 from termchat.core.core import Access
-from tests.cluster_bus import Bus, session_on, user_on
+from tests.cluster_bus import Bus, resume_on, said, session_on, user_on
 from tests.core_harness import UNLIMITED, FakeLink, Harness
-from tests.support import join, leave
+from tests.support import SESSION_EXPIRED, join, leave
 
 
 def hello(nick, **fields):
@@ -108,3 +108,31 @@ def test_a_dropped_session_whose_node_then_dies_has_only_the_rest_of_its_grace()
     bus.nodes["B"].received(bob)
     bus.tick(11)                      # 61 seconds after the drop, 11 after the death
     assert bus.nodes["B"].received(bob) == [leave("pat")]
+
+
+def test_a_node_that_read_a_users_join_at_start_replays_nothing_from_before_it():
+    bus = Bus("A", "B", make=node)
+    bob, _, got = session_on(bus, "B", "bob")
+    before = got[0]["id"]             # bob's own join: before ann's session began
+    said(bus, "B", bob, "before ann came")
+    _, token, _ = session_on(bus, "A", "ann")
+    bus.kill("A")
+    bus.start("N", history=True)      # a new process reads ann's join in the stream's past
+    _, got = resume_on(bus, "N", "ann", token, before)
+    assert got[0]["type"] == "resumed", got
+    assert "before ann came" not in [p.get("message") for p in got], got
+
+
+def test_a_dropped_session_whose_grace_ran_out_while_its_node_was_stopped_is_over():
+    bus = Bus("A", "B", make=node)
+    pat, token, got = session_on(bus, "A", "pat")
+    last = got[0]["id"]
+    bob = user_on(bus, "B", "bob")
+    bus.nodes["A"].lose(pat)
+    bus.pump()
+    bus.pause("A")                    # SIGSTOP: A never ends pat's session itself
+    bus.tick(61)
+    bus.take_for_dead("A")            # its heartbeat lapsed: the others bury it
+    assert leave("pat") in bus.nodes["B"].received(bob)
+    _, got = resume_on(bus, "B", "pat", token, last)
+    assert got == [SESSION_EXPIRED]
