@@ -13,6 +13,7 @@ time comes in as ``now``.
 from __future__ import annotations
 
 import enum
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -295,6 +296,7 @@ def format_address(address: tuple) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+@functools.lru_cache(maxsize=4096)  # parsed per connection: a churning address is one
 def address_key(host: str) -> str:
     """What the address limits count by: the IPv4 address, or the IPv6 /64."""
     try:
