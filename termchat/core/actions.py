@@ -18,7 +18,7 @@ from termchat.cluster import events
 from termchat.core.effects import Announce, Close, Direct, Effects, Move, PauseInput, Route, \
     Send, link
 from termchat.core.eventlog import EventLog, Position, parse_position
-from termchat.core.gate import Connection, ConnectionGate, Limits, State
+from termchat.core.gate import Connection, ConnectionGate, Limits, State, address_key
 from termchat.core.moderation import Ban, Moderation
 from termchat.core.ports import Saved
 from termchat.core.presence import Presence, Room, User
@@ -75,6 +75,19 @@ def mistake(conn: Connection, reason: str, closing: bool = False) -> None:
         log.info("error %s %s: %s%s", nick, conn.peer, reason, "; closing" if closing else "")
     elif conn.mistakes == MISTAKES_LOGGED + 1:
         log.info("error %s %s: more mistakes; not logging them", nick, conn.peer)
+
+
+def turned_away(parts: Parts, address: tuple, now: float) -> proto.Error | None:
+    """A connection past its address's connection rate, told so at the door,
+    before it costs a connection record (None: it may come in, or be
+    refused later in the ordinary way)."""
+    key = address_key(str(address[0]))
+    if not parts.gate.over_connect_rate(key, now):
+        return None
+    refusal = parts.gate.connect_refusal(key, now)
+    if parts.gate.first_refusal(key):
+        log.info("throttling new connections from %s", key)
+    return proto.Error(*refusal)
 
 
 def admit_connection(parts: Parts, outlet: Any, address: tuple, now: float) -> Effects:

@@ -32,7 +32,7 @@ from typing import Any
 from termchat.cluster import events as cluster
 from termchat.core import clusterview, commands, worldplay  # noqa: F401 (they register handlers)
 from termchat.core.actions import Parts, SessionSettings, admit_connection, detach, \
-    end_session, leave, mistake, paused, refuse, restore
+    end_session, leave, mistake, paused, refuse, restore, turned_away
 from termchat.core.clusterview import ClusterView, admit, adopt, end_orphan, tell_everyone
 from termchat.core.delivery import Outlet
 from termchat.core.effects import Announce, Broadcast, Close, Direct, Effects, LinkCall, \
@@ -90,6 +90,11 @@ class ChatCore:
     def connected(self, outlet: Outlet, address: tuple, now: float) -> None:
         """A connection from ``address`` (host, port, ...) was accepted."""
         self.apply(admit_connection(self.parts, outlet, address, now), now)
+
+    def turned_away(self, address: tuple, now: float) -> bytes | None:
+        """The error for a connection refused at the door (its rate), or None."""
+        refusal = turned_away(self.parts, address, now)
+        return proto.encode(refusal) if refusal is not None else None
 
     def received(self, outlet: Outlet, payloads: list[bytes], now: float) -> None:
         """Whole payloads from one connection, in the order they came."""

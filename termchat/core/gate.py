@@ -120,6 +120,10 @@ class Bucket:
         self.refusing = False
         return True
 
+    def empty(self, rate: float, burst: int, now: float) -> bool:
+        """Whether take() would refuse now (and nothing taken)."""
+        return min(float(burst), self.tokens + (now - self.refilled) * rate) < 1
+
     def wait(self, rate: float) -> float:
         """Seconds until one token is there."""
         return max(0.0, (1 - self.tokens) / rate)
@@ -178,6 +182,13 @@ class ConnectionGate:
         seconds = max(1, round(bucket.wait(rate) + 0.5))
         return (f"too many new connections from your address; try again in {seconds} "
                 f"seconds", Code.THROTTLED)
+
+    def over_connect_rate(self, key: str, now: float) -> bool:
+        """Whether a new connection from this address would be refused for
+        its rate (asked before admit(), which takes the token)."""
+        bucket = self.connects.get(key)
+        return bucket is not None and bool(self.limits.connect_rate) and \
+            bucket.empty(self.limits.connect_rate, self.limits.connect_burst, now)
 
     def first_refusal(self, key: str) -> bool:
         """Whether this is the first connection refused from the address

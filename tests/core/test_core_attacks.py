@@ -4,12 +4,14 @@ what forged input does.  The same findings over real sockets are in
 tests/server/ (test_public_server.py, test_sessions.py, test_tls.py) and
 tests/cluster/test_cluster.py."""
 
+import json
 import logging
 from dataclasses import replace
 
 from termchat.cluster import events as cluster
 from termchat.core import eventlog
 from termchat.core.core import Access
+from termchat.wire import protocol as proto
 from termchat.wire.names import name_key
 from tests.cluster_bus import Bus, bare, resume_on, said, session_on, user_on
 from tests.core_harness import UNLIMITED, FakeLink, Harness
@@ -139,6 +141,25 @@ def test_an_address_connecting_too_fast_is_refused_before_its_hello():
     chat.tick(1.0)
     assert not chat.closed(chat.connect(host="10.1.1.1"))  # a token came back
     assert chat.received(watcher) == []  # no join, no leave: nothing to see
+
+
+def test_churn_is_turned_away_at_the_door_and_asking_spends_nothing(caplog):
+    """The transport asks before it sets a connection up: past the rate it
+    gets the error to send (and no connection record is made); asking for
+    one that may come in takes no token, admitting it does."""
+    chat = Harness(limits=replace(UNLIMITED, connect_rate=1, connect_burst=3))
+    address = ("10.3.3.3", 5000)
+    with caplog.at_level(logging.INFO, logger="chat_core"):
+        for _ in range(3):
+            assert chat.core.turned_away(address, chat.now) is None
+            chat.connect(host=address[0])
+        refusals = [chat.core.turned_away(address, chat.now) for _ in range(20)]
+    first = json.loads(refusals[0][proto.HEADER_SIZE:])
+    assert first["code"] == "throttled" and "try again in" in first["message"]
+    assert all(refusals) and len(chat.core.parts.gate.connections) == 3
+    assert caplog.text.count("throttling") == 1
+    chat.tick(1.0)
+    assert chat.core.turned_away(address, chat.now) is None  # a token came back
 
 
 def test_a_throttled_flood_is_logged_once(caplog):
