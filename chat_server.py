@@ -58,6 +58,7 @@ ACCEPTS_PER_TURN = 64
 LINGER_SECONDS = 2.0
 TURNED_AWAY_LINGER = 0.5  # seconds a connection refused at the door has to read why
 MAX_TURNED_AWAY = 256     # ...and how many may wait so (the oldest is closed first)
+TURNED_AWAY_PER_TURN = 8  # refused at the door in one loop turn, at most
 KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 6}  # dead after ~2 min
 WAKE = "wake"            # the selector key data of the wake-up socket
 TLS_RECORD = 1 << 14     # what one TLS write takes: one record
@@ -281,7 +282,13 @@ class ChatServer:
     # Accepting, reading and writing
 
     def accept(self, listener: socket.socket) -> None:
+        """Up to ACCEPTS_PER_TURN new connections, of which at most
+        TURNED_AWAY_PER_TURN refused at the door: churn then waits in the
+        listen backlog (and the kernel slows the churner), not the chat."""
+        turned = 0
         for _ in range(ACCEPTS_PER_TURN):
+            if turned >= TURNED_AWAY_PER_TURN:
+                return
             try:
                 sock, address = listener.accept()
             except BlockingIOError:
@@ -297,6 +304,7 @@ class ChatServer:
                 refusal = self.core.turned_away(address, time.monotonic())
                 if refusal is not None:
                     self.turned_away.add(sock, refusal)
+                    turned += 1
                     continue
             # Each turn's output goes in one send already: Nagle would only delay it.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
