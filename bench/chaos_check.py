@@ -10,9 +10,10 @@ records the run made, or a test made by hand) and returns a
   member of the message's room (for a DM: its other party) for the whole
   *window* of the message, within one session.  The window runs from the
   send (less a margin) to the last moment the message was seen live by
-  anyone, the echo included (plus the margin): within it the receiver's
-  node may have applied it at any time, so only a stay covering all of it
-  says the receiver was a member then.
+  anyone, the echo included, and at least to its first receipt on another
+  node (plus the margin): within it the receiver's node may have applied
+  it at any time, so only a stay covering all of it says the receiver was
+  a member then.
 - ``unwritten``: echoed messages whose sender's node was SIGKILLed after
   the echo and that nobody on another node ever received: what the README
   says a killed node may not yet have written to Redis.  They are counted
@@ -193,9 +194,8 @@ def _judge_losses(history: History, got: dict[str, list[Receipt]], echoes: dict[
         if _unwritten(message, echoes[message.payload], receipts, history.kills):
             verdict.unwritten += 1
             continue
-        live = [r.at for r in receipts if not r.replay]
         start = message.at - margin
-        end = max([echoes[message.payload], *live]) + margin
+        end = _window_end(message, echoes[message.payload], receipts) + margin
         owed = _owed(message, start, end, stays_in, sessions_of)
         had = {(r.user, r.session) for r in receipts}
         for user, session in owed:
@@ -229,6 +229,17 @@ def known_stays(history: History) -> list[Stay]:
                             max(stay.start, *first.values()), stay.end, stay.node)
         stays.append(stay)
     return stays
+
+
+def _window_end(message: Sent, echoed: float, receipts: list[Receipt]) -> float:
+    """Until when the receivers' nodes may have applied the message: its
+    echo, its last live receipt, and at least its first receipt off its
+    node (live or replayed: by then it was in Redis; a node cut off from
+    Redis passes on what its users said only when Redis is back, and in
+    the stream's order a receiver who moved meanwhile had moved first)."""
+    live = [r.at for r in receipts if not r.replay]
+    elsewhere = [r.at for r in receipts if r.node != message.node]
+    return max([echoed, *live, min(elsewhere, default=echoed)])
 
 
 def _unwritten(message: Sent, echoed: float, receipts: list[Receipt],

@@ -114,6 +114,22 @@ def test_a_move_is_owed_the_new_rooms_chat_from_when_the_other_nodes_learned_it(
     assert verdict.examples["lost"][0]["payload"] == after
 
 
+def test_a_line_said_while_its_node_was_cut_off_is_owed_until_it_reached_another_node():
+    """ann's node had lost Redis: her line reached the others only at 20,
+    replayed; bob, who moved away at 15, had moved first in the stream."""
+    history = History(stays=[Stay("ann", 0, "lobby", 0.0, END),
+                             Stay("cat", 0, "lobby", 0.0, END),
+                             Stay("bob", 0, "lobby", 0.0, 15.0)],
+                      sessions=[Session(u, 0, 0.0, END) for u in ("ann", "bob", "cat")])
+    payload = say(history, "ann", 1, 10.0, node="n1")
+    receive(history, "ann", payload, 10.1, node="n1")
+    receive(history, "cat", payload, 20.0, node="n2", replay=True)
+    verdict = check(history)
+    assert (verdict.lost, verdict.judged) == (0, 1)
+    history.receipts[-1] = Receipt("cat", 0, payload, 10.2, node="n2", replay=True)
+    assert (check(history).lost, check(history).judged) == (1, 2)
+
+
 def test_a_session_that_fell_back_to_a_fresh_join_is_owed_nothing_sent_while_away():
     history = History(stays=[Stay("ann", 0, "lobby", 0.0, END),
                              Stay("bob", 0, "lobby", 0.0, 9.0),    # lost at 9
