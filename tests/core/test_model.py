@@ -59,6 +59,33 @@ not an excluded case:
   the others found the node dead): nodes are added, and restarted, only
   when that cannot happen.
 
+The model can fail.  Each of these one-line changes to the core was made
+on purpose (locally, never committed) and the model caught it, in the
+check named (ci profile; OneNode, Cluster):
+
+- privacy: actions.say_in_room announces to None, not the room (hello's
+  history check, both); eventlog.missed gathers from ``after`` instead of
+  ``max(after, start)`` (check_privacy, Cluster); clusterview.on_remote_speech
+  announces to None (Cluster);
+- exactly once: actions.resume replays ``missed[1:]`` (check_exactly_once,
+  both); eventlog.gather returns its merge reversed (both);
+  LogEntry.seen_at takes ``seq < published`` for ``<=`` (Cluster);
+- presence: core.tick ends no grace (``ended_grace(now)[:0]``: the session
+  count in check_bounded, both); actions.leave_remote does not forget the
+  user (check_presence, Cluster);
+- kicked and banned: actions.ban_refusal returns None (the connect rule,
+  both); actions.leave does not end the session (check_bounded's session
+  count, both);
+- bounded: core.connection_lost gets the connection instead of forgetting
+  it (check_bounded, both); Sessions.end gets the digest instead of popping
+  it (both);
+- no internal error: commands.on_away reads ``text.away`` (an
+  AttributeError the fence catches: check_no_internal_error, both).
+
+Not caught in the ci profile: clusterview.appear taking a user first read
+at start as there before (since 0) even when its join was read; the plain
+test in tests/core/test_model_regressions.py catches it.
+
 Profiles: ``ci`` (the default: derandomized, a fixed number of examples,
 the whole model well under a minute) and ``long`` (``HYPOTHESIS_PROFILE=long``:
 thousands of examples, random seeds).
