@@ -1,4 +1,7 @@
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,12 +11,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support import RawClient, ServerProcess  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The servers and clients the tests start (hundreds of processes) each
+    compile the project's modules unless they may keep the bytecode: here
+    they keep it in a folder of the run's own, removed at its end, even
+    where PYTHONDONTWRITEBYTECODE is set, so that a start costs its imports
+    only and the working tree stays as it was."""
+    folder = tempfile.mkdtemp(prefix="termchat_tests_pyc_")
+    config.stash[BYTECODE_FOLDER] = folder
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(BYTECODE_FOLDER, None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+BYTECODE_FOLDER = pytest.StashKey[str]()
+
+
+def server_options(item: pytest.Item) -> tuple[str, ...]:
+    marker = item.get_closest_marker("server_args")
+    return tuple(marker.args) if marker else ()
+
+
 @pytest.fixture
 def server(request):
     """The real server; @pytest.mark.server_args(...) adds options (load-style
     tests pass --rate 0 --max-per-ip 0, as the benchmark does)."""
-    marker = request.node.get_closest_marker("server_args")
-    process = ServerProcess(*(marker.args if marker else ()))
+    process = ServerProcess(*server_options(request.node))
     yield process
     process.cleanup()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from termchat.wire import protocol as proto
+from tests.forkserver import ForkServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT = 10.0
@@ -34,17 +36,24 @@ def wait_for(condition: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT,
 
 
 class ServerProcess:
-    """The real chat_server.py on a free loopback port."""
+    """The real chat_server.py on a free loopback port: forked from a
+    process that has imported it (tests/forkserver.py: a start in 30 ms, not
+    0.3 s), or as `python chat_server.py` with fresh_interpreter=True, a
+    preexec_fn, or where servers are not forked (FORKING)."""
 
     def __init__(self, *extra: str, port: int = 0, env: dict | None = None,
-                 preexec_fn=None) -> None:
+                 preexec_fn=None, fresh_interpreter: bool = False) -> None:
         self.log_file = tempfile.NamedTemporaryFile(
             prefix="chat_server_", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "chat_server.py"), str(port), "--host", "127.0.0.1",
-             *extra],
-            stdout=subprocess.DEVNULL, stderr=self.log_file, cwd=ROOT,
-            env=dict(os.environ, **(env or {})), preexec_fn=preexec_fn)
+        argv = [str(ROOT / "chat_server.py"), str(port), "--host", "127.0.0.1", *extra]
+        environment = dict(os.environ, **(env or {}))
+        if fresh_interpreter or preexec_fn or not FORKING:
+            self.proc = subprocess.Popen(
+                [sys.executable, *argv], stdout=subprocess.DEVNULL, stderr=self.log_file,
+                cwd=ROOT, env=environment, preexec_fn=preexec_fn)
+        else:
+            self.proc = fork_server().start(argv, environment, ROOT, self.log_file.name,
+                                            timeout=DEFAULT_TIMEOUT)
         match = wait_for(self._listening_line, describe=self.log_text)
         self.port = int(match.group(1))
         self.host = "127.0.0.1"
@@ -72,6 +81,20 @@ class ServerProcess:
         self.stop()
         if os.path.exists(self.log_file.name):
             os.unlink(self.log_file.name)
+
+
+# Servers are forked (tests/forkserver.py) where Linux can tell the fork
+# server that a child ended (pidfd), unless TERMCHAT_TESTS_EXEC=1 asks for a
+# fresh interpreter for every server (to check that no test depends on it).
+FORKING = hasattr(os, "pidfd_open") and not os.environ.get("TERMCHAT_TESTS_EXEC")
+_fork_server: list[ForkServer] = []  # started on first use, ended with the test run
+
+
+def fork_server() -> ForkServer:
+    if not _fork_server or _fork_server[0].proc.poll() is not None:
+        _fork_server[:] = [ForkServer()]
+        atexit.register(_fork_server[0].close)
+    return _fork_server[0]
 
 
 class RawClient:

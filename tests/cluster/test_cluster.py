@@ -97,13 +97,14 @@ def nodes(redis_server):
     all listen on one port (SO_REUSEPORT)."""
     started = []
 
-    def make(count, *extra, shared_port=False, port=0):
+    def make(count, *extra, shared_port=False, port=0, fresh_interpreter=False):
         options = ("--heartbeat", HEARTBEAT, *extra)
         env = {"CHAT_REDIS_URL": redis_server.url}  # passwords stay off the command line
         if shared_port:
             options += ("--reuse-port",)
         for _ in range(count):
-            started.append(ServerProcess(*options, port=port, env=env))
+            started.append(ServerProcess(*options, port=port, env=env,
+                                         fresh_interpreter=fresh_interpreter))
             port = started[-1].port if shared_port else 0
         for node in started:
             wait_for(lambda: "registered" in node.log_text(), describe=node.log_text)
@@ -438,10 +439,11 @@ def test_forged_malformed_and_oversized_events_are_ignored(nodes, client, redis_
 @pytest.mark.redis(password="s3cret-Passw0rd")
 def test_the_redis_password_stays_out_of_logs_and_command_lines(nodes, client, redis_server,
                                                                  tmp_path):
-    a_node, = nodes(1)
+    a_node, = nodes(1, fresh_interpreter=True)  # its own command line, in /proc
     url_file = tmp_path / "redis-url"
     url_file.write_text(redis_server.url + "\n")
-    b_node = ServerProcess("--redis-url-file", str(url_file), "--heartbeat", HEARTBEAT)
+    b_node = ServerProcess("--redis-url-file", str(url_file), "--heartbeat", HEARTBEAT,
+                           fresh_interpreter=True)
     try:
         wait_for(lambda: "registered" in b_node.log_text(), describe=b_node.log_text)
         ann, bob = client(a_node, "ann"), client(b_node, "bob")

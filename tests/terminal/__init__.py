@@ -7,7 +7,6 @@ import re
 import shlex
 import signal
 import sys
-import threading
 import time
 from typing import Callable
 
@@ -15,7 +14,7 @@ import pexpect
 import pyte
 import pytest
 
-from tests.support import DEFAULT_TIMEOUT, ROOT, ServerProcess
+from tests.support import DEFAULT_TIMEOUT, ROOT
 
 # A terminal test of the client's logic rather than of its drawing runs under
 # one UI: both backends show the same lines through the same core
@@ -262,78 +261,3 @@ def with_chris(terminal, connect, nick: str = "pat"):
     chris = connect("chris")
     term.wait_for_text("chris has joined")
     return term, chris
-
-
-@pytest.fixture
-def pty_client(ui):
-    """pty_client(nick, port, **options) -> TerminalClient on a port the test
-    provides (a scripted server): no real server is started for it."""
-    started = []
-
-    def make(nick, port, **options):
-        started.append(TerminalClient(nick, port, ui, **options))
-        return started[-1]
-
-    yield make
-    for term in started:
-        term.close()
-
-
-class SpareServer:
-    """A real server with the default options, started ahead of the test
-    that will take it: a terminal test then does not wait for a server's
-    start-up (0.15 to 0.2 s, a third of a short test), which happens while
-    the previous test runs."""
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._made: list = []  # the ServerProcess, or the exception its start raised
-
-    def _start(self) -> None:
-        self._made = []
-
-        def start() -> None:
-            try:
-                self._made.append(ServerProcess())
-            except BaseException as exc:  # raised again in take()
-                self._made.append(exc)
-
-        self._thread = threading.Thread(target=start, name="spare server", daemon=True)
-        self._thread.start()
-
-    def _collect(self):
-        if self._thread is None:
-            return None
-        self._thread.join(DEFAULT_TIMEOUT * 2)
-        self._thread = None
-        return self._made[0] if self._made else None
-
-    def take(self) -> ServerProcess:
-        made = self._collect()
-        self._start()  # the next test's, meanwhile
-        if isinstance(made, BaseException):
-            raise made
-        return made if made is not None else ServerProcess()
-
-    def close(self) -> None:
-        made = self._collect()
-        if isinstance(made, ServerProcess):
-            made.cleanup()
-
-
-@pytest.fixture(scope="module")
-def spare_server():
-    spare = SpareServer()
-    yield spare
-    spare.close()
-
-
-@pytest.fixture
-def server(request, spare_server):
-    """As conftest's ``server`` (the real server; @pytest.mark.server_args
-    adds options), taken from a spare started ahead when it has no options.
-    A test module imports it to use it."""
-    marker = request.node.get_closest_marker("server_args")
-    process = ServerProcess(*marker.args) if marker else spare_server.take()
-    yield process
-    process.cleanup()

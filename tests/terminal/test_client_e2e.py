@@ -18,7 +18,6 @@ from tests.support import (DEFAULT_TIMEOUT, ROOT, RawClient, ServerProcess, chat
                            leave, wait_for)
 from tests.terminal import (TerminalClient, cooked_mode_with_echo, lines_from_chris, one_ui,
                             server_gone, with_chris)
-from tests.terminal import pty_client, server, spare_server  # noqa: F401  (fixtures)
 
 
 class ScriptedServer:

@@ -6,7 +6,6 @@ import pytest
 
 from tests.support import ROOT, ServerProcess, chat_from, join
 from tests.terminal import TerminalClient, one_ui, with_chris as ready
-from tests.terminal import server, spare_server  # noqa: F401  (fixtures)
 
 
 @one_ui

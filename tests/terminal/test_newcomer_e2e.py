@@ -15,7 +15,6 @@ import pytest
 
 from tests.support import DEFAULT_TIMEOUT, ROOT, chat_from, join, wait_for
 from tests.terminal import TerminalClient, one_ui, with_chris
-from tests.terminal import server, spare_server  # noqa: F401  (fixtures)
 
 
 def no_join_of(watcher, nick):

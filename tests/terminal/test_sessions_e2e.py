@@ -8,7 +8,6 @@ import pytest
 
 from tests.support import RawClient, ServerProcess, chat_from, join, wait_for
 from tests.terminal import one_ui, server_gone
-from tests.terminal import pty_client, server, spare_server  # noqa: F401  (fixtures)
 from tests.terminal.test_client_e2e import scripted  # noqa: F401  (a fixture)
 
 
