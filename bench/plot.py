@@ -1,6 +1,6 @@
-"""Draw the figures of `bench/run.py --json FILE` into a PNG.
+"""Draw the figures of `bench/run.py --out FILE` into a PNG.
 
-    python bench/plot.py results.json bench/results.png
+    python bench/plot.py bench/out/results.json bench/out/results.png
 
 Needs matplotlib (pip install -e '.[bench]').
 """
@@ -37,7 +37,11 @@ def main(argv=None) -> int:
     if len(args) != 2:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("bench/plot.py needs matplotlib: pip install -e '.[bench]'", file=sys.stderr)
+        return 2
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

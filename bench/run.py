@@ -2,7 +2,7 @@
 
     python bench/run.py                      # every scenario, default sizes
     python bench/run.py connect --sizes 1000 5000 10000
-    python bench/run.py fanout latency --json results.json
+    python bench/run.py fanout latency --out results.json
     python bench/run.py cpu --repeat 5       # server CPU per delivery, vs a C relay
 
 Each scenario starts its own server on a free loopback port, is bounded in
@@ -33,6 +33,8 @@ from loadgen import (ROOT, Cluster, Relay, Server, Swarm, chat_size,  # noqa: E4
 SCENARIOS = ("connect", "fanout", "cpu", "latency", "slow-reader", "abuse", "resume", "client")
 DEFAULT_SIZES = {"connect": [1000, 5000, 10000], "fanout": [10, 100, 1000]}
 CPU_SIZES = [100, 1000]
+DEFAULT_OUT = ROOT / "bench" / "out" / "results.json"  # ignored by git: a run keeps the
+                                                       # committed bench/results.json as it is
 FDS_PER_CLIENT = 1  # each process (generator, server) holds one socket per client
 
 
@@ -607,7 +609,10 @@ def main(argv=None) -> int:
                              f"{Relay.SOURCE}; the scenario runs without it)")
     parser.add_argument("--storm", type=int, default=10000, metavar="CLIENTS",
                         help="clients of the cpu scenario's connect storm (0: none)")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
+    parser.add_argument("--out", "--json", metavar="FILE", type=Path, default=DEFAULT_OUT,
+                        help=f"write the figures here (default {DEFAULT_OUT.relative_to(ROOT)}, "
+                             "which git ignores; the committed figures are "
+                             "bench/results.json)")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
@@ -665,8 +670,9 @@ def main(argv=None) -> int:
         base, slow = results["latency"]["p99_ms"], results["slow-reader"]["p99_ms"]
         if base and slow:
             print(f"slow-reader p99 / latency p99 = {slow / base:.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"# figures written to {args.out}", flush=True)
     return 0
 
 
