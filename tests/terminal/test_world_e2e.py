@@ -77,7 +77,8 @@ def test_help_lists_the_world_commands_in_world_mode(terminal):
     term.say("/help")
     term.wait_for_text("world:  /look [NAME] (/l)   /go DIRECTION (/n /s /e /w /u /d)")
     term.wait_for_text("/drop NAME   /inventory (/i)")
-    assert "*** commands (/help COMMAND" in term.text and "/reconnect" in term.text
+    term.wait_for(lambda t: "*** commands (/help COMMAND" in t.text and "/reconnect" in t.text,
+                  what="the core commands above the world's (curses may draw them last)")
 
 
 @pytest.mark.server_args("--world", "builtin")
