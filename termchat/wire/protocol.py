@@ -8,6 +8,12 @@ message object turns back into wire bytes with :func:`encode`.
 
 A packet is a 2-byte big-endian payload length followed by that many bytes of
 UTF-8 JSON encoding one object with a string field ``"type"``.
+
+Messages are frozen msgspec Structs tagged by ``type``, declared from field
+types that say what each field must be (:func:`declare`); a
+:class:`Vocabulary` decodes one direction's union with one cached Decoder
+and applies the project's own rules (names, non-empty text).  The cluster's
+node events (termchat.cluster.events) are declared and decoded the same way.
 """
 
 from __future__ import annotations
