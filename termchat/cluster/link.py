@@ -337,7 +337,7 @@ class ClusterLink:
         client, node = self.client, self.node_id
         lost = self._check_epoch()
         self._give_back_kept()
-        self._drop_sessions_gone(lost)
+        drop_sessions_gone(self, lost)
         client.set(self.key("alive:" + node), "1", px=self.ttl_ms)
         client.set(self.key("member:" + node), "1", ex=STREAM_SECONDS)
         client.sadd(self.key("nodes"), node)
@@ -398,33 +398,6 @@ class ClusterLink:
                 command.queue(self, pipe)
             pipe.execute()
             self.hand_backs = []
-
-    def _drop_sessions_gone(self, redis_lost: bool) -> None:
-        """Before registering again (after an outage, or a pause that made
-        the others take us for dead): sessions of ours taken up on another
-        node meanwhile, or ended there, are not ours to claim any more.  One
-        taken over by a node that never took its user up (the resume's
-        connection went, and the node died or Redis went away before it
-        could give it back) is still ours: we take its nick back."""
-        if not self.sessions:
-            return
-        nicks = list(self.sessions)
-        pipe = self.client.pipeline(transaction=False)
-        for nick in nicks:
-            pipe.hget(self.key("session:" + self.sessions[nick]), "node")
-        holders = [h.decode() if h is not None else None for h in pipe.execute()]
-        pipe = self.client.pipeline(transaction=False)
-        for nick, holder in zip(nicks, holders):
-            pipe.hexists(self.key("users:" + (holder or "")), nick)
-        for nick, holder, taken_up in zip(nicks, holders, pipe.execute()):
-            if holder == self.node_id or (holder is None and redis_lost):
-                continue
-            if holder is not None and not taken_up:
-                self.client.set(self.key("nick:" + proto.name_key(nick)), self.node_id)
-                continue  # ours still: registering writes its record again
-            del self.sessions[nick]
-            self.users.pop(nick, None)
-            self.hand_over(SessionGone(nick))
 
     def _beat(self) -> None:
         """Refresh our heartbeat; notice nodes whose heartbeat expired.
@@ -506,6 +479,34 @@ class ClusterLink:
                     self._outbox.put(command)  # after reconnecting: register, append, stop
                     return False
                 command.while_down(self)
+
+def drop_sessions_gone(link: ClusterLink, redis_lost: bool) -> None:
+    """Before registering again (after an outage, or a pause that made
+    the others take us for dead): sessions of ours taken up on another
+    node meanwhile, or ended there, are not ours to claim any more.  One
+    taken over by a node that never took its user up (the resume's
+    connection went, and the node died or Redis went away before it
+    could give it back) is still ours: we take its nick back."""
+    if not link.sessions:
+        return
+    nicks = list(link.sessions)
+    pipe = link.client.pipeline(transaction=False)
+    for nick in nicks:
+        pipe.hget(link.key("session:" + link.sessions[nick]), "node")
+    holders = [h.decode() if h is not None else None for h in pipe.execute()]
+    pipe = link.client.pipeline(transaction=False)
+    for nick, holder in zip(nicks, holders):
+        pipe.hexists(link.key("users:" + (holder or "")), nick)
+    for nick, holder, taken_up in zip(nicks, holders, pipe.execute()):
+        if holder == link.node_id or (holder is None and redis_lost):
+            continue
+        if holder is not None and not taken_up:
+            link.client.set(link.key("nick:" + proto.name_key(nick)), link.node_id)
+            continue  # ours still: registering writes its record again
+        del link.sessions[nick]
+        link.users.pop(nick, None)
+        link.hand_over(SessionGone(nick))
+
 
 class OutageBuffer:
     """What this node's users said while Redis was away, for Redis once it
