@@ -70,7 +70,8 @@ class Connection:
     outlives it (a resume attaches a new connection to the same user)."""
 
     __slots__ = ("outlet", "peer", "address", "ban_key", "state", "held", "held_bytes",
-                 "paused", "tokens", "refilled", "mistakes", "resumes", "pending", "user")
+                 "paused", "tokens", "refilled", "mistakes", "resumes", "pending", "user",
+                 "hello_by")
 
     def __init__(self, outlet: Outlet, peer: str, address: str, now: float,
                  burst: int) -> None:
@@ -88,6 +89,7 @@ class Connection:
         self.resumes = 0                 # resumes tried on this connection
         self.pending: Hello | None = None  # a hello waiting on the cluster
         self.user: User | None = None
+        self.hello_by = 0.0              # its hello deadline (the last one given)
 
     def become(self, state: State) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -162,8 +164,7 @@ class ConnectionGate:
             return conn, ("too many connections from your address", Code.TOO_MANY)
         self.per_address[key] = count + 1
         conn.address = key
-        if self.limits.hello_timeout:
-            self.greeting.append((now + self.limits.hello_timeout, conn))
+        self.restart_greeting(conn, now)
         return conn, None
 
     def connect_refusal(self, key: str, now: float) -> tuple[str, str] | None:
@@ -245,9 +246,11 @@ class ConnectionGate:
         self.connections[conn.outlet] = conn
 
     def restart_greeting(self, conn: Connection, now: float) -> None:
-        """A new hello deadline (after a resume that came back refused)."""
+        """A hello deadline: at connect, and a new one (replacing it) after a
+        resume that came back refused."""
         if self.limits.hello_timeout:
-            self.greeting.append((now + self.limits.hello_timeout, conn))
+            conn.hello_by = now + self.limits.hello_timeout
+            self.greeting.append((conn.hello_by, conn))
 
     # ---- input ----
 
@@ -283,7 +286,7 @@ class ConnectionGate:
         late: dict[Connection, None] = {}  # (a connection may have two deadlines)
         while self.greeting and self.greeting[0][0] <= now:
             _, conn = self.greeting.popleft()
-            if conn.state is State.GREETING:
+            if conn.state is State.GREETING and conn.hello_by <= now:  # not one replaced
                 late[conn] = None
         return list(late)
 

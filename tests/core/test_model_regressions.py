@@ -136,3 +136,21 @@ def test_a_dropped_session_whose_grace_ran_out_while_its_node_was_stopped_is_ove
     assert leave("pat") in bus.nodes["B"].received(bob)
     _, got = resume_on(bus, "B", "pat", token, last)
     assert got == [SESSION_EXPIRED]
+
+
+def test_a_new_hello_deadline_after_a_failed_resume_elsewhere_replaces_the_first():
+    from dataclasses import replace as replaced
+    bus = Bus("A", "B", make=lambda name: Harness(replaced(UNLIMITED, hello_timeout=10),
+                                                  FakeLink(name)))
+    _, token, got = session_on(bus, "A", "ann")
+    node = bus.nodes["B"]
+    outlet = node.connect()
+    bus.tick(1)
+    node.send(outlet, {"type": "hello", "nick": "bob", "session": True, "resume": token,
+                       "after": got[0]["id"]})  # not bob's: Redis says so, at once
+    bus.pump()
+    assert node.received(outlet) == [SESSION_EXPIRED]
+    bus.tick(9)                       # the first deadline: replaced, not cutting it
+    assert node.received(outlet) == [] and not node.closed(outlet)
+    bus.tick(2)
+    assert [p.get("code") for p in node.received(outlet)] == ["no-hello"]
