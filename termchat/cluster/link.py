@@ -64,7 +64,8 @@ from collections import deque
 from typing import Any, Callable, Iterator
 
 from termchat.cluster import scripts
-from termchat.cluster.reader import MAX_BACKOFF, STREAM_MAXLEN, STREAM_SECONDS, StreamReader
+from termchat.cluster.reader import (STREAM_MAXLEN, STREAM_SECONDS, StreamReader,
+                                     longest_backoff)
 from termchat.cluster.watch import NodeWatch
 from termchat.cluster.commands import (ClaimNick, ClaimOwn, ClearPresence, Command, EndSession,
                                        HandBack, Publish,
@@ -100,13 +101,15 @@ class ClusterLink:
         self.node_id = uuid.uuid4().hex[:12]
         self.heartbeat = heartbeat
         self.ttl_ms = int(heartbeat * 3000)
+        self.max_backoff = longest_backoff(heartbeat)  # between reconnection attempts
         self.prefix = prefix
         self.client = None                 # the writer's connection
         self.users: dict[str, str] = {}    # our users: nick -> room (writer's copy)
         self.sessions: dict[str, str] = {}  # ...those with sessions: nick -> digest
         self.buffer = OutageBuffer()       # events kept while Redis is away
         self.hand_backs: list[HandBack] = []  # ...and sessions to give back then
-        self.watch = NodeWatch(self.node_id, heartbeat, self.ttl_ms)  # who lives (the writer's)
+        self.watch = NodeWatch(self.node_id, heartbeat, self.ttl_ms,  # who lives (the writer's)
+                               self.max_backoff)
         self.epoch: str | None = None      # the Redis data set we know
         self._logged: set[tuple[str, str]] = set()
         self._published = 0                # our events so far (the event loop's count)
@@ -305,7 +308,7 @@ class ClusterLink:
                     command.while_down(self)
                 if self._drain_while_down(backoff):
                     return
-                backoff = min(MAX_BACKOFF, backoff * 2)
+                backoff = min(self.max_backoff, backoff * 2)
 
     def _next_commands(self, timeout: float) -> list[Command]:
         try:

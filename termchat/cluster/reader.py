@@ -18,12 +18,19 @@ from typing import Any
 from termchat.cluster.events import Progress, parse_node_event, stream_id
 from termchat.wire import protocol as proto
 
-MAX_BACKOFF = 2.0           # seconds between reconnection attempts, at most
+MAX_BACKOFF = 2.0           # seconds between reconnection attempts, at most...
+BACKOFF_BEATS = 4           # ...and at most this many heartbeats (a fast-beating cluster
+                            # reconnects as fast: tests run with 0.2 s beats)
 STREAM_MAXLEN = 100_000     # events kept in the stream (approximately)...
 STREAM_SECONDS = 600        # ...for at most this long...
 STREAM_BYTES = 256 << 20    # ...and at most this many bytes of them
 MEMBERS_KEPT = 10_000       # nodes the reader remembers as members (then it asks again)
 READ_COUNT = 1000           # events taken per XREAD
+
+
+def longest_backoff(heartbeat: float) -> float:
+    """The longest wait between two attempts to reach Redis."""
+    return min(MAX_BACKOFF, BACKOFF_BEATS * heartbeat)
 
 
 class StreamReader:
@@ -64,7 +71,7 @@ class StreamReader:
                 link.log_unexpected(exc)
                 link.went_down(str(exc))
                 time.sleep(backoff)
-                backoff = min(MAX_BACKOFF, backoff * 2)
+                backoff = min(link.max_backoff, backoff * 2)
 
     def _start_reading(self, client) -> None:
         """Where to read from.  The first time: the stream's recent past

@@ -14,16 +14,17 @@ import time
 from typing import Any, Callable
 
 from termchat.cluster.events import NodeDead
-from termchat.cluster.reader import MAX_BACKOFF
 
 
 class NodeWatch:
     """The death watch of one node (the writer thread's state)."""
 
-    def __init__(self, node_id: str, heartbeat: float, ttl_ms: int) -> None:
+    def __init__(self, node_id: str, heartbeat: float, ttl_ms: int,
+                 max_backoff: float) -> None:
         self.node_id = node_id
         self.heartbeat = heartbeat
         self.ttl_ms = ttl_ms
+        self.max_backoff = max_backoff     # the others' longest wait to reconnect
         self.watched: set[str] = set()     # nodes heard of: each beat checks they live
         self.registered: set[str] = set()  # nodes in the node set, as last read
         self.dead_marks: dict[str, str] = {}  # nodes found dead -> the stream's end then
@@ -35,7 +36,7 @@ class NodeWatch:
         of Redis (its keys expired while it stood still) or of ours, the
         others need a beat or two (and a reconnection) to be seen alive."""
         self.grace_until = max(self.grace_until,
-                               time.monotonic() + self.ttl_ms / 1000 + MAX_BACKOFF)
+                               time.monotonic() + self.ttl_ms / 1000 + self.max_backoff)
 
     def asking(self) -> float:
         """A beat is about to be sent; when (for answered())."""

@@ -128,7 +128,7 @@ def who_of(user) -> list[str]:
 
 
 def test_joins_chats_and_leaves_cross_nodes_in_order(nodes, client):
-    a_node, b_node, c_node = nodes(3)
+    a_node, b_node, c_node = nodes(3, "--rate", "0")  # 30 lines each at once, unthrottled
     a = client(a_node, "ann")
     b = client(b_node, "bob")
     c = client(c_node, "cat")
