@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import re
 import shlex
@@ -15,6 +17,9 @@ import pyte
 import pytest
 
 from tests.support import DEFAULT_TIMEOUT, ROOT
+from tests.terminal.launcher import READY
+
+LAUNCHER = ROOT / "tests" / "terminal" / "launcher.py"
 
 # A terminal test of the client's logic rather than of its drawing runs under
 # one UI: both backends show the same lines through the same core
@@ -71,10 +76,9 @@ class TerminalClient:
                  extra: tuple[str, ...] = (), then_stty: bool = False,
                  host: str = "127.0.0.1", program: tuple[str, ...] = (),
                  env: dict[str, str] | None = None, command: tuple[str, ...] = ()) -> None:
-        program = program or (sys.executable, str(ROOT / "chat_client.py"))
-        client = [*program, nick, host, str(port), "--ui", ui, *extra]
-        base = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
-        env = dict(base, TERM="xterm", LANG="C.UTF-8", LC_ALL="C.UTF-8", **(env or {}))
+        arguments = [nick, host, str(port), "--ui", ui, *extra]
+        client = [*(program or (sys.executable, str(ROOT / "chat_client.py"))), *arguments]
+        env = client_environment(env)
         if command:  # something else (a shell) that will run the client
             self.child = pexpect.spawn(command[0], list(command[1:]), dimensions=(rows, cols),
                                        env=env, cwd=str(ROOT))
@@ -83,9 +87,12 @@ class TerminalClient:
             script = shlex.join(client) + '; echo "EXIT=$?"; stty -a; sleep 30'
             self.child = pexpect.spawn("bash", ["-c", script], dimensions=(rows, cols),
                                        env=env, cwd=str(ROOT))
-        else:
+        elif program:
             self.child = pexpect.spawn(client[0], client[1:], dimensions=(rows, cols),
                                        env=env, cwd=str(ROOT))
+        else:  # chat_client.py itself, started while the previous test ran
+            self.child = SPARE_CLIENTS.take(env, rows, cols)
+            self.child.sendline(json.dumps(arguments))
         self.child.delaybeforesend = None  # keys go at once (a whole sequence per send)
         self.child.ptyproc.delayafterclose = 0
         self.nick = nick
@@ -214,17 +221,85 @@ class TerminalClient:
         return int(match.group(1)), self.raw[match.end():].decode("utf-8", "replace")
 
     def close(self) -> None:
-        """End the client (or the shell running it: SIGHUP, as when its
-        terminal goes away; SIGKILL if that does not do) without pexpect's
-        fixed waits."""
-        if self.child.isalive():
-            self.child.kill(signal.SIGHUP)
-            deadline = time.monotonic() + 2
-            while self.child.isalive() and time.monotonic() < deadline:
-                time.sleep(0.005)
-            if self.child.isalive():
-                self.child.kill(signal.SIGKILL)
-        self.child.close(force=True)
+        end(self.child)
+
+
+def end(child: pexpect.spawn) -> None:
+    """End the client (or the shell running it: SIGHUP, as when its terminal
+    goes away; SIGKILL if that does not do) without pexpect's fixed waits."""
+    if child.isalive():
+        child.kill(signal.SIGHUP)
+        deadline = time.monotonic() + 2
+        while child.isalive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if child.isalive():
+            child.kill(signal.SIGKILL)
+    child.close(force=True)
+
+
+def client_environment(extra: dict[str, str] | None) -> dict[str, str]:
+    """The test's environment for the client: a terminal like xterm, in
+    UTF-8, in colour (and without pytest's name of the current test, which
+    changes with each test and would keep a spare client from fitting)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "PYTEST_CURRENT_TEST")}
+    return dict(base, TERM="xterm", LANG="C.UTF-8", LC_ALL="C.UTF-8", **(extra or {}))
+
+
+class SpareClients:
+    """The client started ahead (tests/terminal/launcher.py): a test's
+    client then does not wait for the interpreter's start and the client's
+    imports (0.2 s of each terminal test's 0.45 s), which happen while the
+    previous test runs.  One spare at a time, for the usual environment;
+    it is given the test's terminal size before it is told its command line."""
+
+    def __init__(self) -> None:
+        self._spare: tuple[dict[str, str], pexpect.spawn] | None = None
+
+    def take(self, env: dict[str, str], rows: int, cols: int) -> pexpect.spawn:
+        spare, self._spare = self._spare, None
+        if spare is not None and spare[0] == env and spare[1].isalive():
+            child = spare[1]
+        else:
+            if spare is not None:
+                end(spare[1])
+            child = self._start(env)
+        self._spare = (env, self._start(env))  # the next client's, meanwhile
+        child.setwinsize(rows, cols)
+        self._wait_ready(child)
+        return child
+
+    @staticmethod
+    def _start(env: dict[str, str]) -> pexpect.spawn:
+        child = pexpect.spawn(sys.executable, [str(LAUNCHER)], dimensions=(24, 80), env=env,
+                              cwd=str(ROOT))
+        child.delaybeforesend = None
+        child.ptyproc.delayafterclose = 0
+        return child
+
+    @staticmethod
+    def _wait_ready(child: pexpect.spawn) -> None:
+        said = b""
+        deadline = time.monotonic() + DEFAULT_TIMEOUT
+        while READY not in said:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"the client's launcher is not ready: {said!r}")
+            try:
+                said += child.read_nonblocking(1 << 16, timeout=remaining)
+            except pexpect.EOF:
+                raise AssertionError(f"the client's launcher ended: {said!r}") from None
+            except pexpect.TIMEOUT:
+                pass
+        assert said.endswith(READY), f"the launcher wrote more than it should: {said!r}"
+
+    def close(self) -> None:
+        if self._spare is not None:
+            end(self._spare[1])
+            self._spare = None
+
+
+SPARE_CLIENTS = SpareClients()
+atexit.register(SPARE_CLIENTS.close)
 
 
 def cooked_mode_with_echo(stty_output: str) -> bool:
