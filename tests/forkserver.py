@@ -14,7 +14,8 @@ or needs a preexec_fn, starts its server with exec=True (support.py).
 
 The fork server is single-threaded (a fork copies no other thread); it
 speaks JSON lines on its stdin and stdout: a request is {"id", "argv",
-"env", "cwd", "log"}, the answer {"id", "pid"} or {"id", "error"}, and
+"env", "cwd", "log", "stdin", "stdout"} (files; stdin and stdout may be
+null), the answer {"id", "pid"} or {"id", "error"}, and
 when a child ends {"exited": PID, "status": Popen-style returncode}.  When
 its stdin closes (the test run ended, or died) it kills what it started
 and exits.
@@ -118,12 +119,12 @@ def run_server(request: dict) -> int:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        null = os.open(os.devnull, os.O_RDWR)
-        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        for fd, target in ((null, 0), (null, 1), (log, 2)):
+        write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        for target, path, flags in ((0, request.get("stdin"), os.O_RDONLY),
+                                    (1, request.get("stdout"), write), (2, request["log"], write)):
+            fd = os.open(path or os.devnull, flags, 0o600)
             os.dup2(fd, target)
-        os.close(null)
-        os.close(log)
+            os.close(fd)
         sys.argv = list(request["argv"])
         signal.signal(signal.SIGINT, signal.default_int_handler)
     except BaseException:
@@ -176,7 +177,10 @@ class ForkServer:
         self._reader.start()
 
     def start(self, argv: list[str], env: dict[str, str], cwd: Path, log: str,
-              timeout: float) -> "ForkedProcess":
+              timeout: float, stdin: str | None = None,
+              stdout: str | None = None) -> "ForkedProcess":
+        """A server forked with this command line, environment and folder;
+        its stderr into the file `log` (stdin and stdout: files, or none)."""
         with self._lock:
             self._next_id += 1
             request_id = self._next_id
@@ -184,7 +188,7 @@ class ForkServer:
                 raise RuntimeError(f"the fork server has ended ({self.proc.returncode}):\n"
                                    + Path(self.log.name).read_text(errors="replace"))
             line = json.dumps({"id": request_id, "argv": argv, "env": env, "cwd": str(cwd),
-                               "log": log}) + "\n"
+                               "log": log, "stdin": stdin, "stdout": stdout}) + "\n"
             self.proc.stdin.write(line.encode())
             self.proc.stdin.flush()
             if not self._changed.wait_for(lambda: request_id in self._answers, timeout):

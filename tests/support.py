@@ -83,6 +83,32 @@ class ServerProcess:
             os.unlink(self.log_file.name)
 
 
+def run_server(*arguments: str, input: str | None = None,
+               timeout: float = 30) -> subprocess.CompletedProcess:
+    """`python chat_server.py ARGUMENTS` in the project's folder, run to its
+    end (forked as ServerProcess's are, where they are): its exit status and
+    what it wrote, as subprocess.run(..., capture_output=True, text=True)."""
+    argv = ["chat_server.py", *arguments]
+    if not FORKING:
+        return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout, input=input)
+    with tempfile.TemporaryDirectory(prefix="chat_server_run_") as folder:
+        files = {name: Path(folder) / name for name in ("stdin", "stdout", "stderr")}
+        files["stdin"].write_text(input or "")
+        proc = fork_server().start(argv, dict(os.environ), ROOT, str(files["stderr"]),
+                                   timeout=DEFAULT_TIMEOUT, stdin=str(files["stdin"]),
+                                   stdout=str(files["stdout"]))
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(DEFAULT_TIMEOUT)
+            raise
+        return subprocess.CompletedProcess(argv, proc.returncode,
+                                           files["stdout"].read_text(errors="replace"),
+                                           files["stderr"].read_text(errors="replace"))
+
+
 # Servers are forked (tests/forkserver.py) where Linux can tell the fork
 # server that a child ended (pidfd), unless TERMCHAT_TESTS_EXEC=1 asks for a
 # fresh interpreter for every server (to check that no test depends on it).

@@ -15,6 +15,7 @@ import pytest
 from termchat.wire import protocol as proto
 from termchat.cluster.redis_server import find_redis_server
 
+from tests import support
 from tests.support import ROOT, RawClient, ServerProcess, chat_from, join, leave, wait_for
 
 HEARTBEAT = "0.2"  # seconds; a node is dead after three missed beats
@@ -475,8 +476,7 @@ def test_a_malformed_redis_url_is_refused_at_start_up(url):
 
 
 def run_server(*args, input=None):
-    return subprocess.run([sys.executable, "chat_server.py", "0", "--host", "127.0.0.1", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=30, input=input)
+    return support.run_server("0", "--host", "127.0.0.1", *args, input=input)
 
 
 def test_away_is_seen_in_who_on_every_node(nodes, client):

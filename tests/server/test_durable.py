@@ -6,13 +6,11 @@ import resource
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 
 from termchat.wire import protocol as proto
-from tests.support import ROOT, RawClient, ServerProcess, chat_from, join, leave, wait_for
+from tests.support import RawClient, ServerProcess, chat_from, join, leave, run_server, wait_for
 
 
 @pytest.fixture
@@ -75,8 +73,7 @@ def last_id(client):
 
 def refused(*options):
     """The server's refusal at start-up: exit 2, one line, no traceback."""
-    result = subprocess.run([sys.executable, "chat_server.py", "0", "--host", "127.0.0.1",
-                             *options], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    result = run_server("0", "--host", "127.0.0.1", *options)
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     return result.stderr
@@ -231,9 +228,7 @@ def test_two_servers_on_one_database_the_second_refuses(servers, database):
 def test_db_is_refused_beside_a_cluster_and_beside_a_state_file(database):
     assert "--db is for a single server" in refused("--db", str(database), "--redis",
                                                     "redis://127.0.0.1:1/0")
-    result = subprocess.run([sys.executable, "chat_server.py", "0", "--world", "builtin",
-                             "--state", "x.json", "--db", str(database)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=30)
+    result = run_server("0", "--world", "builtin", "--state", "x.json", "--db", str(database))
     assert result.returncode == 2 and "--state and --db" in result.stderr
 
 

@@ -1,12 +1,10 @@
 """A server password, a message of the day and operators over real sockets,
 with the secrets read from files."""
 
-import subprocess
-import sys
 
 import pytest
 
-from tests.support import ROOT, RawClient, ServerProcess, join, leave
+from tests.support import RawClient, ServerProcess, join, leave, run_server
 
 
 @pytest.fixture
@@ -57,9 +55,7 @@ def test_password_motd_op_kick_and_ban_over_sockets(guarded):
 
 
 def test_an_unreadable_secret_file_is_refused_at_start_up(tmp_path):
-    result = subprocess.run([sys.executable, "chat_server.py", "0", "--password-file",
-                             str(tmp_path / "missing")], cwd=ROOT, capture_output=True,
-                            text=True, timeout=30)
+    result = run_server("0", "--password-file", str(tmp_path / "missing"))
     assert result.returncode == 2 and "cannot read the password file" in result.stderr
 
 

@@ -6,14 +6,12 @@ import resource
 import selectors
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
 from termchat.wire import protocol as proto
-from tests.support import ROOT, RawClient, ServerProcess, chat_from, join, leave
+from tests.support import RawClient, ServerProcess, chat_from, join, leave, run_server
 
 
 def test_two_clients_see_joins_chats_and_leaves_in_order(connect):
@@ -229,17 +227,14 @@ def test_sigterm_shuts_down_cleanly():
 
 
 def test_port_in_use_is_a_clear_error(server):
-    result = subprocess.run(
-        [sys.executable, "chat_server.py", str(server.port), "--host", "127.0.0.1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30)
+    result = run_server(str(server.port), "--host", "127.0.0.1")
     assert result.returncode == 1
     assert "address already in use" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("args", [[], ["abc"], ["70000"], ["-1"]])
 def test_bad_port_prints_usage_and_exits_2(args):
-    result = subprocess.run([sys.executable, "chat_server.py", *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=30)
+    result = run_server(*args)
     assert result.returncode == 2
     assert result.stderr.startswith("usage:") and "Traceback" not in result.stderr
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import trustme
 
-from tests.support import RawClient, ServerProcess, chat_from, join, wait_for
+from tests.support import RawClient, ServerProcess, chat_from, join, run_server, wait_for
 from tests.terminal import TerminalClient
 from tests.terminal.test_client_cli import run_in_terminal
 from tests.cluster.test_cluster import HEARTBEAT, RedisServer  # noqa: F401
@@ -136,17 +136,11 @@ def test_a_tls_client_on_a_plain_port_fails_at_once(server, certs):
 
 def test_a_bad_certificate_file_is_refused_at_start_up(tmp_path, certs):
     (tmp_path / "junk.pem").write_text("not a certificate\n")
-    import subprocess
-    import sys
-    from tests.support import ROOT
     for cert, key in (("junk.pem", "junk.pem"), ("missing.pem", "missing.pem")):
-        result = subprocess.run([sys.executable, "chat_server.py", "0", "--tls-cert",
-                                 str(tmp_path / cert), "--tls-key", str(tmp_path / key)],
-                                cwd=ROOT, capture_output=True, text=True, timeout=30)
+        result = run_server("0", "--tls-cert", str(tmp_path / cert),
+                            "--tls-key", str(tmp_path / key))
         assert result.returncode == 2 and "TLS certificate" in result.stderr, result.stderr
-    result = subprocess.run([sys.executable, "chat_server.py", "0", "--tls-cert",
-                             str(certs / "server.pem")], cwd=ROOT, capture_output=True,
-                            text=True, timeout=30)
+    result = run_server("0", "--tls-cert", str(certs / "server.pem"))
     assert result.returncode == 2 and "go together" in result.stderr
 
 

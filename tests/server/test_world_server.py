@@ -3,12 +3,10 @@ the state kept across a restart, and a broken world refused at start-up."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.support import ROOT, RawClient, ServerProcess, chat_from, join
+from tests.support import RawClient, ServerProcess, chat_from, join, run_server
 
 
 def walker(port, nick):
@@ -85,25 +83,20 @@ def test_a_broken_world_or_state_is_refused_at_start_up_with_exit_2(tmp_path):
     broken = tmp_path / "broken.toml"
     broken.write_text('start = "hall"\n[places.hall]\ntitle = "Hall"\ndescription = "x"\n'
                       'exits = { north = "nowhere" }\n')
-    result = subprocess.run([sys.executable, "chat_server.py", "0", "--world", str(broken)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    result = run_server("0", "--world", str(broken))
     assert result.returncode == 2
     assert f"{broken}, line 5:" in result.stderr and '"nowhere"' in result.stderr
     bad_state = tmp_path / "state.json"
     bad_state.write_text("{not json")
-    result = subprocess.run([sys.executable, "chat_server.py", "0", "--world", "builtin",
-                             "--state", str(bad_state)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    result = run_server("0", "--world", "builtin", "--state", str(bad_state))
     assert result.returncode == 2 and "cannot read the world state" in result.stderr
-    result = subprocess.run([sys.executable, "chat_server.py", "0", "--state", "x.json"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    result = run_server("0", "--state", "x.json")
     assert result.returncode == 2 and "--state needs --world" in result.stderr
 
 
 def refused_at_start(*options: str) -> str:
     """The server's one line of refusal (it must exit 2 without a traceback)."""
-    result = subprocess.run([sys.executable, "chat_server.py", "0", *options], cwd=ROOT,
-                            capture_output=True, text=True, timeout=30)
+    result = run_server("0", *options)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, \
         result.stderr
