@@ -153,13 +153,6 @@ def test_a_server_that_closes_before_answering_is_said_so_then_given_up_on(liste
         term.close()
 
 
-def test_the_answer_timeouts_default_to_3_and_10_seconds():
-    import chat_client
-    from termchat.client.session import Timeouts
-    assert chat_client.parse_args(["pat", "host", "1"]).answer_timeout == 10
-    assert Timeouts.answering_within(10) == Timeouts() == Timeouts(3.0, 10.0, 0.5, 15.0)
-
-
 CLUSTERS = [("\U0001F44D\U0001F3FD", 2), ("\U0001F1EF\U0001F1F5", 2),
             ("\U0001F468\u200d\U0001F469\u200d\U0001F467", 2), ("e\u0301", 1),
             ("\u1100\u1161\u11a8", 2)]

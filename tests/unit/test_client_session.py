@@ -256,3 +256,9 @@ def test_the_last_id_follows_every_packet_with_one():
     session.received(proto.Info("no id"), {}, "pat")
     session.received(proto.EmoteFrom("chris", "waves"), {"id": "9"}, "pat")
     assert session.last_id == "9"
+
+
+def test_the_answer_timeouts_default_to_3_and_10_seconds():
+    import chat_client
+    assert chat_client.parse_args(["pat", "host", "1"]).answer_timeout == 10
+    assert Timeouts.answering_within(10) == Timeouts() == Timeouts(3.0, 10.0, 0.5, 15.0)
