@@ -493,6 +493,8 @@ class ChatServer:
             if not conn.gone:  # cut once its error is written, or at the deadline
                 conn.deadline = deadline
                 self.lingering[conn] = None
+                if not conn.out:  # nothing left to say (a quit): the end goes out now
+                    self.half_close(conn)
         for conn in self.delivery.take_input_changes():
             if not conn.gone:
                 self.fenced(conn, self.update_interest, conn)

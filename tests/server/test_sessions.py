@@ -8,6 +8,7 @@ import time
 import pytest
 
 from termchat.wire import protocol as proto
+from chat_server import LINGER_SECONDS
 from tests.support import SESSION_EXPIRED, RawClient, chat_from, join, leave, wait_for
 
 
@@ -79,7 +80,9 @@ def test_quit_produces_the_leave_at_once(connect, server):
     chris.expect(join("pat"))
     pat.send({"type": "quit"})
     chris.expect(leave("pat"), timeout=2)
+    quit_at = time.monotonic()
     pat.expect_closed(timeout=5)
+    assert time.monotonic() - quit_at < LINGER_SECONDS  # ended at once, not at the linger's end
 
 
 def test_a_bad_token_gets_session_expired_and_a_fresh_hello_works(server):
