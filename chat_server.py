@@ -240,8 +240,9 @@ class ChatServer:
             due.append(self.turned_away.waiting[0][0])
         if self.core_due is not None:
             due.append(self.core_due)
-        if self.keeper.next_due() is not None:
-            due.append(self.keeper.next_due())  # retention ages rows on an idle server too
+        kept_due = self.keeper.next_due()  # retention ages rows on an idle server too
+        if kept_due is not None:
+            due.append(kept_due)
         if not due:
             return None
         return max(0.0, min(due) - time.monotonic())

@@ -85,9 +85,14 @@ def turned_away(parts: Parts, address: tuple, now: float) -> proto.Error | None:
     if not parts.gate.over_connect_rate(key, now):
         return None
     refusal = parts.gate.connect_refusal(key, now)
+    note_throttled(parts, key)
+    return proto.Error(*refusal)
+
+
+def note_throttled(parts: Parts, key: str) -> None:
+    """Log an address's connection flood once, when its first is refused."""
     if parts.gate.first_refusal(key):
         log.info("throttling new connections from %s", key)
-    return proto.Error(*refusal)
 
 
 def admit_connection(parts: Parts, outlet: Any, address: tuple, now: float) -> Effects:
@@ -101,8 +106,8 @@ def admit_connection(parts: Parts, outlet: Any, address: tuple, now: float) -> E
         log.info("connect %s", conn.peer)
         return []
     throttled = refusal[1] == Code.THROTTLED
-    if throttled and parts.gate.first_refusal(conn.ban_key):
-        log.info("throttling new connections from %s", conn.ban_key)
+    if throttled:
+        note_throttled(parts, conn.ban_key)
     return refuse(parts, conn, *refusal, now, logged=not throttled)
 
 
