@@ -301,6 +301,9 @@ class Stop(Command):
         link.deregister()
         raise StopLink
 
+    def while_down(self, link) -> None:
+        link.stop_later(self)  # Redis went under the batch: still to be done
+
     def waited_enough(self) -> bool:
         return time.monotonic() - self.since >= STOP_WAIT
 

@@ -464,24 +464,41 @@ class ClusterLink:
         events wait to be passed on: then Stop waits for Redis (it is
         carried out once the link is back), up to STOP_WAIT."""
         deadline = time.monotonic() + seconds
+        stop: Stop | None = None
         while True:
-            remaining = deadline - time.monotonic()
+            if stop is not None and self._may_stop(stop):
+                return True
+            until = deadline if stop is None else min(deadline, stop.since + STOP_WAIT)
+            remaining = until - time.monotonic()
             if remaining <= 0:
-                return False
+                if time.monotonic() >= deadline:
+                    break
+                continue  # the stop's wait is over
             for command in self._next_commands(remaining):
                 if isinstance(command, Stop):
-                    if not self.buffer or command.waited_enough():
-                        if self.buffer:
-                            log.error("cluster: stopping with %d events Redis never took",
-                                      len(self.buffer))
-                        return True
-                    if not command.waiting:
-                        command.waiting = True
-                        log.warning("cluster: stopping; waiting up to %g s for Redis to take "
-                                    "%d events said here", STOP_WAIT, len(self.buffer))
-                    self._outbox.put(command)  # after reconnecting: register, append, stop
-                    return False
-                command.while_down(self)
+                    stop = command
+                else:
+                    command.while_down(self)
+        if stop is not None:
+            self.stop_later(stop)  # after reconnecting: register, append, stop
+        return False
+
+    def _may_stop(self, stop: Stop) -> bool:
+        """Whether the writer may end now that Redis is away (nothing kept,
+        or it waited long enough), saying so in the log."""
+        if not self.buffer or stop.waited_enough():
+            if self.buffer:
+                log.error("cluster: stopping with %d events Redis never took", len(self.buffer))
+            return True
+        if not stop.waiting:
+            stop.waiting = True
+            log.warning("cluster: stopping; waiting up to %g s for Redis to take "
+                        "%d events said here", STOP_WAIT, len(self.buffer))
+        return False
+
+    def stop_later(self, stop: Stop) -> None:
+        self._outbox.put(stop)
+
 
 def drop_sessions_gone(link: ClusterLink, redis_lost: bool) -> None:
     """Before registering again (after an outage, or a pause that made

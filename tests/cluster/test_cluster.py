@@ -875,6 +875,42 @@ def test_a_stall_gives_grace_before_any_node_is_taken_for_dead(redis_server, sta
 
 
 
+def test_a_stop_asked_in_the_batch_redis_went_under_is_still_carried_out(redis_server):
+    """Redis went away under the pipeline that held the Stop (and a chat
+    said just before): the chat is kept and the Stop still carried out once
+    Redis is back.  It was dropped with the batch, so the node sat silent
+    until its loop gave up on the writer, and the chat was never passed on."""
+    import redis
+    from termchat.cluster.commands import Stop
+    from termchat.cluster.events import RemoteSpeech
+    from termchat.cluster.link import ClusterLink
+    link = ClusterLink(redis_server.url, wake=lambda: None, heartbeat=0.2)
+    link.client = link.connect()
+    link._register()
+    link.publish(RemoteSpeech(said="chat", nick="ann", room="lobby", message="said as it stopped"))
+    link._outbox.put(Stop())
+    batches = []
+    process = link._process
+
+    def redis_goes_under_the_first_batch(commands):
+        batches.append([type(command).__name__ for command in commands])
+        if len(batches) == 1:
+            link._in_flight = commands
+            raise redis.ConnectionError("Redis went away under this batch")
+        process(commands)
+
+    link._process = redis_goes_under_the_first_batch
+    link.running = True
+    writer = threading.Thread(target=link._write_loop, daemon=True)
+    writer.start()
+    writer.join(timeout=5)
+    link.running = False
+    assert batches[0] == ["Publish", "Stop"]
+    assert not writer.is_alive(), f"the writer never stopped; batches: {batches}"
+    said = [fields[b"e"] for _, fields in redis_server.client().xrange("chat:stream")]
+    assert any(b"said as it stopped" in wire for wire in said), said
+
+
 @pytest.mark.redis(persist=True)
 def test_a_session_taken_over_for_a_resume_never_taken_up_stays_with_its_node(redis_server):
     """Chaos seed 4: node X ran the takeover script for a resume whose
