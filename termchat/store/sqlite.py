@@ -8,14 +8,23 @@ state changes; each call only queues a write, and :meth:`SqliteStore.commit`
 writes a loop turn's worth in one transaction, before that turn's output is
 sent, so what a sender saw echoed survives a SIGKILL.
 
+The log's entries are written a batch at a time: one row of ``batches``
+holds a commit's entries as one JSON array (each entry's packet in it as the
+JSON it is), and ``said`` says which batches hold a room's chats and emotes,
+and how many.  SQLite's cost is per row, so a busy turn costs about what a
+quiet one does.  The entries are in memory anyway (the event log): the
+batches are read at start-up and for history on demand.  The view
+``entries`` shows them one a row, for people with the ``sqlite3`` shell.
+
 At start-up :func:`open_store` refuses, in one line and without changing
 it, a file that is not a database, not this server's, damaged, from a newer
 version, or in use by another server; an older version is migrated.  A
 write that fails (a full disk) is logged once, users are told once that
 history is not being kept, and the chat goes on in memory; the store tries
-again every RETRY_SECONDS and says when it keeps history again.  Old rows go
-in small steps (:meth:`SqliteStore.trim`): at most ``keep`` messages a room,
-nothing older than ``keep_days``.
+again every RETRY_SECONDS and says when it keeps history again.  Old entries
+go in small steps (:meth:`SqliteStore.trim`): a room's chats past ``keep``
+are taken out of their batches, and a batch goes whole once its newest entry
+is older than ``keep_days``.
 """
 
 from __future__ import annotations
@@ -26,7 +35,11 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any
+from collections import Counter
+from contextlib import closing
+from typing import Any, Iterable
+
+import msgspec
 
 from termchat.core.eventlog import LogEntry
 from termchat.core.ports import Saved
@@ -35,14 +48,72 @@ from termchat.wire import protocol as proto
 log = logging.getLogger("chat_server")
 
 APPLICATION_ID = 0x54434854   # "TCHT": this file is a termchat database
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RETRY_SECONDS = 30.0          # after a failed write, try again this often
-TRIM_STEP = 200               # rows deleted at most per trim, so nobody feels it
+TRIM_STEP = 200               # entries deleted at most per trim, so nobody feels it
 CHECKPOINT_SECONDS = 2.0      # the write-ahead log is folded into the file this often,
 # by a thread of its own: its syncs never stall the loop
 LOADED_ENTRIES = 200_000      # the newest entries read back at start (the log's bound)
+MIGRATED_BATCH = 500          # entries a batch when older files' rows are batched
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {  # version -> the statements that make it
+# An entry in a batch: [number, time, kind, target, mover, old, new, said, packet]
+# kind: 'all', 'room' or 'dm'; target: a room key, or a DM's parties' name keys
+# \n apart; mover/old/new: the exit of a move (who, from, to); said: 1 for a
+# chat or an emote (a room's history); packet: the payload base clients get.
+Row = tuple[int, float, str, str | None, str | None, str | None, str | None, int,
+            msgspec.Raw]
+NUMBER, TIME, KIND, TARGET, SAID, PACKET = 0, 1, 2, 3, 7, 8
+ENCODER = msgspec.json.Encoder()
+BATCH = msgspec.json.Decoder(list[Row])
+
+ENTRIES_VIEW = """CREATE VIEW entries (number, time, kind, target, mover, old, new, said,
+                                       packet) AS
+    SELECT json_extract(e.value, '$[0]'), json_extract(e.value, '$[1]'),
+           json_extract(e.value, '$[2]'), json_extract(e.value, '$[3]'),
+           json_extract(e.value, '$[4]'), json_extract(e.value, '$[5]'),
+           json_extract(e.value, '$[6]'), json_extract(e.value, '$[7]'),
+           json_extract(e.value, '$[8]')
+    FROM batches, json_each(CAST(batches.entries AS TEXT)) AS e"""
+
+
+def batch_the_entries(db: sqlite3.Connection) -> None:
+    """Version 2: the rows of ``entries`` (one an entry) become batches."""
+    db.execute("""CREATE TABLE batches (
+                      first INTEGER PRIMARY KEY,  -- no entry in it is numbered lower
+                      last INTEGER NOT NULL,      -- nor higher
+                      newest REAL NOT NULL,       -- its newest entry's time
+                      entries BLOB NOT NULL)      -- a JSON array of entries (see Row)""")
+    db.execute("""CREATE TABLE said (
+                      room TEXT, first INTEGER, count INTEGER NOT NULL,
+                      PRIMARY KEY (room, first)) WITHOUT ROWID""")
+    after, skipped = -1, 0
+    while True:
+        rows = db.execute("SELECT number, time, kind, target, mover, old, new, said, packet "
+                          "FROM entries WHERE number > ? ORDER BY number LIMIT ?",
+                          (after, MIGRATED_BATCH)).fetchall()
+        if not rows:
+            break
+        after = rows[-1][NUMBER]
+        batch = [row[:PACKET] + (msgspec.Raw(bytes(row[PACKET])),) for row in rows
+                 if is_json(row[PACKET])]
+        skipped += len(rows) - len(batch)
+        if batch:
+            write_batch(db, batch)
+    if skipped:
+        log.warning("the database held %d entries this server cannot read; dropped", skipped)
+    db.execute("DROP TABLE entries")
+    db.execute(ENTRIES_VIEW)
+
+
+def is_json(packet: bytes) -> bool:
+    try:
+        msgspec.json.decode(packet)
+    except (msgspec.DecodeError, TypeError):
+        return False
+    return True
+
+
+MIGRATIONS: dict[int, Any] = {  # version -> the statements (or the function) that make it
     1: (
         """CREATE TABLE entries (
                number INTEGER PRIMARY KEY,
@@ -60,6 +131,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {  # version -> the statements that mak
         "CREATE TABLE players (player TEXT PRIMARY KEY, place TEXT NOT NULL, seen INTEGER NOT NULL)",
         "CREATE TABLE items (item TEXT PRIMARY KEY, place TEXT, holder TEXT)",
     ),
+    2: batch_the_entries,
 }
 
 
@@ -74,7 +146,7 @@ def open_store(path: str, keep: int = 10_000, keep_days: float = 30.0) -> "Sqlit
     try:
         connection = connect(path)
         version = check(connection, path)
-        migrate(connection, version)
+        migrate(connection, version, path)
     except BaseException:
         os.close(lock)
         raise
@@ -149,26 +221,56 @@ def check(connection: sqlite3.Connection, path: str) -> int:
                           f"this one knows up to {SCHEMA_VERSION})")
         problems = connection.execute("PRAGMA quick_check").fetchall()
         if problems != [("ok",)]:
-            raise Refused(f"the database {path} is damaged: {problems[0][0][:200]}")
+            first_problem = " ".join(str(problems[0][0]).split())  # one line, whatever
+            raise Refused(f"the database {path} is damaged: {first_problem[:200]}")
     except sqlite3.DatabaseError as exc:
         raise Refused(f"{path} is not a termchat database ({exc})") from None
     return version
 
 
-def migrate(connection: sqlite3.Connection, version: int) -> None:
-    """From the file's version up to ours, each step in one transaction."""
-    if version == 0:
-        connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = NORMAL")  # a commit survives a crash of the
-    # process; only the operating system's crash may lose the last ones
-    connection.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
-    for step in range(version + 1, SCHEMA_VERSION + 1):
-        connection.execute("BEGIN IMMEDIATE")
-        for statement in MIGRATIONS[step]:
+def migrate(connection: sqlite3.Connection, version: int, path: str) -> None:
+    """From the file's version up to ours, each step in one transaction (a
+    step that fails leaves the file as it was, and is Refused)."""
+    try:
+        if version == 0:
+            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")  # a commit survives a crash of
+        # the process; only the operating system's crash may lose the last ones
+        connection.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                take_step(connection, MIGRATIONS[step])
+                connection.execute(f"PRAGMA user_version = {step}")
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+    except sqlite3.Error as exc:
+        raise Refused(f"cannot bring the database {path} up to schema {SCHEMA_VERSION}: "
+                      f"{exc}") from None
+
+
+def take_step(connection: sqlite3.Connection, make: Any) -> None:
+    if callable(make):
+        make(connection)
+    else:
+        for statement in make:
             connection.execute(statement)
-        connection.execute(f"PRAGMA user_version = {step}")
-        connection.execute("COMMIT")
+
+
+def write_batch(db: sqlite3.Connection, rows: list[tuple]) -> Counter:
+    """Entries (rows in number order) as one batch; returns how many chats
+    and emotes each room got."""
+    first = rows[0][NUMBER]
+    db.execute("INSERT INTO batches VALUES (?, ?, ?, ?)",
+               (first, rows[-1][NUMBER], max(row[TIME] for row in rows), ENCODER.encode(rows)))
+    said = Counter(row[TARGET] for row in rows if row[SAID])
+    if said:
+        db.executemany("INSERT INTO said VALUES (?, ?, ?)",
+                       [(room, first, count) for room, count in said.items()])
+    return said
 
 
 class SqliteStore:
@@ -187,7 +289,7 @@ class SqliteStore:
         self.failing_since: float | None = None    # writes fail (a full disk, say)
         self.news: list[str] = []                  # for the users: history kept or not
         self.said_counts: dict[str, int] = dict(connection.execute(
-            "SELECT target, count(*) FROM entries WHERE said = 1 GROUP BY target"))
+            "SELECT room, sum(count) FROM said GROUP BY room"))
         self.checkpointer: Checkpointer | None = None
 
     # ---- the Store port: queued writes ----
@@ -202,7 +304,8 @@ class SqliteStore:
             kind, where = "dm", "\n".join(sorted(target))
         said = isinstance(entry.message, (proto.ChatFrom, proto.EmoteFrom)) and kind == "room"
         self.entries.append((entry.number, entry.time, kind, where, entry.mover, entry.old,
-                             entry.new, int(said), packet[proto.HEADER_SIZE:]))
+                             entry.new, int(said),
+                             msgspec.Raw(memoryview(packet)[proto.HEADER_SIZE:])))
 
     def user(self, key: str, nick: str, room: str, digest: str | None, start: int) -> None:
         self.users[key] = (key, nick, room, digest, start)
@@ -239,7 +342,7 @@ class SqliteStore:
             return
         try:
             self.db.execute("BEGIN")
-            self.write()
+            said = self.write()
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             self.rollback()
@@ -252,18 +355,18 @@ class SqliteStore:
             self.failing_since = time.monotonic()
             return
         self.forget_pending()
+        for room, count in said.items():
+            self.said_counts[room] = self.said_counts.get(room, 0) + count
         if self.failing_since is not None:
             self.failing_since = None
             log.warning("the database is written again")
             self.news.append("the server keeps history again")
 
-    def write(self) -> None:
+    def write(self) -> Counter:
+        """This turn's writes (inside commit's transaction); returns the
+        chats and emotes each room got."""
         db = self.db
-        if self.entries:
-            db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self.entries)
-            for row in self.entries:
-                if row[7]:
-                    self.said_counts[row[3]] = self.said_counts.get(row[3], 0) + 1
+        said = write_batch(db, self.entries) if self.entries else Counter()
         for table, rows, key in (("users", self.users, "key"), ("bans", self.bans, "address")):
             gone = [(name,) for name, row in rows.items() if row is None]
             kept = [row for row in rows.values() if row is not None]
@@ -274,6 +377,7 @@ class SqliteStore:
                 db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", kept)
         if self.world is not None:
             self.write_world(*self.world)
+        return said
 
     def write_world(self, players: dict, items: dict) -> None:
         db = self.db
@@ -300,31 +404,22 @@ class SqliteStore:
         news, self.news = self.news, []
         return news
 
+    # ---- retention ----
+
     def trim(self, now_unix: float) -> int:
-        """A small step of retention: rows older than keep_days, then a room's
-        messages past its keep; returns how many went."""
+        """A small step of retention: batches whose newest entry is older
+        than keep_days, then a room's chats and emotes past its keep;
+        returns how many entries went."""
         if self.failing_since is not None:
             return 0
         try:
             self.db.execute("BEGIN")
-            aged = self.db.execute(  # the oldest by number are the oldest by time
-                "DELETE FROM entries WHERE number IN (SELECT number FROM entries "
-                "ORDER BY number LIMIT ?) AND time < ? RETURNING target, said",
-                (TRIM_STEP, now_unix - self.keep_days * 86400)).fetchall()
-            for room, said in aged:
-                if said:
-                    self.said_counts[room] -= 1
-            gone = len(aged)
+            gone = self.trim_aged(now_unix - self.keep_days * 86400)
             for room, count in list(self.said_counts.items()):
                 if gone >= TRIM_STEP:
                     break
                 if count > self.keep:
-                    step = min(count - self.keep, TRIM_STEP - gone)
-                    gone += self.db.execute(
-                        "DELETE FROM entries WHERE number IN (SELECT number FROM entries "
-                        "WHERE said = 1 AND target = ? ORDER BY number LIMIT ?)",
-                        (room, step)).rowcount
-                    self.said_counts[room] = count - step
+                    gone += self.trim_room(room, min(count - self.keep, TRIM_STEP - gone))
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             self.rollback()
@@ -332,15 +427,72 @@ class SqliteStore:
             return 0
         return gone
 
+    def trim_aged(self, bound: float) -> int:
+        """The oldest batches wholly older than ``bound``, about TRIM_STEP
+        entries' worth (at least one batch)."""
+        gone = 0
+        for first, blob in self.db.execute(
+                "SELECT first, entries FROM batches WHERE first IN (SELECT first FROM batches "
+                "ORDER BY first LIMIT ?) AND newest < ? ORDER BY first",
+                (TRIM_STEP, bound)).fetchall():
+            rows = decode_batch(blob, first)
+            self.db.execute("DELETE FROM batches WHERE first = ?", (first,))
+            for room, count in Counter(row[TARGET] for row in rows if row[SAID]).items():
+                self.db.execute("DELETE FROM said WHERE room = ? AND first = ?", (room, first))
+                self.said_counts[room] -= count
+            gone += len(rows)
+            if gone >= TRIM_STEP:
+                break
+        return gone
+
+    def trim_room(self, room: str, step: int) -> int:
+        """The room's ``step`` oldest chats and emotes, taken out of their
+        batches (a batch left empty goes)."""
+        left = step
+        for first, count, blob in self.db.execute(
+                "SELECT said.first, said.count, batches.entries FROM said JOIN batches "
+                "USING (first) WHERE said.room = ? ORDER BY said.first LIMIT ?",
+                (room, step)).fetchall():
+            taking = min(count, left)
+            kept, taken = [], 0
+            for row in decode_batch(blob, first):
+                if taken < taking and row[SAID] and row[TARGET] == room:
+                    taken += 1
+                else:
+                    kept.append(row)
+            if kept:
+                self.db.execute("UPDATE batches SET entries = ? WHERE first = ?",
+                                (ENCODER.encode(kept), first))
+            else:
+                self.db.execute("DELETE FROM batches WHERE first = ?", (first,))
+            if taken < count:
+                self.db.execute("UPDATE said SET count = ? WHERE room = ? AND first = ?",
+                                (count - taken, room, first))
+            else:
+                self.db.execute("DELETE FROM said WHERE room = ? AND first = ?", (room, first))
+            left -= taken
+            if left <= 0:
+                break
+        self.said_counts[room] -= step - left
+        return step - left
+
     # ---- reading ----
 
     def load(self) -> Saved:
         """What the database kept: the newest entries, the users, the bans."""
         db = self.db
-        rows = db.execute("SELECT number, time, kind, target, mover, old, new, packet FROM "
-                          "entries ORDER BY number DESC LIMIT ?", (LOADED_ENTRIES,)).fetchall()
-        entries = [entry for entry in map(parse_entry, reversed(rows)) if entry is not None]
-        last = db.execute("SELECT max(number) FROM entries").fetchone()[0] or 0
+        batches: list[list[tuple]] = []
+        count = 0
+        with closing(db.execute("SELECT first, entries FROM batches ORDER BY first DESC")) \
+                as newest_first:
+            for first, blob in newest_first:
+                batches.append(decode_batch(blob, first))
+                count += len(batches[-1])
+                if count >= LOADED_ENTRIES:
+                    break
+        rows = [row for batch in reversed(batches) for row in batch][-LOADED_ENTRIES:]
+        entries = [entry for entry in map(parse_entry, rows) if entry is not None]
+        last = db.execute("SELECT max(last) FROM batches").fetchone()[0] or 0
         users = db.execute("SELECT key, nick, room, digest, start FROM users").fetchall()
         now = time.time()
         bans = [(address, until - now, reason) for address, until, reason in
@@ -364,17 +516,21 @@ class SqliteStore:
     def older(self, room: str, before: int, limit: int) -> tuple[list[LogEntry], bool]:
         """Up to ``limit`` of a room's chats and emotes before ``before``,
         oldest first, and whether older ones are kept."""
-        rows = self.db.execute(
-            "SELECT number, time, kind, target, mover, old, new, packet FROM entries "
-            "WHERE said = 1 AND target = ? AND number < ? ORDER BY number DESC LIMIT ?",
-            (room, before, limit + 1)).fetchall()
-        found = []
-        for row in reversed(rows[:limit]):
-            parsed = parse_entry(row)
-            if parsed is not None:
-                number, when, message, target, size, _ = parsed
-                found.append(LogEntry(number, when, message, target, size))
-        return found, len(rows) > limit
+        found: list[LogEntry] = []
+        with closing(self.db.execute(
+                "SELECT first, entries FROM said JOIN batches USING (first) "
+                "WHERE said.room = ? AND first < ? ORDER BY first DESC",
+                (room, before))) as newest_first:
+            for first, blob in newest_first:
+                for row in reversed(decode_batch(blob, first)):
+                    if row[NUMBER] < before and row[SAID] and row[TARGET] == room:
+                        if len(found) == limit:
+                            return found[::-1], True
+                        parsed = parse_entry(row)
+                        if parsed is not None:
+                            number, when, message, target, size, _ = parsed
+                            found.append(LogEntry(number, when, message, target, size))
+        return found[::-1], False
 
     def close(self) -> None:
         self.commit()
@@ -388,9 +544,19 @@ class SqliteStore:
         os.close(self.lock)
 
 
-def parse_entry(row: tuple) -> tuple | None:
-    """A row back as (number, time, message, target, size, mover)."""
-    number, when, kind, where, mover, old, new, packet = row
+def decode_batch(blob: bytes, first: int) -> list[tuple]:
+    """A batch's entries (none, said in the log, if it cannot be read)."""
+    try:
+        return BATCH.decode(blob)
+    except msgspec.DecodeError:
+        log.warning("the database holds a batch of entries (from %d) this server cannot "
+                    "read; skipped", first)
+        return []
+
+
+def parse_entry(row: Iterable) -> tuple | None:
+    """A batch's entry back as (number, time, message, target, size, mover)."""
+    number, when, kind, where, mover, old, new, _, packet = row
     try:
         message = proto.parse_server_message(bytes(packet))
     except proto.ProtocolError:

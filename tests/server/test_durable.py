@@ -6,9 +6,11 @@ import resource
 import signal
 import socket
 import sqlite3
+import time
 
 import pytest
 
+from termchat.store.sqlite import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from termchat.wire import protocol as proto
 from tests.support import RawClient, ServerProcess, chat_from, join, leave, run_server, wait_for
 
@@ -168,19 +170,64 @@ def test_retention_keeps_n_messages_a_room_and_nothing_older_than_the_days(serve
     server = servers("--db", str(database), "--keep", "10", "--rate", "0")
     amy = RawClient(server.port, "amy")
     amy.expect(join("amy"))
-    for i in range(40):
-        amy.chat(f"line {i}")
+    amy.send(b"".join(proto.encode_object({"type": "chat", "message": f"line {i}"})
+                      for i in range(40)))  # in one read: one turn's batch, trimmed in part
     amy.wait_until(lambda got: any(m.get("message") == "line 39" for m in got))
 
-    def kept():
+    def said():
         with sqlite3.connect(database) as db:
-            return db.execute("SELECT count(*) FROM entries WHERE said = 1").fetchone()[0]
+            return [text for text, in db.execute(
+                "SELECT json_extract(packet, '$.message') FROM entries WHERE said = 1")]
+
+    def kept():
+        return len(said())
 
     wait_for(lambda: kept() == 10, describe=lambda: f"{kept()} kept")
+    assert said() == [f"line {i}" for i in range(30, 40)]
     server.stop()
     aged = servers("--db", str(database), "--keep-days", "0.00001", port=server.port)
     wait_for(lambda: kept() == 0, describe=lambda: f"{kept()} kept")
     assert aged.proc.poll() is None
+
+
+def first_schema_file(path, chats):
+    """A database as the first version of termchat wrote it: ``chats`` in
+    the lobby (numbered from 1, an hour ago), and a ban of 127.0.0.9."""
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.execute("PRAGMA journal_mode = WAL")
+        for statement in MIGRATIONS[1]:
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+        hour_ago = time.time() - 3600
+        db.executemany("INSERT INTO entries VALUES (?, ?, 'room', 'lobby', NULL, NULL, NULL, 1, ?)",
+                       [(number, hour_ago, proto.encode(proto.ChatFrom("amy", text))[2:])
+                        for number, text in enumerate(chats, 1)])
+        db.execute("INSERT INTO bans VALUES ('127.0.0.9', ?, 'spam')", (time.time() + 300,))
+    sqlite3.connect(path).close()
+
+
+def test_a_database_of_the_first_schema_is_brought_up_to_date(servers, database):
+    chats = [f"old {i}" for i in range(1200)]  # more than one batch of migrated entries
+    first_schema_file(database, chats)
+    server = servers("--db", str(database), "--history", "5")
+    pat, _ = session(server.port, "pat")
+    pat.wait_until(lambda got: sum(m.get("history") is True for m in got) == 5)
+    history = [m for m in pat.received if m.get("history")]
+    assert [m["message"] for m in history] == chats[-5:]
+    pat.unread = len(pat.received)
+    pat.send({"type": "history", "before": history[0]["id"], "limit": 100})
+    page = [pat.expect(lambda m: m["type"] in ("chat", "history")) for _ in range(101)]
+    assert [m.get("message") for m in page[:100]] == chats[1095:1195]
+    assert page[100]["more"] is True
+    pat.chat("new")
+    pat.expect(lambda m: m.get("message") == "new")
+    assert from_address(server.port, "eve", "127.0.0.9").expect(lambda m: True)["code"] == \
+        "banned"
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert db.execute("SELECT count(*), max(number) FROM entries WHERE said = 1"
+                          ).fetchone() == (1201, 1202)  # pat joined as 1201
 
 
 def test_files_that_are_not_its_database_are_refused_and_left_alone(tmp_path):
