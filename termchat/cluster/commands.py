@@ -8,6 +8,7 @@ the only thread that touches them; ``link`` is the ClusterLink.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from termchat.wire import protocol as proto
 
 if TYPE_CHECKING:
     from termchat.cluster.link import ClusterLink
+
+log = logging.getLogger("chat_cluster")
 
 STOP_WAIT = 10.0  # seconds a stopping node waits for Redis to take what it kept
 
@@ -304,8 +307,19 @@ class Stop(Command):
     def while_down(self, link) -> None:
         link.stop_later(self)  # Redis went under the batch: still to be done
 
-    def waited_enough(self) -> bool:
-        return time.monotonic() - self.since >= STOP_WAIT
+    def may_end(self, link) -> bool:
+        """Whether the writer may end while Redis is away: nothing kept, or
+        it waited long enough (saying so in the log)."""
+        kept = len(link.buffer)
+        if not kept or time.monotonic() - self.since >= STOP_WAIT:
+            if kept:
+                log.error("cluster: stopping with %d events Redis never took", kept)
+            return True
+        if not self.waiting:
+            self.waiting = True
+            log.warning("cluster: stopping; waiting up to %g s for Redis to take %d events "
+                        "said here", STOP_WAIT, kept)
+        return False
 
 
 class StopLink(Exception):

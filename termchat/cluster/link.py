@@ -466,7 +466,7 @@ class ClusterLink:
         deadline = time.monotonic() + seconds
         stop: Stop | None = None
         while True:
-            if stop is not None and self._may_stop(stop):
+            if stop is not None and stop.may_end(self):
                 return True
             until = deadline if stop is None else min(deadline, stop.since + STOP_WAIT)
             remaining = until - time.monotonic()
@@ -481,19 +481,6 @@ class ClusterLink:
                     command.while_down(self)
         if stop is not None:
             self.stop_later(stop)  # after reconnecting: register, append, stop
-        return False
-
-    def _may_stop(self, stop: Stop) -> bool:
-        """Whether the writer may end now that Redis is away (nothing kept,
-        or it waited long enough), saying so in the log."""
-        if not self.buffer or stop.waited_enough():
-            if self.buffer:
-                log.error("cluster: stopping with %d events Redis never took", len(self.buffer))
-            return True
-        if not stop.waiting:
-            stop.waiting = True
-            log.warning("cluster: stopping; waiting up to %g s for Redis to take "
-                        "%d events said here", STOP_WAIT, len(self.buffer))
         return False
 
     def stop_later(self, stop: Stop) -> None:
