@@ -22,9 +22,9 @@ version, or in use by another server; an older version is migrated.  A
 write that fails (a full disk) is logged once, users are told once that
 history is not being kept, and the chat goes on in memory; the store tries
 again every RETRY_SECONDS and says when it keeps history again.  Old entries
-go in small steps (:meth:`SqliteStore.trim`): a room's chats past ``keep``
-are taken out of their batches, and a batch goes whole once its newest entry
-is older than ``keep_days``.
+go in small steps (:meth:`SqliteStore.trim`): the entries older than
+``keep_days`` and a room's chats past ``keep`` are taken out of their batches
+(a batch left empty goes).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ MIGRATED_BATCH = 500          # entries a batch when older files' rows are batch
 # chat or an emote (a room's history); packet: the payload base clients get.
 Row = tuple[int, float, str, str | None, str | None, str | None, str | None, int,
             msgspec.Raw]
-NUMBER, TIME, KIND, TARGET, SAID, PACKET = 0, 1, 2, 3, 7, 8
+NUMBER, TIME, TARGET, SAID, PACKET = 0, 1, 3, 7, 8
 ENCODER = msgspec.json.Encoder()
 BATCH = msgspec.json.Decoder(list[Row])
 
@@ -81,7 +81,7 @@ def batch_the_entries(db: sqlite3.Connection) -> None:
     db.execute("""CREATE TABLE batches (
                       first INTEGER PRIMARY KEY,  -- no entry in it is numbered lower
                       last INTEGER NOT NULL,      -- nor higher
-                      newest REAL NOT NULL,       -- its newest entry's time
+                      oldest REAL NOT NULL,       -- its oldest entry's time
                       entries BLOB NOT NULL)      -- a JSON array of entries (see Row)""")
     db.execute("""CREATE TABLE said (
                       room TEXT, first INTEGER, count INTEGER NOT NULL,
@@ -265,12 +265,16 @@ def write_batch(db: sqlite3.Connection, rows: list[tuple]) -> Counter:
     and emotes each room got."""
     first = rows[0][NUMBER]
     db.execute("INSERT INTO batches VALUES (?, ?, ?, ?)",
-               (first, rows[-1][NUMBER], max(row[TIME] for row in rows), ENCODER.encode(rows)))
-    said = Counter(row[TARGET] for row in rows if row[SAID])
+               (first, rows[-1][NUMBER], min(row[TIME] for row in rows), ENCODER.encode(rows)))
+    said = said_per_room(rows)
     if said:
         db.executemany("INSERT INTO said VALUES (?, ?, ?)",
                        [(room, first, count) for room, count in said.items()])
     return said
+
+
+def said_per_room(rows: list[tuple]) -> Counter:
+    return Counter(row[TARGET] for row in rows if row[SAID])
 
 
 class SqliteStore:
@@ -407,9 +411,8 @@ class SqliteStore:
     # ---- retention ----
 
     def trim(self, now_unix: float) -> int:
-        """A small step of retention: batches whose newest entry is older
-        than keep_days, then a room's chats and emotes past its keep;
-        returns how many entries went."""
+        """A small step of retention: the entries older than keep_days, then
+        a room's chats and emotes past its keep; returns how many went."""
         if self.failing_since is not None:
             return 0
         try:
@@ -428,53 +431,55 @@ class SqliteStore:
         return gone
 
     def trim_aged(self, bound: float) -> int:
-        """The oldest batches wholly older than ``bound``, about TRIM_STEP
-        entries' worth (at least one batch)."""
+        """The entries older than ``bound`` out of the oldest batches, about
+        TRIM_STEP entries' worth (at least one batch)."""
         gone = 0
         for first, blob in self.db.execute(
                 "SELECT first, entries FROM batches WHERE first IN (SELECT first FROM batches "
-                "ORDER BY first LIMIT ?) AND newest < ? ORDER BY first",
+                "ORDER BY first LIMIT ?) AND oldest < ? ORDER BY first",
                 (TRIM_STEP, bound)).fetchall():
             rows = decode_batch(blob, first)
-            self.db.execute("DELETE FROM batches WHERE first = ?", (first,))
-            for room, count in Counter(row[TARGET] for row in rows if row[SAID]).items():
-                self.db.execute("DELETE FROM said WHERE room = ? AND first = ?", (room, first))
-                self.said_counts[room] -= count
-            gone += len(rows)
+            gone += self.rewrite(first, rows, [row for row in rows if row[TIME] >= bound])
             if gone >= TRIM_STEP:
                 break
         return gone
 
     def trim_room(self, room: str, step: int) -> int:
-        """The room's ``step`` oldest chats and emotes, taken out of their
-        batches (a batch left empty goes)."""
+        """The room's ``step`` oldest chats and emotes out of their batches."""
         left = step
-        for first, count, blob in self.db.execute(
-                "SELECT said.first, said.count, batches.entries FROM said JOIN batches "
-                "USING (first) WHERE said.room = ? ORDER BY said.first LIMIT ?",
-                (room, step)).fetchall():
-            taking = min(count, left)
-            kept, taken = [], 0
-            for row in decode_batch(blob, first):
-                if taken < taking and row[SAID] and row[TARGET] == room:
-                    taken += 1
+        for first, blob in self.db.execute(
+                "SELECT first, entries FROM said JOIN batches USING (first) "
+                "WHERE said.room = ? ORDER BY first LIMIT ?", (room, step)).fetchall():
+            rows, kept = decode_batch(blob, first), []
+            for row in rows:
+                if left and row[SAID] and row[TARGET] == room:
+                    left -= 1
                 else:
                     kept.append(row)
-            if kept:
-                self.db.execute("UPDATE batches SET entries = ? WHERE first = ?",
-                                (ENCODER.encode(kept), first))
-            else:
-                self.db.execute("DELETE FROM batches WHERE first = ?", (first,))
-            if taken < count:
+            self.rewrite(first, rows, kept)
+            if not left:
+                break
+        return step - left
+
+    def rewrite(self, first: int, rows: list[tuple], kept: list[tuple]) -> int:
+        """The batch ``first`` holding only ``kept`` of its ``rows`` (gone
+        if none), and ``said`` saying so; returns how many went."""
+        if len(kept) == len(rows) and rows:
+            return 0
+        if kept:
+            self.db.execute("UPDATE batches SET oldest = ?, entries = ? WHERE first = ?",
+                            (min(row[TIME] for row in kept), ENCODER.encode(kept), first))
+        else:
+            self.db.execute("DELETE FROM batches WHERE first = ?", (first,))
+        left = said_per_room(kept)
+        for room, count in said_per_room(rows).items():
+            if left[room]:
                 self.db.execute("UPDATE said SET count = ? WHERE room = ? AND first = ?",
-                                (count - taken, room, first))
+                                (left[room], room, first))
             else:
                 self.db.execute("DELETE FROM said WHERE room = ? AND first = ?", (room, first))
-            left -= taken
-            if left <= 0:
-                break
-        self.said_counts[room] -= step - left
-        return step - left
+            self.said_counts[room] -= count - left[room]
+        return len(rows) - len(kept)
 
     # ---- reading ----
 

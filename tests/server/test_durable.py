@@ -190,19 +190,20 @@ def test_retention_keeps_n_messages_a_room_and_nothing_older_than_the_days(serve
     assert aged.proc.poll() is None
 
 
-def first_schema_file(path, chats):
+def first_schema_file(path, chats, ages=None):
     """A database as the first version of termchat wrote it: ``chats`` in
-    the lobby (numbered from 1, an hour ago), and a ban of 127.0.0.9."""
+    the lobby (numbered from 1; ``ages`` seconds ago, each an hour if not
+    given), and a ban of 127.0.0.9."""
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute("PRAGMA journal_mode = WAL")
         for statement in MIGRATIONS[1]:
             db.execute(statement)
         db.execute("PRAGMA user_version = 1")
-        hour_ago = time.time() - 3600
+        now, ages = time.time(), ages or [3600] * len(chats)
         db.executemany("INSERT INTO entries VALUES (?, ?, 'room', 'lobby', NULL, NULL, NULL, 1, ?)",
-                       [(number, hour_ago, proto.encode(proto.ChatFrom("amy", text))[2:])
-                        for number, text in enumerate(chats, 1)])
+                       [(number, now - age, proto.encode(proto.ChatFrom("amy", text))[2:])
+                        for number, (text, age) in enumerate(zip(chats, ages), 1)])
         db.execute("INSERT INTO bans VALUES ('127.0.0.9', ?, 'spam')", (time.time() + 300,))
     sqlite3.connect(path).close()
 
@@ -228,6 +229,23 @@ def test_a_database_of_the_first_schema_is_brought_up_to_date(servers, database)
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert db.execute("SELECT count(*), max(number) FROM entries WHERE said = 1"
                           ).fetchone() == (1201, 1202)  # pat joined as 1201
+
+
+def test_what_is_older_than_the_days_goes_even_beside_newer_entries(servers, database):
+    """Entries are kept in batches (a migrated file's hold many): an entry
+    past --keep-days goes, the newer ones of its batch stay."""
+    chats = [f"old {i}" for i in range(300)]
+    first_schema_file(database, chats, ages=[3 * 86400 - i * 600 for i in range(300)])
+    server = servers("--db", str(database), "--keep-days", "2")
+
+    def said():
+        with sqlite3.connect(database) as db:
+            return [text for text, in db.execute(
+                "SELECT json_extract(packet, '$.message') FROM entries WHERE said = 1")]
+
+    younger = chats[86400 // 600 + 1:]  # "old 145" on: less than 2 days old
+    wait_for(lambda: said() == younger, describe=lambda: f"{len(said())} kept")
+    assert server.proc.poll() is None
 
 
 def test_files_that_are_not_its_database_are_refused_and_left_alone(tmp_path):
