@@ -38,8 +38,8 @@ class Bus:
         while busy:
             busy = False
             for name, node in self.nodes.items():
-                if name in self.dead:
-                    continue
+                if name in self.dead or name in self.paused:
+                    continue  # a paused node reads, answers and appends nothing
                 busy |= self.answer_calls(name, node)
                 busy |= self.append(name, node)
                 busy |= self.deliver(name, node)

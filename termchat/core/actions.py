@@ -157,6 +157,7 @@ def join(parts: Parts, conn: Connection, nick: str, session: bool, now: float,
     presence, log_ = parts.presence, parts.log
     user = presence.new_user(nick)
     user.since = log_.last_number + 1  # its join is next
+    log_.own_again(user.key)
     room = room or presence.lobby
     recent = log_.recent(room.key) if session else []
     attach(conn, user)

@@ -297,6 +297,7 @@ def adopt(parts: Parts, conn: Connection, old: str, room: str, position: Positio
     conn.pending = None
     parts.sessions.unorphan(user)
     user.node = None
+    parts.log.own_again(user.key)
     parts.sessions.start(user, user.since, token=hello.resume)
     session = user.session
     actions.attach(conn, user)
@@ -476,7 +477,11 @@ def on_remote_takeover(parts: Parts, event: cluster.RemoteTakeover,
     Nobody is told anything; if it was ours, we let it go silently.  Ours
     and taken from another node: if its connection is here, that takeover
     is older than ours (ignored); if not, Redis moved the session away from
-    us to ``old`` (only a takeover moves it), which died before saying so."""
+    us to ``old`` (only a takeover moves it), which died before saying so.
+    Taken from us: what we publish of the user past this point is refused
+    by the others, and struck here (eventlog: disown)."""
+    if event.old == parts.node_id and event.stream:
+        parts.log.disown(proto.name_key(event.nick), cluster.stream_id(event.stream))
     user = parts.presence.get(event.nick)
     if user is not None and user.local:
         if event.old != parts.node_id and user.connection is not None:

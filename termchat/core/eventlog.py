@@ -23,7 +23,12 @@ In a cluster each entry also says where it came from (:class:`Origin`)
 and what this node had seen when it logged it (``cursor``: the last
 stream entry applied; ``published``: how many events this node had
 published), which lets a session of another node be replayed here
-(:meth:`EventLog.missed_elsewhere`).  No I/O.
+(:meth:`EventLog.missed_elsewhere`).  What one of our users said after
+another node took its session over (in the stream's order: this node was
+paused, say, and acted on what the client had sent before it gave up on
+it) is refused by every other node; it is struck here too once the
+stream says where it landed (:meth:`EventLog.disown`), so that no replay
+here presents it as said.  No I/O.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ ENTRY_OVERHEAD = 400      # bytes of objects an entry costs beside its packet
 OWN_KEPT = 20_000         # our own events remembered for replays on other nodes
 RENAMES_FOLLOWED = 1000   # renames followed back in one replay
 EVICTED_KEPT = 100_000    # lists let go whose last entry is remembered
+DISOWNED_KEPT = 10_000    # users taken over elsewhere whose late events are struck
 _number = attrgetter("number")
 _cursor = attrgetter("cursor")
 EVERYONE, ROOM, DMS, MOVES, RENAMES = "everyone", "room", "dms", "moves", "renames"
@@ -216,6 +222,14 @@ class EntryList:
     def first(self) -> LogEntry | None:
         return self.items[self.head] if len(self) else None
 
+    def remove(self, entry: LogEntry) -> bool:
+        index = bisect.bisect_left(self.items, entry.number, lo=self.head, key=_number)
+        if index == len(self.items) or self.items[index] is not entry:
+            return False
+        del self.items[index]
+        self.bytes -= entry.size
+        return True
+
     def __iter__(self):
         return iter(self.items[self.head:])
 
@@ -254,6 +268,9 @@ class EventLog:
         self.unappended: dict[int, list[LogEntry]] = {}  # our seq -> entries, stream unknown
         self.own: deque[LogEntry] = deque(maxlen=OWN_KEPT)
         self.first_of_death: dict[str, int] = {}  # dead node -> its first entry's number
+        self.disowned: OrderedDict[str, tuple[StreamId, int | None]] = OrderedDict()  # name
+        # key of a user of ours taken over elsewhere -> (the takeover's stream entry, the
+        # last entry logged before the user was ours again, None: not yet)
 
     # ---- recording ----
 
@@ -570,3 +587,60 @@ class EventLog:
         for seq, entry_id in own:
             for entry in self.unappended.pop(seq, ()):
                 entry.stream = stream_id(entry_id)
+                if self.refused(entry):
+                    self.strike(entry)
+
+    def disown(self, name: str, taken_at: StreamId) -> None:
+        """Our user ``name`` was taken over by another node at stream entry
+        ``taken_at``: what we logged of it before it is ours again and that
+        lands in the stream past there is refused by the others."""
+        self.disowned.pop(name, None)
+        self.disowned[name] = (taken_at, None)
+        if len(self.disowned) > DISOWNED_KEPT:
+            self.disowned.popitem(last=False)
+
+    def own_again(self, name: str) -> None:
+        """The user ``name`` is ours again: what it says from now on counts."""
+        taken = self.disowned.get(name)
+        if taken is not None and taken[1] is None:
+            self.disowned[name] = (taken[0], self.last_number)
+
+    def refused(self, entry: LogEntry) -> bool:
+        """Whether the others refuse our entry (its stream entry is known)."""
+        taken = self.disowned.get(speaker_key(entry.message))
+        return taken is not None and entry.stream > taken[0] and \
+            (taken[1] is None or entry.number <= taken[1])
+
+    def strike(self, entry: LogEntry) -> None:
+        """Take an entry out of every list it was filed in."""
+        for key in filed_under(entry):
+            lst = self.lists.get(key)
+            if lst is not None and lst.remove(entry):
+                self.memory -= entry.size + ENTRY_OVERHEAD
+                self.entries -= 1
+
+
+def speaker_key(message: proto.Message) -> str | None:
+    """The name key of who said or did what a message reports (None: nobody's)."""
+    if isinstance(message, proto.DirectFrom):
+        return proto.name_key(message.sender)
+    if isinstance(message, (proto.ChatFrom, proto.EmoteFrom, proto.EnteredRoom,
+                            proto.ExitedRoom)):
+        return proto.name_key(message.nick)
+    return None
+
+
+def filed_under(entry: LogEntry) -> list[tuple[str, Any]]:
+    """The keys of the lists EventLog.file put an entry in."""
+    target = entry.target
+    if target is None:
+        keys: list[tuple[str, Any]] = [(EVERYONE, None)]
+        if isinstance(entry.message, proto.NickChanged):
+            keys.append((RENAMES, proto.name_key(entry.message.nick)))
+    elif isinstance(target, str):
+        keys = [(ROOM, target)]
+    else:
+        keys = [(DMS, name) for name in target]
+    if entry.mover is not None:
+        keys.append((MOVES, entry.mover))
+    return keys

@@ -239,3 +239,33 @@ def test_a_resume_whose_connection_drops_while_it_waits_hands_the_session_back()
     node.core.parts.log.stream_cursor = (1 << 62, 0)  # the reader catches up
     outlet, got = resume_on(bus, "B", "pat", token, last)  # so the client's next try works
     assert got[0]["type"] == "resumed", got
+
+
+def test_what_a_paused_node_did_for_a_session_taken_over_meanwhile_is_never_replayed():
+    """Found by the chaos run: a node paused while its client gave up on it
+    and resumed elsewhere reads, once it runs again, the line the client
+    had sent it; the others refuse it (the user is theirs now), and so must
+    its own replays."""
+    bus = Bus("A", "B")
+    pat, token, _ = session_on(bus, "A", "pat")
+    bob = user_on(bus, "B", "bob")
+    said(bus, "A", pat, "before the pause")
+    last = bus.nodes["A"].received(pat)[-1]["id"]
+    bus.pause("A")                      # SIGSTOP, with pat's next line in its socket
+    moved, got = resume_on(bus, "B", "pat", token, last)  # pat gave up on A
+    assert got[0]["type"] == "resumed", got
+    bus.nodes["A"].chat(pat, "stale")   # A runs again: it reads what was in the socket,
+    bus.nodes["A"].lose(pat)            # then the end
+    bus.carry_on("A")
+    assert "stale" not in [m.get("message") for m in bus.nodes["B"].received(bob)]
+    bus.nodes["B"].lose(moved)          # before B sent pat anything
+    bus.pump()
+    home, got = resume_on(bus, "A", "pat", token, last)  # home again
+    assert got[0]["type"] == "resumed", got
+    assert "stale" not in [m.get("message") for m in got], got
+    said(bus, "A", home, "home")         # ours again: what it says now counts everywhere
+    assert chat_from("pat", "home") in bare(bus.nodes["B"].received(bob))
+    bus.nodes["A"].lose(home)
+    bus.pump()
+    _, got = resume_on(bus, "A", "pat", token, last)  # as if it missed its own echo
+    assert [m.get("message") for m in got[1:]] == ["home"], got
