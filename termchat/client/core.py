@@ -72,6 +72,7 @@ class ClientCore:
         self.ring_bell = bell
         self.shown_ids = RecentIds()
         self.older = OlderHistory()     # history on demand, for the room we are in
+        self.asked_room = False         # after a resume: asked who, for the room we are in
 
     # ---- asked by the main thread ----
 
@@ -166,6 +167,11 @@ class ClientCore:
             return []
         rejoining = self.session.phase in (Phase.REJOINING, Phase.RESUMING)
         go_on, effects = self.session.received(message, meta, self.view.nick)
+        if isinstance(message, proto.Resumed) and not self.view.in_world:
+            self.asked_room = True  # a move the server never kept (its node died before
+            effects.append(Send(proto.WhoRequest()))  # passing it on) is not where we are
+        if isinstance(message, proto.WhoList) and self.asked_room:
+            return self.room_checked(message.room)
         if not go_on:
             return effects
         own_join = isinstance(message, proto.Joined) and self.view.is_me(message.nick)
@@ -177,6 +183,16 @@ class ClientCore:
         if room is not None:  # the server forgot our room: go back to it
             shown += [Send(proto.EnterRoom(room))]
         return shown
+
+    def room_checked(self, room: str) -> list[Effect]:
+        """The answer to the ``who`` asked after a resume (not shown): the
+        room the server has us in, if not the one the prompt names."""
+        self.asked_room = False
+        if proto.name_key(room) == proto.name_key(self.view.room):
+            return []
+        self.view.room = room
+        self.older.reset()
+        return self.say(f"you are in {room}")
 
     def shown(self, message: proto.Message, meta: dict[str, Any]) -> list[Effect]:
         """What the user sees of a packet."""

@@ -225,8 +225,25 @@ def test_a_resume_keeps_the_room():
     core.receive(payload(proto.EnteredRoom("pat", "games"), id="3"))
     core.session.lost(1.0)
     assert core.opened(1.5).resume == "tok"
-    assert shown(core.receive(payload(proto.Resumed(0)))) == ["*** reconnected"]
+    resumed = core.receive(payload(proto.Resumed(0)))
+    assert shown(resumed) == ["*** reconnected"]
+    assert sent(resumed) == [proto.WhoRequest()]  # where the server has us
+    assert shown(core.receive(payload(proto.WhoList("games", ("pat",))))) == []
     assert core.prompt() == "pat [games]> "
+
+
+def test_after_a_resume_the_prompt_names_the_room_the_server_has_us_in():
+    core = live()
+    core.receive(payload(proto.SessionGranted("tok", 60)))
+    core.receive(payload(proto.EnteredRoom("pat", "games"), id="3"))  # echoed by a node
+    core.session.lost(1.0)                                            # that died before
+    core.opened(1.5)                                                  # passing it on
+    assert sent(core.receive(payload(proto.Resumed(0)))) == [proto.WhoRequest()]
+    assert shown(core.receive(payload(proto.WhoList("lobby", ("pat", "ann"))))) == \
+        ["*** you are in lobby"]
+    assert core.prompt() == "pat> "
+    later = core.receive(payload(proto.WhoList("lobby", ("pat", "ann"))))  # /who: shown
+    assert shown(later) == ["*** in lobby: pat, ann"]
 
 
 # ---- world mode (issue 20, finding 10) ----
