@@ -32,6 +32,8 @@ MAX_SEQ_GAP = 1_000_000  # an event number this far past the last is not believe
 STORE_AWAY = ("the chat servers' shared store is away: your session is kept; try again in a "
               "moment")
 DEAD_KEPT = 1000         # dead nodes remembered
+DEAD_NODE_WAIT = 10.0    # seconds a node found dead may yet come back with what it said
+# (it was paused, or stalled): until then a resume waits for its unwritten events
 
 
 class ClusterView:
@@ -40,6 +42,7 @@ class ClusterView:
     def __init__(self) -> None:
         self.dead: dict[str, tuple[dict, tuple]] = {}  # nodes seen to die -> (their
         # sessions, the stream's last entry then), oldest first
+        self.died_at: dict[str, float] = {}  # ...and when we saw it
         self.applied: dict[str, int] = {}  # node -> the last event number applied
         self.read: dict[str, int] = {}     # node -> the highest believable number read
         # (applied or refused: what a resume waits for)
@@ -62,10 +65,16 @@ class ClusterView:
         if event.seq:
             self.applied[event.node] = event.seq
 
-    def died(self, node: str, sessions: dict, mark: tuple) -> None:
+    def died(self, node: str, sessions: dict, mark: tuple, now: float) -> None:
         self.dead[node] = (sessions, mark)
+        self.died_at[node] = now
         while len(self.dead) > DEAD_KEPT:
-            del self.dead[next(iter(self.dead))]
+            self.answers(next(iter(self.dead)))
+
+    def answers(self, node: str) -> None:
+        """A node found dead runs again (or is forgotten)."""
+        del self.dead[node]
+        self.died_at.pop(node, None)
 
 
 def admit(parts: Parts, event: cluster.NodeEvent) -> tuple[Effects, Origin] | None:
@@ -91,7 +100,7 @@ def heard_from(parts: Parts, node: str, stream: tuple | None) -> None:
     is only read late (its last words, or the stream's past at start)."""
     dead = parts.view.dead.get(node)
     if dead is not None and (stream is None or stream > dead[1]):
-        del parts.view.dead[node]
+        parts.view.answers(node)
         log.info("cluster: node %s answers again", node[:40])
         for user in parts.presence.of_node(node):
             parts.sessions.unorphan(user, held=True)
@@ -259,21 +268,27 @@ def give_up(parts: Parts, conn: Connection, hello: proto.Hello, old: str, room: 
         expired(parts, conn, now)
 
 
-def caught_up(parts: Parts, position: Position) -> bool:
+def caught_up(parts: Parts, position: Position, now: float) -> bool:
     """Whether this node has applied everything the client had seen where
     it was: the stream up to the client's cursor, and every event its node
     had published by then (its move to another room, say: replayed by a
-    stale view, the client would get the old room's chat).  A dead node's
-    unwritten events never come: its end in the stream is enough."""
+    stale view, the client would get the old room's chat; its own lines,
+    echoed to it: lost for the others if it went on here first).  A dead
+    node's unwritten events never come: once it has been dead for
+    DEAD_NODE_WAIT (a paused node is back by then, and passes them on),
+    its end in the stream is enough."""
     if parts.log.stream_cursor < position.cursor:
         return False
     node = position.node
     if node is None or node == parts.node_id:
         return True
-    if parts.view.read.get(node, 0) >= position.published:
-        return True
-    dead = parts.view.dead.get(node)
-    return dead is not None and parts.log.stream_cursor >= dead[1]
+    view, start = parts.view, parts.log.log_start
+    if view.read.get(node, 0) >= position.published or start is None or \
+            position.cursor < start:  # (or it saw its last packet before we started
+        return True                   # reading: it cannot be resumed here in any case)
+    dead = view.dead.get(node)
+    return dead is not None and parts.log.stream_cursor >= dead[1] and \
+        now >= view.died_at.get(node, now) + DEAD_NODE_WAIT
 
 
 def adopt(parts: Parts, conn: Connection, old: str, room: str, position: Position,
@@ -283,7 +298,7 @@ def adopt(parts: Parts, conn: Connection, old: str, room: str, position: Positio
     logged it."""
     if conn.state is not State.CLAIMING:  # gone while it waited
         return hand_back(conn.pending, old)
-    if not caught_up(parts, position):  # the reader never got there (Redis is away, or
+    if not caught_up(parts, position, now):  # the reader never got there (Redis is away, or
         return hand_back(conn.pending, old) + refuse(  # the old node's last events are
             parts, conn, STORE_AWAY, Code.THROTTLED, now)  # not written yet): try later
     hello = conn.pending
@@ -568,7 +583,7 @@ def on_node_dead(parts: Parts, event: cluster.NodeDead, now: float) -> Effects:
     any other node)."""
     log.warning("cluster: node %s stopped answering; its users have left, but for %d "
                 "with sessions", event.node, len(event.sessions))
-    parts.view.died(event.node, event.sessions, cluster.stream_id(event.mark))
+    parts.view.died(event.node, event.sessions, cluster.stream_id(event.mark), now)
     return bury(parts, event.node, event.sessions, now)
 
 

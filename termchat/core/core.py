@@ -255,7 +255,7 @@ class ChatCore:
         has read what their clients saw (or after a short wait)."""
         parts = self.parts
         for conn, old, room, position in parts.sessions.ready_resumes(
-                now, lambda position: clusterview.caught_up(parts, position)):
+                now, lambda position: clusterview.caught_up(parts, position, now)):
             if self.fenced(conn, now, adopt, parts, conn, old, room, position, now):
                 self.process(conn, now)
 

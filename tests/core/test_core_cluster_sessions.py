@@ -2,6 +2,7 @@
 bus that plays Redis and the link threads (tests/cluster_bus.py)."""
 
 from termchat.cluster import events as cluster
+from termchat.core.clusterview import DEAD_NODE_WAIT
 from termchat.core.sessions import RESUME_WAIT
 from tests.cluster_bus import Bus, bare, resume_on, said, session_on, user_on
 from tests.core_harness import FakeLink, Harness
@@ -269,3 +270,40 @@ def test_what_a_paused_node_did_for_a_session_taken_over_meanwhile_is_never_repl
     bus.pump()
     _, got = resume_on(bus, "A", "pat", token, last)  # as if it missed its own echo
     assert [m.get("message") for m in got[1:]] == ["home"], got
+
+
+def test_a_resume_waits_for_what_a_node_taken_for_dead_echoed_but_had_not_written():
+    """Found by the chaos run: a node paused right after echoing a line (not
+    yet in the stream) was taken for dead, and its client resumed on another
+    node at once; the line, written when the node ran again, was refused
+    there (the user was the other node's by then): lost, though echoed."""
+    bus = Bus("A", "B")
+    pat, token, _ = session_on(bus, "A", "pat")
+    bob = user_on(bus, "B", "bob")
+    bus.pause("A")
+    bus.nodes["A"].chat(pat, "echoed, not yet written")
+    last = bus.nodes["A"].received(pat)[-1]["id"]
+    bus.take_for_dead("A")
+    node = bus.nodes["B"]
+    outlet, got = resume_on(bus, "B", "pat", token, last)
+    assert got == []                   # B waits for A's line...
+    bus.tick(RESUME_WAIT + 0.1)        # ...and then says: try again
+    assert [p.get("code") for p in node.received(outlet)] == ["throttled"]
+    bus.carry_on("A")                  # A runs again, and passes its line on
+    assert chat_from("pat", "echoed, not yet written") in bare(node.received(bob))
+    bus.nodes["A"].lose(pat)
+    bus.pump()
+    _, got = resume_on(bus, "B", "pat", token, last)
+    assert got == [{"type": "resumed", "missed": 0}], got
+
+
+def test_a_resume_waits_for_a_dead_nodes_unwritten_lines_only_so_long():
+    bus = Bus("A", "B")
+    pat, token, _ = session_on(bus, "A", "pat")
+    bus.pause("A")
+    bus.nodes["A"].chat(pat, "echoed, never written")
+    last = bus.nodes["A"].received(pat)[-1]["id"]
+    bus.kill("A")                      # SIGKILL: that line never comes
+    bus.tick(DEAD_NODE_WAIT)
+    _, got = resume_on(bus, "B", "pat", token, last)
+    assert got == [{"type": "resumed", "missed": 0}], got
