@@ -32,7 +32,6 @@ import socket
 import ssl
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from typing import Sequence
 
@@ -46,6 +45,7 @@ from termchat.world.files import load_world
 from termchat.core.core import Access, ChatCore, Limits, SessionSettings
 from termchat.core.ports import NO_STORE
 from termchat.core.gate import format_address
+from termchat.server.door import TURNED_AWAY_PER_TURN, Door
 from termchat.core.delivery import Delivery, Outlet
 
 log = logging.getLogger("chat_server")
@@ -56,9 +56,6 @@ BACKLOG = 4096
 KERNEL_SEND_BUFFER = 1 << 18
 ACCEPTS_PER_TURN = 64
 LINGER_SECONDS = 2.0
-TURNED_AWAY_LINGER = 0.5  # seconds a connection refused at the door has to read why
-MAX_TURNED_AWAY = 256     # ...and how many may wait so (the oldest is closed first)
-TURNED_AWAY_PER_TURN = 8  # refused at the door in one loop turn, at most
 KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 6}  # dead after ~2 min
 WAKE = "wake"            # the selector key data of the wake-up socket
 TLS_RECORD = 1 << 14     # what one TLS write takes: one record
@@ -111,35 +108,6 @@ class Connection(Outlet):
         return f"<connection {self.peer}>"
 
 
-class TurnedAway:
-    """Connections refused at the door (past their address's connection
-    rate): each is sent its error and its end and nothing else (no record,
-    no selector), so churn costs little, and closed once its client has
-    had the time to read why."""
-
-    def __init__(self) -> None:
-        self.waiting: deque[tuple[float, socket.socket]] = deque()  # (close at, socket)
-
-    def add(self, sock: socket.socket, refusal: bytes) -> None:
-        try:
-            sock.send(refusal)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            sock.close()
-            return
-        self.waiting.append((time.monotonic() + TURNED_AWAY_LINGER, sock))
-        while len(self.waiting) > MAX_TURNED_AWAY:
-            self.waiting.popleft()[1].close()
-
-    def expire(self, now: float) -> None:
-        while self.waiting and self.waiting[0][0] <= now:
-            self.waiting.popleft()[1].close()
-
-    def close_all(self) -> None:
-        while self.waiting:
-            self.waiting.popleft()[1].close()
-
-
 class ChatServer:
     """The selector loop around one chat core."""
 
@@ -155,7 +123,7 @@ class ChatServer:
         self.selector = selectors.DefaultSelector()
         self.connections: set[Connection] = set()
         self.lingering: dict[Connection, None] = {}  # in deadline order
-        self.turned_away = TurnedAway()     # refused at the door, closed soon
+        self.door = Door(self.selector)    # connections refused, listeners resting
         self.running = False
         self._reserve_fd: int | None = os.open(os.devnull, os.O_RDONLY)
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -236,8 +204,9 @@ class ChatServer:
         if self.delivery.busy or self.tls_buffered:
             return 0
         due = [next(iter(self.lingering)).deadline] if self.lingering else []
-        if self.turned_away.waiting:
-            due.append(self.turned_away.waiting[0][0])
+        door_due = self.door.next_due()
+        if door_due is not None:
+            due.append(door_due)
         if self.core_due is not None:
             due.append(self.core_due)
         kept_due = self.keeper.next_due()  # retention ages rows on an idle server too
@@ -270,7 +239,7 @@ class ChatServer:
         count = len(self.connections)
         for conn in list(self.connections):
             self.discard(conn)
-        self.turned_away.close_all()
+        self.door.close_all()
         for sock in self.listeners + [self._wake_reader, self._wake_writer]:
             sock.close()
         self.selector.close()
@@ -284,11 +253,12 @@ class ChatServer:
 
     def accept(self, listener: socket.socket) -> None:
         """Up to ACCEPTS_PER_TURN new connections, of which at most
-        TURNED_AWAY_PER_TURN refused at the door: churn then waits in the
-        listen backlog (and the kernel slows the churner), not the chat."""
+        TURNED_AWAY_PER_TURN refused at the door (then the door rests:
+        churn waits in the listen backlog, not the chat)."""
         turned = 0
         for _ in range(ACCEPTS_PER_TURN):
             if turned >= TURNED_AWAY_PER_TURN:
+                self.door.rest(listener, time.monotonic())
                 return
             try:
                 sock, address = listener.accept()
@@ -304,7 +274,7 @@ class ChatServer:
             if self.tls is None:  # (on a TLS port the error waits for the handshake)
                 refusal = self.core.turned_away(address, time.monotonic())
                 if refusal is not None:
-                    self.turned_away.add(sock, refusal)
+                    self.door.turn_away(sock, refusal, time.monotonic())
                     turned += 1
                     continue
             # Each turn's output goes in one send already: Nagle would only delay it.
@@ -531,7 +501,7 @@ class ChatServer:
 
     def expire_lingering(self) -> None:
         now = time.monotonic()
-        self.turned_away.expire(now)
+        self.door.expire(now)
         while self.lingering:
             conn = next(iter(self.lingering))
             if conn.deadline > now:

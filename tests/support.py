@@ -126,8 +126,10 @@ def fork_server() -> ForkServer:
 class RawClient:
     """A protocol client over a real socket, for exact packet checks."""
 
-    def __init__(self, port: int, nick: str | None = None, host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection((host, port), timeout=DEFAULT_TIMEOUT)
+    def __init__(self, port: int, nick: str | None = None, host: str = "127.0.0.1",
+                 source: str | None = None) -> None:
+        self.sock = socket.create_connection((host, port), timeout=DEFAULT_TIMEOUT,
+                                             source_address=(source, 0) if source else None)
         self.decoder = proto.PacketDecoder()
         self.received: list[dict] = []
         self.unread = 0          # index of the first message expect() has not consumed

@@ -252,3 +252,23 @@ def test_an_address_opening_connections_too_fast_is_refused_before_its_hello(sta
     assert seen and seen.isdisjoint(refused)
     assert server.log_text().count("throttling new connections") >= 1
     assert "too many new connections" not in server.log_text()  # one line, not one each
+
+
+def test_churn_past_the_doors_share_of_a_turn_is_all_answered_and_others_get_in(start_server):
+    """Sixty connections from one address wait in the backlog at once: the
+    door refuses its share of a turn, rests, and goes on until every one has
+    its throttled answer and its end; someone from another address, behind
+    them in the backlog, is let in and served."""
+    server = start_server("--connect-rate", "1", "--connect-burst", "1", "--max-per-ip", "0")
+    first = RawClient(server.port, "first")
+    first.expect(join("first"))
+    churn = [RawClient(server.port) for _ in range(60)]
+    other = RawClient(server.port, "other", source="127.0.0.2")
+    other.expect(join("other"))
+    for client in churn:
+        answer = client.expect(lambda m: True)
+        assert answer.get("code") == "throttled", answer
+        client.expect_closed()
+        client.close()
+    other.chat("still here")
+    first.expect(chat_from("other", "still here"))

@@ -1,0 +1,1 @@
+"""The server's transport pieces that chat_server.py's loop uses."""
