@@ -117,10 +117,16 @@ class Sessions:
         if self.by_name.get(session.user.key) is session:
             del self.by_name[session.user.key]
 
+    def current(self, session: Session) -> bool:
+        """Whether the session is still the one its token names (a token
+        taken over elsewhere and back names a new one)."""
+        return self.by_digest.get(session.digest) is session
+
     def end(self, session: Session) -> None:
         """The session is over (its user left, or its grace ended)."""
-        if self.by_digest.pop(session.digest, None) is None:
+        if not self.current(session):
             return
+        del self.by_digest[session.digest]
         if session.detached:
             self.undetach(session)
         else:
@@ -132,8 +138,7 @@ class Sessions:
         over = []
         while self.expiring and self.expiring[0][0] <= now:
             _, session = self.expiring.popleft()
-            if session.digest in self.by_digest and session.detached and \
-                    session.expires <= now:
+            if self.current(session) and session.detached and session.expires <= now:
                 over.append(session)
         return over
 

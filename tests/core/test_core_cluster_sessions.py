@@ -307,3 +307,29 @@ def test_a_resume_waits_for_a_dead_nodes_unwritten_lines_only_so_long():
     bus.tick(DEAD_NODE_WAIT)
     _, got = resume_on(bus, "B", "pat", token, last)
     assert got == [{"type": "resumed", "missed": 0}], got
+
+
+def test_a_session_back_from_another_node_keeps_its_own_grace_not_its_last_stay_here():
+    """Found by the chaos run: a session that dropped here, resumed on
+    another node and then came back here had the grace of its first drop
+    still running: when it dropped again, that old grace ended it (its
+    user left everywhere) a moment later."""
+    bus = Bus("A", "B")
+    pat, token, got = session_on(bus, "A", "pat")
+    last = got[0]["id"]
+    bob = user_on(bus, "B", "bob")
+    bus.nodes["A"].lose(pat)            # the grace starts here...
+    bus.pump()
+    moved, _ = resume_on(bus, "B", "pat", token, last)
+    bus.tick(40)
+    bus.nodes["B"].lose(moved)
+    bus.pump()
+    home, got = resume_on(bus, "A", "pat", token, last)  # back here: a new stay
+    assert got[0]["type"] == "resumed", got
+    bus.tick(19)
+    bus.nodes["A"].lose(home)           # ...and again here, 59 s later (the grace: 60 s)
+    bus.pump()
+    bus.tick(2)                          # past the first drop's grace, not this one's
+    assert leave("pat") not in bus.nodes["B"].received(bob)
+    _, got = resume_on(bus, "A", "pat", token, last)
+    assert got[0]["type"] == "resumed", got
