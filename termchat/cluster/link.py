@@ -340,7 +340,7 @@ class ClusterLink:
         client, node = self.client, self.node_id
         lost = self._check_epoch()
         self._give_back_kept()
-        drop_sessions_gone(self, lost)
+        waiting = drop_sessions_gone(self, lost)  # another node may still take these up
         client.set(self.key("alive:" + node), "1", px=self.ttl_ms)
         client.set(self.key("member:" + node), "1", ex=STREAM_SECONDS)
         client.sadd(self.key("nodes"), node)
@@ -351,10 +351,11 @@ class ClusterLink:
         if self.sessions:
             client.hset(self.key("sessions:" + node), mapping=dict(self.sessions))
             for nick, digest in self.sessions.items():
-                client.hset(self.key("session:" + digest),
-                            mapping=session_record(nick, node, self.users.get(nick)))
+                if nick not in waiting:
+                    client.hset(self.key("session:" + digest),
+                                mapping=session_record(nick, node, self.users.get(nick)))
         for nick in list(self.users):
-            if client.claim_nick(keys=[self.key("nick:" + proto.name_key(nick))],
+            if nick not in waiting and client.claim_nick(keys=[self.key("nick:" + proto.name_key(nick))],
                                  args=[node, self.key("alive:")]) is None:
                 self.hand_over(Conflict(nick))
         pipe = client.pipeline(transaction=False)
@@ -487,15 +488,19 @@ class ClusterLink:
         self._outbox.put(stop)
 
 
-def drop_sessions_gone(link: ClusterLink, redis_lost: bool) -> None:
+def drop_sessions_gone(link: ClusterLink, redis_lost: bool) -> set[str]:
     """Before registering again (after an outage, or a pause that made
     the others take us for dead): sessions of ours taken up on another
     node meanwhile, or ended there, are not ours to claim any more.  One
     taken over by a node that never took its user up (the resume's
     connection went, and the node died or Redis went away before it
-    could give it back) is still ours: we take its nick back."""
+    could give it back) is still ours: we take its nick back.  One taken
+    over by a node that lives and has not taken it up yet is in that
+    node's wait for its reader (for what we are about to append): it takes
+    it up (its takeover event tells us) or gives it back, and until then
+    we claim neither its nick nor its record (those nicks are returned)."""
     if not link.sessions:
-        return
+        return set()
     nicks = list(link.sessions)
     pipe = link.client.pipeline(transaction=False)
     for nick in nicks:
@@ -504,15 +509,22 @@ def drop_sessions_gone(link: ClusterLink, redis_lost: bool) -> None:
     pipe = link.client.pipeline(transaction=False)
     for nick, holder in zip(nicks, holders):
         pipe.hexists(link.key("users:" + (holder or "")), nick)
-    for nick, holder, taken_up in zip(nicks, holders, pipe.execute()):
+        pipe.exists(link.key("alive:" + (holder or "")))
+    answers = pipe.execute()
+    waiting = set()
+    for nick, holder, taken_up, alive in zip(nicks, holders, answers[0::2], answers[1::2]):
         if holder == link.node_id or (holder is None and redis_lost):
             continue
         if holder is not None and not taken_up:
-            link.client.set(link.key("nick:" + proto.name_key(nick)), link.node_id)
-            continue  # ours still: registering writes its record again
+            if alive:
+                waiting.add(nick)
+            else:
+                link.client.set(link.key("nick:" + proto.name_key(nick)), link.node_id)
+            continue  # ours still: registering writes its record again (once not waiting)
         del link.sessions[nick]
         link.users.pop(nick, None)
         link.hand_over(SessionGone(nick))
+    return waiting
 
 
 class OutageBuffer:

@@ -918,43 +918,53 @@ def test_a_stop_asked_in_the_batch_redis_went_under_is_still_carried_out(redis_s
 @pytest.mark.redis(persist=True)
 def test_a_session_taken_over_for_a_resume_never_taken_up_stays_with_its_node(redis_server):
     """Chaos seed 4: node X ran the takeover script for a resume whose
-    connection then went, and Redis went away before X could give the
-    session back.  Its node, serving its users meanwhile, resumed it
-    locally; registering again it must keep it (X never took it up), or
+    connection then went, and X died, or Redis went away before X could
+    give the session back.  Its node, serving its users meanwhile, resumed
+    it locally; registering again it must keep it (X never took it up), or
     everything its user said meanwhile is lost for the rest and the user
-    is told its session went elsewhere.  X gives back what it kept."""
-    from termchat.cluster.events import SessionGone
+    is told its session went elsewhere.  X gives back what it kept.  And
+    while a live X has not taken it up it is inside its wait for its reader:
+    its node does not take it back then (X would find the nick gone when
+    it takes the user up, and refuse it: chaos seed 7, a fresh join)."""
+    from termchat.cluster.events import Conflict, SessionGone
     from termchat.cluster.link import ClusterLink
     redis = redis_server.client()
-    home, other = links = [ClusterLink(redis_server.url, wake=lambda: None, heartbeat=0.2)
-                           for _ in range(2)]
+    home, other, dying = links = [
+        ClusterLink(redis_server.url, wake=lambda: None, heartbeat=0.2) for _ in range(3)]
+    users = (("d1", "pat"), ("d2", "amy"), ("d3", "sam"))
 
     def holders():
-        return [redis.hget(f"chat:session:{digest}", "node") for digest in ("d1", "d2")] + \
-            [redis.get("chat:nick:" + proto.name_key(nick)) for nick in ("pat", "amy")]
+        return [redis.hget(f"chat:session:{digest}", "node") for digest, _ in users] + \
+            [redis.get("chat:nick:" + proto.name_key(nick)) for _, nick in users]
 
     try:
         for link in links:
             link.start()
         wait_for(lambda: all(redis.sismember("chat:nodes", link.node_id) for link in links))
-        for digest, nick in (("d1", "pat"), ("d2", "amy")):
+        for digest, nick in users:
             home.claim(None, nick, proto.name_key(nick))
             home.joined(nick, "lobby")
             home.record_session(digest, nick, room="lobby")
-        mine = home.node_id.encode()
-        wait_for(lambda: holders() == [mine] * 4, describe=lambda: str(holders()))
-        other.take_over(None, "d1", "pat")  # never taken up, never given back
+        mine, theirs = home.node_id.encode(), other.node_id.encode()
+        wait_for(lambda: holders() == [mine] * 6, describe=lambda: str(holders()))
+        dying.take_over(None, "d1", "pat")  # never taken up: its node dies
         other.take_over(None, "d2", "amy")  # given back once Redis is there again
-        theirs = other.node_id.encode()
-        wait_for(lambda: holders() == [theirs] * 4, describe=lambda: str(holders()))
+        other.take_over(None, "d3", "sam")  # still waiting to be taken up
+        taken = [dying.node_id.encode(), theirs, theirs] * 2
+        wait_for(lambda: holders() == taken, describe=lambda: str(holders()))
+        dying.stop()
         redis_server.stop(signal.SIGKILL)
         other.hand_back("d2", "amy", home.node_id)
         wait_for(lambda: other.hand_backs, describe=lambda: "the hand back was not kept")
         redis_server.start()
-        wait_for(lambda: holders() == [mine] * 4 and not other.hand_backs, timeout=20,
-                 describe=lambda: str(holders()))
-        gone = [e for e in home.take_events() if isinstance(e, SessionGone)]
-        assert gone == [] and set(home.sessions) == {"pat", "amy"}
+        expected = [mine, mine, theirs, mine, mine, theirs]
+        wait_for(lambda: holders() == expected and not other.hand_backs and home._connected,
+                 timeout=20, describe=lambda: str(holders()))
+        events = home.take_events()
+        assert not [e for e in events if isinstance(e, (SessionGone, Conflict))], events
+        assert set(home.sessions) == {"pat", "amy", "sam"}
+        other.hand_back("d3", "sam", home.node_id)  # its wait ended: given back
+        wait_for(lambda: holders() == [mine] * 6, describe=lambda: str(holders()))
     finally:
         for link in links:
             link.stop()
