@@ -240,8 +240,11 @@ def end(child: pexpect.spawn) -> None:
 def client_environment(extra: dict[str, str] | None) -> dict[str, str]:
     """The test's environment for the client: a terminal like xterm, in
     UTF-8, in colour (and without pytest's name of the current test, which
-    changes with each test and would keep a spare client from fitting)."""
-    base = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "PYTEST_CURRENT_TEST")}
+    changes with each test and would keep a spare client from fitting).  No
+    LINES or COLUMNS (pytest-xdist's workers have them): ncurses would take
+    them over the pty's own size."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("NO_COLOR", "PYTEST_CURRENT_TEST", "LINES", "COLUMNS")}
     return dict(base, TERM="xterm", LANG="C.UTF-8", LC_ALL="C.UTF-8", **(extra or {}))
 
 
