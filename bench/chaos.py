@@ -243,6 +243,7 @@ class Run:
             "errors": merged(c.errors for c in self.clients),
             "proxy": {"resets": self.proxies.resets, "drops": self.proxies.drops},
             "node_ids": {n.name: n.ids for n in self.nodes.values()},
+            "traces": {c.nick: c.trace for c in self.clients},
         }
         return record, line
 

@@ -99,6 +99,7 @@ class ChaosClient:
         self.next_action = now + rng.uniform(0.5, 3.0)
         self.who_answer: WhoAnswer | None = None
         self.asked_final_who = False
+        self.trace: list[tuple[float, str]] = []  # its connections, hellos and answers
 
     # ---- state the run asks about ----
 
@@ -128,6 +129,7 @@ class ChaosClient:
         self.decoder, self.out = proto.PacketDecoder(), bytearray()
         self.node, self.heard_at, self.unanswered_since = "", now, None
         self.counts.connections += 1
+        self.trace.append((now, f"connect {self.target}"))
         self.selector.register(sock, selectors.EVENT_WRITE, self._on_ready)
 
     def restart(self, now: float) -> None:
@@ -144,6 +146,7 @@ class ChaosClient:
     def _opened(self, now: float) -> None:
         self.connecting = False
         hello = self.session.opened(self.nick, now)
+        self.trace.append((now, "resume" if hello.resume else "hello"))
         self._send(hello, now)
 
     def hang_up(self, now: float, reset: bool = True) -> None:
@@ -165,6 +168,7 @@ class ChaosClient:
 
     def _lost(self, now: float) -> None:
         heard = self.session.heard
+        self.trace.append((now, "lost" if heard else "lost unheard"))
         self.session.lost(now)
         self.last_loss = now
         self.checking_room, self.replay_left, self.unanswered_since = False, 0, None
@@ -312,8 +316,9 @@ class ChaosClient:
             return  # a type this client does not know
         phase = self.session.phase
         _, effects = self.session.received(message, meta, self.nick)
-        if "id" in meta:
+        if "id" in meta and node_of(meta["id"]) != self.node:
             self.node = node_of(meta["id"])
+            self.trace.append((now, "on " + self.node))
         replay = self.replay_left > 0 and not isinstance(message, proto.Resumed)
         if replay:
             self.replay_left -= 1
@@ -334,6 +339,7 @@ class ChaosClient:
                 self._end_session()
                 self._begin_session(now)
         elif isinstance(message, proto.Resumed):
+            self.trace.append((now, "resumed"))
             self.counts.resumes += 1
             self.replay_left = message.missed
             self.checking_room = True
@@ -354,6 +360,7 @@ class ChaosClient:
         elif isinstance(message, proto.WhoList):
             self._who(message, now)
         elif isinstance(message, proto.Error):
+            self.trace.append((now, f"error {message.code}"))
             self.errors[message.code or "?"] = self.errors.get(message.code or "?", 0) + 1
             if message.code == proto.Code.BAD_PACKET and self.moving_to is not None:
                 self.moving_to = None  # (never expected: a move refused)

@@ -42,7 +42,8 @@ class ClusterView:
     def __init__(self) -> None:
         self.dead: dict[str, tuple[dict, tuple]] = {}  # nodes seen to die -> (their
         # sessions, the stream's last entry then), oldest first
-        self.died_at: dict[str, float] = {}  # ...and when we saw it
+        self.died_at: dict[str, float] = {}  # ...and since when it is taken for dead here
+        self.started: float | None = None  # when our reader started reading the stream
         self.applied: dict[str, int] = {}  # node -> the last event number applied
         self.read: dict[str, int] = {}     # node -> the highest believable number read
         # (applied or refused: what a resume waits for)
@@ -66,8 +67,14 @@ class ClusterView:
             self.applied[event.node] = event.seq
 
     def died(self, node: str, sessions: dict, mark: tuple, now: float) -> None:
+        """A node found dead (again: its first finding counts).  Found within
+        DEAD_NODE_WAIT of our own start, it may have died long before: taken
+        for dead long enough (a node restarted over and over would
+        otherwise never resume the sessions of a node killed before it)."""
         self.dead[node] = (sessions, mark)
-        self.died_at[node] = now
+        started = self.started if self.started is not None else now
+        self.died_at.setdefault(node, now if now >= started + DEAD_NODE_WAIT
+                                else started - DEAD_NODE_WAIT)
         while len(self.dead) > DEAD_KEPT:
             self.answers(next(iter(self.dead)))
 
@@ -616,6 +623,8 @@ def on_progress(parts: Parts, event: cluster.Progress, now: float) -> Effects:
     effects = take_snapshot(parts)
     if event.start:
         parts.view.catching_up = event.catching_up
+        if parts.view.started is None:
+            parts.view.started = now
     elif event.caught_up and parts.view.catching_up:
         parts.view.catching_up = False
         log.info("cluster: caught up with the stream")

@@ -278,6 +278,7 @@ def test_a_resume_waits_for_what_a_node_taken_for_dead_echoed_but_had_not_writte
     node at once; the line, written when the node ran again, was refused
     there (the user was the other node's by then): lost, though echoed."""
     bus = Bus("A", "B")
+    bus.tick(DEAD_NODE_WAIT)           # B has run a while: it sees A die, and when
     pat, token, _ = session_on(bus, "A", "pat")
     bob = user_on(bus, "B", "bob")
     bus.pause("A")
@@ -299,14 +300,31 @@ def test_a_resume_waits_for_what_a_node_taken_for_dead_echoed_but_had_not_writte
 
 def test_a_resume_waits_for_a_dead_nodes_unwritten_lines_only_so_long():
     bus = Bus("A", "B")
+    bus.tick(DEAD_NODE_WAIT)
     pat, token, _ = session_on(bus, "A", "pat")
     bus.pause("A")
     bus.nodes["A"].chat(pat, "echoed, never written")
     last = bus.nodes["A"].received(pat)[-1]["id"]
     bus.kill("A")                      # SIGKILL: that line never comes
-    bus.tick(DEAD_NODE_WAIT)
-    _, got = resume_on(bus, "B", "pat", token, last)
+    early, got = resume_on(bus, "B", "pat", token, last)
+    bus.tick(RESUME_WAIT + 0.1)
+    assert [p.get("code") for p in got + bus.nodes["B"].received(early)] == ["throttled"]
+    bus.tick(DEAD_NODE_WAIT - RESUME_WAIT)
+    later, got = resume_on(bus, "B", "pat", token, last)
     assert got == [{"type": "resumed", "missed": 0}], got
+    bus.nodes["B"].lose(later)
+
+
+def test_a_node_started_after_a_node_died_does_not_wait_for_its_unwritten_lines():
+    bus = Bus("A", "B")
+    pat, token, _ = session_on(bus, "A", "pat")
+    bus.pause("A")
+    bus.nodes["A"].chat(pat, "echoed, never written")
+    last = bus.nodes["A"].received(pat)[-1]["id"]
+    bus.kill("A")
+    bus.start("N", history=True)       # it cannot tell how long ago A died
+    _, got = resume_on(bus, "N", "pat", token, last)
+    assert got[0]["type"] == "resumed", got
 
 
 def test_a_session_back_from_another_node_keeps_its_own_grace_not_its_last_stay_here():
