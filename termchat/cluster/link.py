@@ -352,12 +352,8 @@ class ClusterLink:
             client.hset(self.key("sessions:" + node), mapping=dict(self.sessions))
             for nick, digest in self.sessions.items():
                 if nick not in waiting:
-                    client.hset(self.key("session:" + digest),
-                                mapping=session_record(nick, node, self.users.get(nick)))
-        for nick in list(self.users):
-            if nick not in waiting and client.claim_nick(keys=[self.key("nick:" + proto.name_key(nick))],
-                                 args=[node, self.key("alive:")]) is None:
-                self.hand_over(Conflict(nick))
+                    write_session_again(self, nick, digest)
+        claim_nicks_again(self, waiting, lost)
         pipe = client.pipeline(transaction=False)
         self.append(pipe, RemotePresence(dict(self.users)).to_wire(node))  # unnumbered:
         # presence may be applied twice
@@ -488,7 +484,39 @@ class ClusterLink:
         self._outbox.put(stop)
 
 
-def drop_sessions_gone(link: ClusterLink, redis_lost: bool) -> set[str]:
+def write_session_again(link: ClusterLink, nick: str, digest: str) -> None:
+    """A session of ours in Redis again (it may have lost it), but for its
+    holder: a node that took it over since drop_sessions_gone looked keeps
+    it (claim_nicks_again then finds it moved)."""
+    record = session_record(nick, link.node_id, link.users.get(nick))
+    holder = record.pop("node")
+    key = link.key("session:" + digest)
+    link.client.hset(key, mapping=record)
+    link.client.hsetnx(key, "node", holder)
+
+
+def claim_nicks_again(link: ClusterLink, waiting: set[str], redis_lost: bool) -> None:
+    """Registering again: our users' nicks, claimed again (but those of
+    sessions another node may still take up).  A claim refused for a
+    session user whose session another node took over since
+    drop_sessions_gone looked (a resume there, a moment ago) is that move,
+    not a conflict: it looks again for that one."""
+    def claimed(nick: str) -> bool:
+        return link.client.claim_nick(keys=[link.key("nick:" + proto.name_key(nick))],
+                                      args=[link.node_id, link.key("alive:")]) is not None
+
+    for nick in list(link.users):
+        if nick in waiting or claimed(nick):
+            continue
+        if nick in link.sessions:
+            waiting |= drop_sessions_gone(link, redis_lost, only=(nick,))
+            if nick not in link.sessions or nick in waiting or claimed(nick):
+                continue
+        link.hand_over(Conflict(nick))
+
+
+def drop_sessions_gone(link: ClusterLink, redis_lost: bool,
+                       only: tuple[str, ...] | None = None) -> set[str]:
     """Before registering again (after an outage, or a pause that made
     the others take us for dead): sessions of ours taken up on another
     node meanwhile, or ended there, are not ours to claim any more.  One
@@ -498,10 +526,12 @@ def drop_sessions_gone(link: ClusterLink, redis_lost: bool) -> set[str]:
     over by a node that lives and has not taken it up yet is in that
     node's wait for its reader (for what we are about to append): it takes
     it up (its takeover event tells us) or gives it back, and until then
-    we claim neither its nick nor its record (those nicks are returned)."""
-    if not link.sessions:
+    we claim neither its nick nor its record (those nicks are returned).
+    ``only``: look at these nicks' sessions alone."""
+    nicks = [nick for nick in (only if only is not None else link.sessions)
+             if nick in link.sessions]
+    if not nicks:
         return set()
-    nicks = list(link.sessions)
     pipe = link.client.pipeline(transaction=False)
     for nick in nicks:
         pipe.hget(link.key("session:" + link.sessions[nick]), "node")
@@ -518,7 +548,9 @@ def drop_sessions_gone(link: ClusterLink, redis_lost: bool) -> set[str]:
         if holder is not None and not taken_up:
             if alive:
                 waiting.add(nick)
-            else:
+            else:  # its taker died: the session and its nick are ours again
+                link.client.hset(link.key("session:" + link.sessions[nick]), "node",
+                                 link.node_id)
                 link.client.set(link.key("nick:" + proto.name_key(nick)), link.node_id)
             continue  # ours still: registering writes its record again (once not waiting)
         del link.sessions[nick]

@@ -968,3 +968,45 @@ def test_a_session_taken_over_for_a_resume_never_taken_up_stays_with_its_node(re
     finally:
         for link in links:
             link.stop()
+
+
+def test_a_session_taken_up_elsewhere_while_its_node_registers_again_is_no_conflict(
+        redis_server, monkeypatch):
+    """Chaos seed 7: a node registering again (after an outage) looked at
+    its sessions, and a moment later, before it claimed their nicks again,
+    one was resumed on a node that had Redis back first.  The refused claim
+    was taken for a conflict: the node made its user leave."""
+    from termchat.cluster import link as cluster_link
+    from termchat.cluster.events import Conflict, SessionGone
+    redis = redis_server.client()
+    home, other = links = [cluster_link.ClusterLink(redis_server.url, wake=lambda: None,
+                                                    heartbeat=0.2) for _ in range(2)]
+    looked = cluster_link.drop_sessions_gone
+
+    def resumed_elsewhere_meanwhile(link, redis_lost, only=None):
+        waiting = looked(link, redis_lost, only)
+        if link is home and only is None:
+            redis.hset("chat:session:d1", "node", other.node_id)
+            redis.set("chat:nick:" + proto.name_key("pat"), other.node_id)
+            redis.hset("chat:users:" + other.node_id, "pat", "lobby")
+        return waiting
+
+    try:
+        for link in links:
+            link.start()
+        wait_for(lambda: all(redis.sismember("chat:nodes", link.node_id) for link in links))
+        home.claim(None, "pat", proto.name_key("pat"))
+        home.joined("pat", "lobby")
+        home.record_session("d1", "pat", room="lobby")
+        wait_for(lambda: redis.hget("chat:session:d1", "node") == home.node_id.encode())
+        home.take_events()
+        monkeypatch.setattr(cluster_link, "drop_sessions_gone", resumed_elsewhere_meanwhile)
+        redis.srem("chat:nodes", home.node_id)  # taken for dead: it registers again
+        wait_for(lambda: redis.sismember("chat:nodes", home.node_id))
+        events = home.take_events()
+        assert SessionGone("pat") in events and not any(isinstance(e, Conflict)
+                                                        for e in events), events
+        assert "pat" not in home.sessions
+    finally:
+        for link in links:
+            link.stop()
