@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from termchat.cluster.events import Claimed, Conflict, ItemTaken, Renamed, TakenOver
+from termchat.cluster.events import (PACK_LIMIT, Claimed, Conflict, ItemTaken, Renamed,
+                                     TakenOver, pack)
 from termchat.wire import protocol as proto
 
 if TYPE_CHECKING:
@@ -283,14 +284,36 @@ class SaveBan(Command):
 
 @dataclass
 class Publish(Command):
-    wire: bytes  # the event as JSON, numbered: a retry is recognised as one
+    """Events for the stream, in one entry: what the loop published in a
+    row (see packed)."""
+    wires: list[bytes]  # each event as JSON, numbered: a retry is recognised as one
 
     def queue(self, link, pipe) -> int:
-        link.append(pipe, self.wire)
+        link.append(pipe, pack(self.wires))
         return 1
 
     def while_down(self, link) -> None:
-        link.buffer.keep(self.wire)  # Redis is away: for later
+        for wire in self.wires:
+            link.buffer.keep(wire)  # Redis is away: for later
+
+
+def packed(commands: list[Command]) -> list[Command]:
+    """The commands in the same order, each run of publishes in a row made
+    one (a stream entry of at most PACK_LIMIT events): one append, and one
+    entry for every node to read, instead of one per event."""
+    result: list[Command] = []
+    run: Publish | None = None
+    for command in commands:
+        if isinstance(command, Publish):
+            if run is None or len(run.wires) + len(command.wires) > PACK_LIMIT:
+                run = Publish(list(command.wires))
+                result.append(run)
+            else:
+                run.wires += command.wires
+            continue
+        run = None
+        result.append(command)
+    return result
 
 
 @dataclass

@@ -34,7 +34,7 @@ class NodeEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind",
                 omit_defaults=True):
     """Base of the events nodes publish to each other, tagged by their wire
     ``kind``.  ``node`` is filled in by the link (the sender's id);
-    ``stream``, its stream entry's ID, by the reader (never sent)."""
+    ``stream``, its position in the stream, by the reader (never sent)."""
 
     KIND: ClassVar[str] = proto.WireType()  # type: ignore[assignment]
     node: str = ""
@@ -86,9 +86,52 @@ NODE_EVENTS = proto.Vocabulary(
      RemoteKick, RemoteBan, RemotePresence, RemoteTakeover, RemoteItem, RemoteHeld), "event")
 
 
+# --------------------------------------------------------------------------
+# Stream entries and event positions.  A stream entry holds one event (a
+# JSON object) or a pack of them (a JSON array: what one node published in
+# one go).  The core needs every event to have its own place in the stream,
+# ordered as the stream is: the index-th event of entry ``MS-SEQ`` is at
+# ``MS-(SEQ * POSITIONS_PER_ENTRY + index)``, written like a stream ID and
+# compared like one, so that the core keeps one notion of where it is.
+# Everything the link hands the core (an event's ``stream``, a Progress
+# cursor, the marks of a Snapshot and of a NodeDead) is such a position; an
+# entry as a whole ends at its last possible position (entry_end).
+
+PACK_LIMIT = 1000              # events in one stream entry, at most
+POSITIONS_PER_ENTRY = 10_000   # room for them in the positions (> PACK_LIMIT)
+_raw_items = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def event_position(entry_id: str, index: int) -> str:
+    """Where the index-th event of stream entry ``entry_id`` is."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    return f"{milliseconds}-{int(sequence or 0) * POSITIONS_PER_ENTRY + index}"
+
+
+def entry_end(entry_id: str) -> str:
+    """The last position of stream entry ``entry_id``: after all its events."""
+    return event_position(entry_id, POSITIONS_PER_ENTRY - 1)
+
+
+def pack(wires: list[bytes]) -> bytes:
+    """What a stream entry holds for these events (one: the event itself)."""
+    return wires[0] if len(wires) == 1 else b"[" + b",".join(wires) + b"]"
+
+
+def unpack(data: bytes) -> list[bytes]:
+    """The events a stream entry holds (at most PACK_LIMIT; what is not a
+    JSON array is one event, left for parse_node_event to judge)."""
+    if data.lstrip()[:1] != b"[":
+        return [data]
+    try:
+        return [bytes(item) for item in _raw_items.decode(data)[:PACK_LIMIT]]
+    except msgspec.MsgspecError:
+        return [data]  # parse_node_event says what is wrong with it
+
+
 def parse_node_event(data: bytes | str, stream: str = "") -> NodeEvent:
-    """One event read off Redis (from the stream entry ``stream``),
-    validated; InvalidMessage if it is bad."""
+    """One event read off Redis (at position ``stream``), validated;
+    InvalidMessage if it is bad."""
     try:
         event = NODE_EVENTS.decode(data)
     except proto.MalformedPacket as exc:  # no stream to distrust: just this event
@@ -148,7 +191,7 @@ class NodeDead:
 @dataclass(frozen=True)
 class Progress:
     """The reader has read the stream up to ``cursor``; ``own`` pairs each
-    of this node's events read meanwhile (its seq) with its stream ID."""
+    of this node's events read meanwhile (its seq) with its position."""
     cursor: str
     own: tuple = ()
     start: bool = False       # where reading starts: nothing before it was read

@@ -19,8 +19,10 @@ Redis keys (``P`` is the prefix, ``chat:`` by default):
   succeeds when the nick is free, already ours, or owned by a node whose
   heartbeat has expired, so a dead node's nicks free themselves.
 - ``P stream``: the event stream (XADD with an approximate MAXLEN); each
-  entry's field ``e`` is JSON with ``node`` and ``kind``.  Every node reads
-  it from the last ID it applied, so an outage loses nothing the stream
+  entry's field ``e`` is an event, JSON with ``node`` and ``kind``, or a
+  JSON array of the events the node published in a row (at most
+  PACK_LIMIT): each has its own position (events.py).  Every node reads it
+  from the last ID it applied, so an outage loses nothing the stream
   still holds.
 - ``P epoch``: a random value set once per Redis data set: a node that
   finds another epoch on reconnection knows Redis lost its data.
@@ -54,6 +56,7 @@ watch.py, the reader in reader.py, the Lua scripts in scripts.py, the events in 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -68,16 +71,16 @@ from termchat.cluster.reader import (STREAM_MAXLEN, STREAM_SECONDS, StreamReader
                                      longest_backoff)
 from termchat.cluster.watch import NodeWatch
 from termchat.cluster.commands import (ClaimNick, ClaimOwn, ClearPresence, Command, EndSession,
-                                       HandBack, Publish,
+                                       HandBack, Publish, packed,
                                        RecordSession, RenameNick, SaveBan, SaveWorld, SetPresence,
                                        STOP_WAIT, Stop, StopLink, TakeItem, TakeOver, PLACE,
                                        held_by,
                                        lying_in, session_record)
-from termchat.cluster.events import (Conflict, DataLost, LinkLost, LinkRestored,
+from termchat.cluster.events import (PACK_LIMIT, Conflict, DataLost, LinkLost, LinkRestored,
                                      NodeEvent, RemoteBan, RemoteItem, RemoteJoin,
                                      RemoteLeave, RemoteMove, RemotePresence, RemoteRename,
                                      RemoteTakeover, SessionGone, Snapshot, Undelivered,
-                                     stream_id)
+                                     entry_end, pack, stream_id)
 from termchat.wire import protocol as proto
 
 log = logging.getLogger("chat_cluster")
@@ -228,7 +231,7 @@ class ClusterLink:
 
     def publish(self, event: NodeEvent) -> int:
         self._published += 1
-        self._outbox.put(Publish(event.to_wire(self.node_id, self._published)))
+        self._outbox.put(Publish([event.to_wire(self.node_id, self._published)]))
         return self._published
 
     def take_events(self) -> list:
@@ -245,7 +248,7 @@ class ClusterLink:
         self._wake()
 
     def append(self, pipe, wire: bytes) -> None:
-        """Add an event to the stream, letting entries older than
+        """Add an entry (an event or a pack) to the stream, letting entries older than
         STREAM_SECONDS go (by Redis's clock, approximately)."""
         oldest = f"{max(0, self.redis_ms() - STREAM_SECONDS * 1000)}-0"
         pipe.xadd(self.key("stream"), {"e": wire}, minid=oldest, approximate=True)
@@ -322,10 +325,12 @@ class ClusterLink:
                 return commands
 
     def _process(self, commands: list[Command]) -> None:
-        """Run a batch of commands in one pipeline, then let each read its
-        own results (Stop raises StopLink once the rest are done)."""
+        """Run a batch of commands in one pipeline (the events published in
+        a row in one stream entry), then let each read its own results (Stop
+        raises StopLink once the rest are done)."""
         if not commands:
             return
+        commands = packed(commands)
         pipe = self.client.pipeline(transaction=False)
         self._in_flight = commands
         counts = [command.queue(self, pipe) for command in commands]
@@ -357,8 +362,9 @@ class ClusterLink:
         pipe = client.pipeline(transaction=False)
         self.append(pipe, RemotePresence(dict(self.users)).to_wire(node))  # unnumbered:
         # presence may be applied twice
-        for wire in self.buffer.events():
-            self.append(pipe, wire)
+        kept = self.buffer.events()
+        for start in range(0, len(kept), PACK_LIMIT):
+            self.append(pipe, pack(kept[start:start + PACK_LIMIT]))
         pipe.execute()
         dropped = self.buffer.passed_on()
         if dropped:
@@ -367,7 +373,7 @@ class ClusterLink:
         last = client.xrevrange(self.key("stream"), count=1)
         self.hand_over(Snapshot(self.watch.read_presence(client, self.key),
                                 read_bans(client, self.key("ban:")),
-                                last[0][0].decode() if last else "0-0"))
+                                entry_end(last[0][0].decode() if last else "0-0")))
         with self._state_lock:
             self._connected = True
             if self._was_lost:
@@ -422,8 +428,8 @@ class ClusterLink:
         watch.answered(asked, members)
         if not registered or not self._connected:
             self._register()
-        for death in watch.find_dead(client, self.key):
-            self.hand_over(death)
+        for death in watch.find_dead(client, self.key):  # its mark: as the core counts
+            self.hand_over(dataclasses.replace(death, mark=entry_end(death.mark)))
 
     def deregister(self) -> None:
         """Leave the cluster (a clean stop).  Users with a session stay

@@ -15,7 +15,8 @@ import time
 from collections import deque
 from typing import Any
 
-from termchat.cluster.events import Progress, parse_node_event, stream_id
+from termchat.cluster.events import (Progress, entry_end, event_position, parse_node_event,
+                                     stream_id, unpack)
 from termchat.wire import protocol as proto
 
 MAX_BACKOFF = 2.0           # seconds between reconnection attempts, at most...
@@ -90,37 +91,47 @@ class StreamReader:
             self.catch_up_end = stream_id(end) if catching_up else None
         elif stream_id(self.cursor) > stream_id(end):
             self.cursor = "0-0"
-        self.link.hand_over(Progress(self.cursor, start=True, catching_up=catching_up,
-                                caught_up=not catching_up))
+        self.link.hand_over(Progress(entry_end(self.cursor), start=True,
+                                     catching_up=catching_up, caught_up=not catching_up))
 
     def _receive(self, client, batch: list[tuple[str, bytes]]) -> None:
-        """A batch of stream entries (ID, event): parsed and handed over in
-        order (the core vets them), then how far the stream has been read,
-        all with one wake-up of the loop."""
-        own, ready = [], []
+        """A batch of stream entries (ID, what it holds): their events parsed
+        and handed over in order, each at its own position (the core vets
+        them), then how far the stream has been read, all with one wake-up
+        of the loop."""
+        own: list[tuple[int, str]] = []
+        ready: list = []
         for entry_id, data in batch:
             self.count_bytes(entry_id, len(data))
-            try:
-                event = parse_node_event(data, entry_id)
-            except proto.ProtocolError as exc:
-                self.link.log_once("ignoring a malformed event", str(exc)[:200])
-                continue
-            if event.node == self.link.node_id:
-                own.append((event.seq, entry_id))
-                continue
             past = self.catch_up_end is not None and stream_id(entry_id) <= self.catch_up_end
-            if not past and not self._from_a_member(client, event.node):  # (the past holds
-                self.link.log_once("ignoring events from an unregistered node", event.node[:40])
-                continue  # the events of nodes that died since: those are what it is read for)
-            self.link.watch.watched.add(event.node)
-            ready.append(event)
+            for index, item in enumerate(unpack(data)):
+                self._take(client, item, event_position(entry_id, index), past, own, ready)
         if batch:
             last = stream_id(batch[-1][0])
             caught_up = self.catch_up_end is not None and last >= self.catch_up_end
             if caught_up:
                 self.catch_up_end = None
-            ready.append(Progress(batch[-1][0], tuple(own), caught_up=caught_up))
+            ready.append(Progress(entry_end(batch[-1][0]), tuple(own), caught_up=caught_up))
             self.link.hand_over(*ready)
+
+    def _take(self, client, data: bytes, position: str, past: bool,
+              own: list[tuple[int, str]], ready: list) -> None:
+        """One event at ``position``: ours (where it landed goes in ``own``),
+        another member's (into ``ready``), or ignored (``past``: read from
+        the stream's past at start, when its node may have died since)."""
+        try:
+            event = parse_node_event(data, position)
+        except proto.ProtocolError as exc:
+            self.link.log_once("ignoring a malformed event", str(exc)[:200])
+            return
+        if event.node == self.link.node_id:
+            own.append((event.seq, position))
+            return
+        if not past and not self._from_a_member(client, event.node):  # (the past holds
+            self.link.log_once("ignoring events from an unregistered node", event.node[:40])
+            return  # the events of nodes that died since: those are what it is read for)
+        self.link.watch.watched.add(event.node)
+        ready.append(event)
 
     def count_bytes(self, entry_id: str, size: int) -> None:
         """Keep the stream's bytes (as read here) under STREAM_BYTES: past

@@ -424,6 +424,8 @@ def test_forged_malformed_and_oversized_events_are_ignored(nodes, client, redis_
         "{not json", json.dumps([1, 2]), json.dumps({"kind": "say", "node": bob_node}),
         json.dumps({"kind": "join", "node": bob_node, "nick": "ann", "room": "lobby"}),
         json.dumps({"kind": "presence", "node": "evil-node", "users": {"mallory": "lobby"}}),
+        "[" + say(bob_node, "ghost", "packed boo") + "," + say("evil-node", "bob", "packed") + "]",
+        "[" + say(bob_node, "bob", "in a pack that is not JSON") + ",{not json]",
     ]
     for data in forged:
         redis.xadd("chat:stream", {"e": data})
@@ -593,6 +595,39 @@ def test_a_session_resumes_on_another_node_after_its_node_dies(nodes, client, si
         assert join("pat") not in since and leave("pat") not in since, since
     texts = [m.get("message") for m in back.received]
     assert len(texts) == len(set(texts))  # nothing twice
+    back.close()
+
+
+def test_events_said_in_one_go_share_a_stream_entry_and_keep_their_own_places(nodes, client,
+                                                                               redis_server):
+    """A node appends what it published in a row as one stream entry; each
+    event in it keeps its own place: a session that saw only the first
+    event of a pack resumes elsewhere with exactly the rest."""
+    a_node, b_node, c_node = nodes(3, "--rate", "0")  # ann's burst unthrottled
+    pat = session_hello(b_node, "pat")
+    token = pat.expect(lambda m: m["type"] == "session")["token"]
+    ann, cat = client(a_node, "ann"), client(c_node, "cat")
+    pat.expect(lambda m: m.get("nick") == "cat" and m["type"] == "join")
+    said = [chat_from("ann", f"burst {i}") for i in range(50)]
+    ann.send(b"".join(proto.encode_object({"type": "chat", "message": m["message"]})
+                      for m in said))  # one write: handled, and published, in one turn
+    got = [pat.expect(lambda m: m["type"] == "chat") for _ in said]
+    assert [strip_session_fields(m) for m in got] == said
+    for message in said:
+        cat.expect(message)  # C has applied them all
+    packs = [json.loads(fields[b"e"]) for _, fields in redis_server.client().xrange("chat:stream")
+             if fields[b"e"].startswith(b"[")]
+    first = next(pack[0]["message"] for pack in packs if len(pack) > 1 and pack[0]["kind"] == "say")
+    seen = said.index(chat_from("ann", first)) + 1  # pat saw the pack's first event, not the rest
+    b_node.proc.send_signal(signal.SIGKILL)
+    b_node.proc.wait(10)
+    pat.close()
+    wait_for(lambda: "stopped answering" in a_node.log_text() + c_node.log_text(),
+             describe=lambda: cluster_logs(a_node, c_node))
+    back = session_hello(c_node, "pat", resume=token, after=got[seen - 1]["id"])
+    assert back.expect(lambda m: True) == {"type": "resumed", "missed": len(said) - seen}
+    replayed = [back.expect(lambda m: True) for _ in said[seen:]]
+    assert [strip_session_fields(m) for m in replayed] == said[seen:]
     back.close()
 
 
