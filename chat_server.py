@@ -86,7 +86,7 @@ class Connection(Outlet):
     __slots__ = ("sock", "fd", "peer", "decoder", "deadline", "events", "tls",
                  "tls_wants_write", "fresh", "accepted")
 
-    def __init__(self, sock: socket.socket, peer: str, tls: Tls | None = None) -> None:
+    def __init__(self, sock: socket.socket, peer: str, tls: Tls | None, now: float) -> None:
         super().__init__()
         self.sock = sock
         self.fd = sock.fileno()  # the selector's key, whatever becomes of the socket object
@@ -97,7 +97,7 @@ class Connection(Outlet):
         self.tls = tls          # None: plain text
         self.tls_wants_write = False  # the handshake waits for the socket to take more
         self.fresh = True       # nothing read yet (a plain port checks the first bytes)
-        self.accepted = time.monotonic()
+        self.accepted = now      # (the core's clock for it too: one float for both)
 
     @property
     def setting_up(self) -> bool:
@@ -271,8 +271,9 @@ class ChatServer:
                     log.warning("accept failed: %s", exc)
                 return
             sock.setblocking(False)
+            now = time.monotonic()
             if self.tls is None:  # (on a TLS port the error waits for the handshake)
-                refusal = self.core.turned_away(address, time.monotonic())
+                refusal = self.core.turned_away(address, now)
                 if refusal is not None:
                     self.door.turn_away(sock, refusal, time.monotonic())
                     turned += 1
@@ -283,10 +284,10 @@ class ChatServer:
             # --max-queue, rather than whatever autotuning grows it to (4 MiB).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER)
             set_keepalive(sock)
-            conn = Connection(sock, format_address(address), Tls.SNIFF if self.tls else None)
+            conn = Connection(sock, format_address(address), Tls.SNIFF if self.tls else None, now)
             self.connections.add(conn)
             self.selector.register(sock, selectors.EVENT_READ, conn)
-            self.core.connected(conn, address, time.monotonic())
+            self.core.connected(conn, address, now)
 
     def refuse_one(self, listener: socket.socket) -> None:
         """Out of descriptors: accept and close one connection so the
@@ -420,7 +421,7 @@ class ChatServer:
             return
         if sent < len(data):
             later.insert(0, memoryview(data)[sent:])  # no copy of shared chunks
-        conn.out = later
+        conn.out = later or None  # an idle connection holds no list
         conn.queued -= sent
         self.set_write_interest(conn, bool(later))
         if not later and conn.closing:

@@ -26,7 +26,8 @@ Target = "str | None"  # a room key, or None for every joined connection
 
 
 class Outlet:
-    """One connection's output: its queue and its place in the turn's log.
+    """One connection's output: its queue (None while empty: an idle
+    connection holds no list) and its place in the turn's log.
 
     ``want_write`` belongs to the transport: it is true while the socket
     is registered for writability, so new output needs no extra nudge.
@@ -37,7 +38,7 @@ class Outlet:
                  "paused", "closing", "gone", "ids")
 
     def __init__(self) -> None:
-        self.out: list[bytes | memoryview] = []
+        self.out: list[bytes | memoryview] | None = None
         self.queued = 0
         self.room: str | None = None  # receives broadcasts only while in a room
         self.log_turn = -1            # the turn whose log log_pos refers to
@@ -50,8 +51,8 @@ class Outlet:
 
     def take_output(self) -> list[bytes | memoryview]:
         """Everything queued, oldest first; the queue is left empty."""
-        out, self.out, self.queued = self.out, [], 0
-        return out
+        out, self.out, self.queued = self.out, None, 0
+        return out or []
 
 
 class Delivery:
@@ -115,7 +116,7 @@ class Delivery:
         """The connection is gone: drop its queue and memberships."""
         self.move(outlet, None)
         outlet.gone = True
-        outlet.out = []
+        outlet.out = None
         outlet.queued = 0
         self.dirty.discard(outlet)
         self.input_changed.discard(outlet)
@@ -125,7 +126,10 @@ class Delivery:
     def enqueue(self, outlet: Outlet, data: bytes) -> None:
         if outlet.gone:
             return
-        outlet.out.append(data)
+        if outlet.out is None:
+            outlet.out = [data]
+        else:
+            outlet.out.append(data)
         outlet.queued += len(data)
         if outlet.queued > self.max_queue and not outlet.closing:
             self.overflowed.append(outlet)

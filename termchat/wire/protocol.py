@@ -91,17 +91,22 @@ class PacketDecoder:
     """Incremental framing decoder: feed it any chunks, get whole payloads.
 
     ``feed`` returns the payloads (bytes) completed by the chunk, in order.
-    Partial data stays buffered until the rest arrives.
+    Partial data stays buffered until the rest arrives; the buffer exists
+    only meanwhile (an idle connection, between whole packets, holds none,
+    and a chunk of whole packets is read where it is, never copied in).
     """
 
     __slots__ = ("_buffer",)
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._buffer: bytearray | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
-        buffer += data
+        if buffer is None:
+            buffer = data
+        else:
+            buffer += data
         payloads = []
         start = 0
         end = len(buffer)
@@ -112,14 +117,18 @@ class PacketDecoder:
                 break
             payloads.append(bytes(buffer[start + HEADER_SIZE:stop]))
             start = stop
-        if start:
+        if start == end:
+            self._buffer = None
+        elif buffer is data:
+            self._buffer = bytearray(memoryview(data)[start:])
+        elif start:
             del buffer[:start]
         return payloads
 
     @property
     def pending(self) -> int:
         """Bytes of an incomplete packet still waiting for their rest."""
-        return len(self._buffer)
+        return len(self._buffer) if self._buffer is not None else 0
 
 
 ENCODER = msgspec.json.Encoder()
