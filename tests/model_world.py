@@ -43,6 +43,9 @@ class Said:
     order: int                # the model's order of everything said
     node: str = "solo"        # where it was said
     may_be_lost: bool = False  # a documented limit took it (see the module docstring)
+    forgotten: bool = False   # Redis lost it: a node started since may not know it
+    unwritten: bool = False   # said on a node paused before it was written: for the
+    # others' users it is said when the node runs again (its audience grows then)
 
 
 @dataclass(eq=False)
@@ -56,7 +59,8 @@ class Person:
     room: str = "lobby"
     client: "Client | None" = None      # attached to, if connected
     grace_until: float | None = None    # detached: when its grace ends
-    operator: bool = False
+    orphan_until: float | None = None   # its node taken for dead: the others' grace
+    operators: set = field(default_factory=set)   # the nodes it became an operator on
     away: str | None = None
     gone: bool = False
     entitled: list = field(default_factory=list)  # Said it is owed, in the model's order
@@ -67,6 +71,12 @@ class Person:
     @property
     def key(self) -> str:
         return name_key(self.nick)
+
+    @property
+    def operator(self) -> bool:
+        """A node's operators are its own (the node keeps it while the
+        session lives, wherever it is taken up meanwhile)."""
+        return self.node in self.operators
 
     @property
     def detached(self) -> bool:
@@ -179,6 +189,7 @@ class World:
         if person.client is not None:
             person.client.state = "closed"
         person.client, person.gone, person.grace_until = None, True, None
+        person.orphan_until = None
 
     def detach(self, person: Person) -> None:
         person.client.state = "closed"
@@ -216,9 +227,19 @@ class World:
                 person.entitled.append(said)
         return said
 
-    def room_history(self, room: str) -> list[Said]:
-        """What a newcomer to the room is shown: its last chats and emotes."""
-        return [s for s in self.said.values() if s.room == room][-HISTORY:]
+    def say_unwritten(self, sender: Person, kind: str, text: str) -> Said:
+        """Said on a node that is paused before it writes it: for its own
+        users now, for the others' when it runs again (:meth:`written`)."""
+        audience = frozenset(p.pid for p in self.in_room(sender.room) if p.node == sender.node)
+        return self.record(Said(text, kind, sender, sender.room, audience, next(self.order),
+                                sender.node, unwritten=True))
+
+    def written(self, said: Said, readers: list[Person]) -> None:
+        """An unwritten message reaches the stream: it is for ``readers`` too
+        (those of the others' users in its room then)."""
+        said.audience = said.audience | {p.pid for p in readers}
+        for person in readers:
+            person.entitled.append(said)
 
 
 def owed(person: Person) -> list[Said]:

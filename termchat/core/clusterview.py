@@ -51,6 +51,10 @@ class ClusterView:
         self.snapshot: cluster.Snapshot | None = None  # for when the reader gets there
         self.bans_mark: tuple = (0, 0)     # the last snapshot's mark: bans up to there
         # are the ones it gave
+        self.data_lost = False             # Redis lost its data; the mark of the
+        self.lost_mark: tuple | None = None  # snapshot after it: the stream starts anew there
+        self.unburied: dict[str, tuple] = {}  # dead nodes whose mark our reader has not
+        # reached (it lags, or this node was paused): their users leave once it has
 
     def fresh(self, event: cluster.NodeEvent) -> bool:
         """Not a duplicate, and a number that can be believed."""
@@ -82,6 +86,7 @@ class ClusterView:
         """A node found dead runs again (or is forgotten)."""
         del self.dead[node]
         self.died_at.pop(node, None)
+        self.unburied.pop(node, None)
 
 
 def admit(parts: Parts, event: cluster.NodeEvent) -> tuple[Effects, Origin] | None:
@@ -153,27 +158,29 @@ def may_take(parts: Parts, nick: str, node: str, replaces: str = "") -> User | N
     return True
 
 
-def join_remote(parts: Parts, node: str, nick: str, room: str,
-                replaces: str = "") -> Effects | None:
-    """``node`` says its user ``nick`` is in ``room`` (a join, or its
-    presence): new to us, it arrives; a dead node's user of that name is
-    taken over without a word (for the others it never left); None when
-    someone else holds the nick."""
+def join_remote(parts: Parts, node: str, nick: str, room: str, replaces: str = "",
+                joining: bool = False) -> Effects | None:
+    """``node`` says its user ``nick`` is in ``room`` (a join, ``joining``,
+    or its presence): new to us, it arrives; a dead node's user of that
+    name is taken over without a word (for the others it never left); None
+    when someone else holds the nick."""
     allowed = may_take(parts, nick, node, replaces)
     if allowed is False:
         log_once(parts, "ignoring a node's claim to a nick it does not own", node)
         return None
     worldplay.follow_player(parts, nick, room)
-    if allowed is not True:  # the node's own user: where it is now
+    if allowed is not True:  # the node's own user: where it is now, as it is spelt now
         parts.sessions.unorphan(allowed, held=True)
         if allowed.room.key != proto.name_key(room):
             parts.presence.put(allowed, parts.presence.room_named(room))
-        return []
+        return [] if allowed.nick == nick else actions.rename(parts, allowed, nick)  # (its
+        # rename was lost: Redis restarted empty before we read it)
     old = parts.presence.get(nick)
     if old is not None:
         parts.sessions.unorphan(old)
         actions.forget(parts, old)
-    appear(parts, node, nick, room, joining=old is None)
+    appear(parts, node, nick, room, joining=joining or old is None)  # a join over a dead
+    # node's user is still a join: nothing before it is owed to it
     return [] if old is not None else [Announce(proto.Joined(nick), None)]
 
 
@@ -293,6 +300,9 @@ def caught_up(parts: Parts, position: Position, now: float) -> bool:
     if view.read.get(node, 0) >= position.published or start is None or \
             position.cursor < start:  # (or it saw its last packet before we started
         return True                   # reading: it cannot be resumed here in any case)
+    lost = view.lost_mark  # Redis lost what we had not read of it before then
+    if lost is not None and position.cursor < lost <= parts.log.stream_cursor:
+        return True
     dead = view.dead.get(node)
     return dead is not None and parts.log.stream_cursor >= dead[1] and \
         now >= view.died_at.get(node, now) + DEAD_NODE_WAIT
@@ -337,7 +347,7 @@ def adopt(parts: Parts, conn: Connection, old: str, room: str, position: Positio
 
 @applies(cluster.RemoteJoin)
 def on_remote_join(parts: Parts, event: cluster.RemoteJoin, now: float) -> Effects | None:
-    return join_remote(parts, event.node, event.nick, event.room, event.replaces)
+    return join_remote(parts, event.node, event.nick, event.room, event.replaces, joining=True)
 
 
 @applies(cluster.RemoteLeave)
@@ -549,8 +559,12 @@ def on_snapshot(parts: Parts, event: cluster.Snapshot, now: float) -> Effects:
     for address, (seconds, reason) in event.bans.items():
         parts.moderation.ban(address, seconds, reason, now)
     parts.view.bans_mark = max(parts.view.bans_mark, cluster.stream_id(event.mark))
+    if parts.view.data_lost:
+        parts.view.data_lost, parts.view.lost_mark = False, cluster.stream_id(event.mark)
     parts.view.snapshot = event
-    return take_snapshot(parts)
+    return take_snapshot(parts) + [  # we registered (again): our users' away messages
+        link("publish", cluster.RemoteAway(user.nick, user.away))  # (presence does not
+        for user in parts.presence.users.values() if user.local and user.away]  # carry them)
 
 
 def take_snapshot(parts: Parts, upto: tuple | None = None) -> Effects:
@@ -590,8 +604,24 @@ def on_node_dead(parts: Parts, event: cluster.NodeDead, now: float) -> Effects:
     any other node)."""
     log.warning("cluster: node %s stopped answering; its users have left, but for %d "
                 "with sessions", event.node, len(event.sessions))
-    parts.view.died(event.node, event.sessions, cluster.stream_id(event.mark), now)
+    mark = cluster.stream_id(event.mark)
+    parts.view.died(event.node, event.sessions, mark, now)
+    if parts.log.stream_cursor < mark and not parts.view.catching_up:
+        parts.view.unburied[event.node] = mark  # what it said before it died comes first
+        return []
     return bury(parts, event.node, event.sessions, now)
+
+
+def bury_reached(parts: Parts, now: float) -> Effects:
+    """The dead nodes whose mark our reader has now reached: their users leave."""
+    effects: Effects = []
+    for node, mark in list(parts.view.unburied.items()):
+        if mark <= parts.log.stream_cursor:
+            del parts.view.unburied[node]
+            dead = parts.view.dead.get(node)
+            if dead is not None:
+                effects += bury(parts, node, dead[0], now)
+    return effects
 
 
 def bury(parts: Parts, node: str, sessions: dict, now: float) -> Effects:
@@ -620,7 +650,7 @@ def end_orphan(parts: Parts, user: User, digest: str) -> Effects:
 def on_progress(parts: Parts, event: cluster.Progress, now: float) -> Effects:
     """How far the stream was read, and where our own events landed."""
     parts.log.progress(cluster.stream_id(event.cursor), event.own, event.start)
-    effects = take_snapshot(parts)
+    effects = take_snapshot(parts) + bury_reached(parts, now)
     if event.start:
         parts.view.catching_up = event.catching_up
         if parts.view.started is None:
@@ -657,6 +687,7 @@ def on_undelivered(parts: Parts, event: cluster.Undelivered, now: float) -> Effe
 
 @applies(cluster.DataLost)
 def on_data_lost(parts: Parts, event: cluster.DataLost, now: float) -> Effects:
+    parts.view.data_lost = True  # the next snapshot says where the stream starts anew
     return tell_everyone("the chat servers' shared store restarted empty; messages sent just "
                          "before may have been lost")
 

@@ -1,7 +1,7 @@
 """What the model (tests/core/test_model.py) found on its own, each kept as a
 plain test: the shrunk sequence, written out, with what it must do now."""
 
-from termchat.core.core import Access
+from termchat.core.core import Access, SessionSettings
 from tests.cluster_bus import Bus, resume_on, said, session_on, user_on
 from tests.core_harness import UNLIMITED, FakeLink, Harness
 from tests.support import SESSION_EXPIRED, join, leave
@@ -154,3 +154,90 @@ def test_a_new_hello_deadline_after_a_failed_resume_elsewhere_replaces_the_first
     assert node.received(outlet) == [] and not node.closed(outlet)
     bus.tick(2)
     assert [p.get("code") for p in node.received(outlet)] == ["no-hello"]
+
+
+def test_a_join_over_a_dead_nodes_user_read_at_start_replays_nothing_from_before_it():
+    bus = Bus("A", make=node)
+    user_on(bus, "A", "ann")          # no session: gone with A
+    cat, _, got = session_on(bus, "A", "cat")
+    before = got[0]["id"]
+    said(bus, "A", cat, "before the new ann came")
+    bus.kill("A")
+    bus.start("N1", history=True)
+    _, token, _ = session_on(bus, "N1", "ann")  # takes the dead node's nick
+    bus.kill("N1")
+    bus.start("N2", history=True)     # reads A's ann, then N1's join over her
+    _, got = resume_on(bus, "N2", "ann", token, before)
+    assert got[0]["type"] == "resumed", got
+    assert "before the new ann came" not in [p.get("message") for p in got], got
+
+
+def test_a_node_paused_through_a_death_reads_the_dead_nodes_last_words_first():
+    bus = Bus("A", "B", "C", make=node)
+    bob = user_on(bus, "B", "bob")
+    bus.nodes["B"].received(bob)
+    bus.pause("B")
+    ann = user_on(bus, "C", "ann")
+    said(bus, "C", ann, "hello before I go")
+    bus.kill("C")                     # B finds C dead when it runs, before reading C's events
+    bus.carry_on("B")
+    got = bus.nodes["B"].received(bob)
+    assert [p.get("message") for p in got if p["type"] == "chat"] == ["hello before I go"], got
+    assert got[-1] == leave("ann") and lobby(bus, "B") == ["bob"], got
+
+
+def test_a_rename_lost_with_redis_is_taken_from_the_nodes_presence():
+    bus = Bus("A", "B", make=node)
+    ann = user_on(bus, "A", "ann")
+    bus.pause("B")
+    bus.nodes["A"].send(ann, {"type": "nick", "nick": "Ann"})
+    bus.pump()
+    bus.restart_redis()               # empty: B never reads the rename
+    bus.carry_on("B")                 # A's presence says Ann
+    assert lobby(bus, "B") == ["Ann"] == lobby(bus, "A")
+
+
+def test_a_session_resumed_again_on_its_first_node_gets_a_grace_of_its_own():
+    bus = Bus("A", "B", make=lambda name: Harness(UNLIMITED, link=FakeLink(name),
+                                                  sessions=SessionSettings(resume_grace=60)))
+    outlet, token, got = session_on(bus, "B", "ann")
+    bus.nodes["B"].lose(outlet)       # B holds ann for 60 s from now
+    bus.pump()
+    _, again = resume_on(bus, "A", "ann", token, got[0]["id"])  # taken over by A
+    assert again[0]["type"] == "resumed", again
+    bus.kill("A")                     # B holds her for A now
+    bus.tick(30)
+    outlet, again = resume_on(bus, "B", "ann", token, got[0]["id"])
+    assert again[0]["type"] == "resumed", again
+    bus.nodes["B"].lose(outlet)       # a new grace: 60 s from now, not from the first drop
+    bus.pump()
+    bus.tick(31)
+    assert lobby(bus, "B") == ["ann"], "ended when the first grace would have"
+    bus.tick(30)
+    assert lobby(bus, "B") == []
+
+
+def test_a_session_whose_nodes_last_events_redis_lost_can_be_resumed_elsewhere():
+    bus = Bus("A", "B", make=node)
+    ann, token, _ = session_on(bus, "A", "ann")
+    bus.pause("B")
+    said(bus, "A", ann, "lost with Redis for B")
+    last = bus.nodes["A"].received(ann)[-1]["id"]
+    bus.restart_redis()               # empty: B will never read that line
+    bus.carry_on("B")
+    _, got = resume_on(bus, "B", "ann", token, last)  # not waiting for what cannot come
+    assert got[0]["type"] == "resumed", got
+
+
+def test_a_node_taken_for_dead_and_back_says_its_users_away_messages_again():
+    bus = Bus("A", "B", make=node)
+    ann = user_on(bus, "B", "ann")
+    bus.nodes["B"].send(ann, {"type": "away", "message": "lunch"})
+    bus.pump()
+    bus.pause("B")
+    bus.take_for_dead("B")            # A forgets ann
+    bus.carry_on("B")                 # and reads her again from B's presence
+    bob = user_on(bus, "A", "bob")
+    bus.nodes["A"].received(bob)
+    bus.nodes["A"].send(bob, {"type": "who"})
+    assert bus.nodes["A"].received(bob)[-1].get("away") == {"ann": "lunch"}
