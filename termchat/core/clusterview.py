@@ -31,6 +31,8 @@ from termchat.wire.protocol import Code
 MAX_SEQ_GAP = 1_000_000  # an event number this far past the last is not believed
 STORE_AWAY = ("the chat servers' shared store is away: your session is kept; try again in a "
               "moment")
+NOT_KNOWN_HERE = ("this server cannot tell what your session missed: it is kept; try again in "
+                  "a moment")
 DEAD_KEPT = 1000         # dead nodes remembered
 DEAD_NODE_WAIT = 10.0    # seconds a node found dead may yet come back with what it said
 # (it was paused, or stalled): until then a resume waits for its unwritten events
@@ -264,14 +266,19 @@ def hand_back(hello: proto.Hello, old: str) -> Effects:
 def give_up(parts: Parts, conn: Connection, hello: proto.Hello, old: str, room: str,
             now: float) -> Effects:
     """A session handed over to us that cannot be resumed (what the client
-    missed is no longer known).  Held by a live node, it goes back there.
-    Held by a dead one, it ends as a local one would: everyone sees its user
-    leave (ours for that moment, so that every node accepts the leave).
-    Either way the connection may say a fresh hello."""
+    missed is no longer known here).  Held by a live node, it goes back
+    there, and the client is told to try again (its node knows what it
+    missed: a fresh hello would be refused while the session holds the
+    nick).  Held by a dead one, it ends as a local one would: everyone sees
+    its user leave (ours for that moment, so that every node accepts the
+    leave), and the connection may say a fresh hello."""
     hello_nick = hello.nick
     user = parts.presence.get(hello_nick)
     if user is not None and not user.local and user.node not in parts.view.dead:
-        return hand_back(hello, old) + expired(parts, conn, now)
+        log.info("resume %s %s: what it missed on node %s is not known here; handed back",
+                 hello_nick, conn.peer, old[:40])
+        return hand_back(hello, old) + refuse(parts, conn, NOT_KNOWN_HERE, Code.THROTTLED,
+                                              now)
     if user is None or user.local:
         user = appear(parts, old, hello_nick, room or proto.LOBBY)
     parts.sessions.unorphan(user)

@@ -351,3 +351,23 @@ def test_a_session_back_from_another_node_keeps_its_own_grace_not_its_last_stay_
     assert leave("pat") not in bus.nodes["B"].received(bob)
     _, got = resume_on(bus, "A", "pat", token, last)
     assert got[0]["type"] == "resumed", got
+
+
+def test_a_resume_another_node_cannot_replay_goes_back_to_its_live_node_not_expired():
+    """Found by the chaos run: a node that could not tell what a client of
+    a live node had missed (its reader started after the client's last
+    packet) said the session had expired, and handed it back; the client
+    then asked for a fresh join, refused while the session held its nick
+    (for the whole grace).  It is told to try again instead; its own node
+    can resume it."""
+    bus = Bus("A", "B")
+    pat, token, got = session_on(bus, "A", "pat")
+    last = got[0]["id"]
+    bus.nodes["A"].lose(pat)
+    bus.pump()
+    bus.start("N")                      # reads the stream from now on
+    outlet, got = resume_on(bus, "N", "pat", token, last)
+    assert [p.get("code") for p in got] == ["throttled"], got
+    assert bus.nodes["N"].closed(outlet)
+    _, got = resume_on(bus, "A", "pat", token, last)
+    assert got[0]["type"] == "resumed", got
