@@ -81,6 +81,13 @@ def refused(*options):
     return result.stderr
 
 
+def said_in(database):
+    """The texts of the chats the file keeps, in order (read while the server runs)."""
+    with sqlite3.connect(database) as db:
+        return [text for text, in db.execute(
+            "SELECT json_extract(packet, '$.message') FROM entries WHERE said = 1")]
+
+
 def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -174,16 +181,11 @@ def test_retention_keeps_n_messages_a_room_and_nothing_older_than_the_days(serve
                       for i in range(40)))  # in one read: one turn's batch, trimmed in part
     amy.wait_until(lambda got: any(m.get("message") == "line 39" for m in got))
 
-    def said():
-        with sqlite3.connect(database) as db:
-            return [text for text, in db.execute(
-                "SELECT json_extract(packet, '$.message') FROM entries WHERE said = 1")]
-
     def kept():
-        return len(said())
+        return len(said_in(database))
 
     wait_for(lambda: kept() == 10, describe=lambda: f"{kept()} kept")
-    assert said() == [f"line {i}" for i in range(30, 40)]
+    assert said_in(database) == [f"line {i}" for i in range(30, 40)]
     server.stop()
     aged = servers("--db", str(database), "--keep-days", "0.00001", port=server.port)
     wait_for(lambda: kept() == 0, describe=lambda: f"{kept()} kept")
@@ -238,13 +240,9 @@ def test_what_is_older_than_the_days_goes_even_beside_newer_entries(servers, dat
     first_schema_file(database, chats, ages=[3 * 86400 - i * 600 for i in range(300)])
     server = servers("--db", str(database), "--keep-days", "2")
 
-    def said():
-        with sqlite3.connect(database) as db:
-            return [text for text, in db.execute(
-                "SELECT json_extract(packet, '$.message') FROM entries WHERE said = 1")]
-
     younger = chats[86400 // 600 + 1:]  # "old 145" on: less than 2 days old
-    wait_for(lambda: said() == younger, describe=lambda: f"{len(said())} kept")
+    wait_for(lambda: said_in(database) == younger,
+             describe=lambda: f"{len(said_in(database))} kept")
     assert server.proc.poll() is None
 
 
