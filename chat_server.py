@@ -134,6 +134,8 @@ class ChatServer:
                                     history_seconds=sessions.resume_grace + 30)
         self.delivery = Delivery(limits.max_queue)
         self.keeper = StateKeeper(store, world_state, state_file)  # --db and --state
+        self.write_later: list[Connection] = []  # writable while the store had writes
+        # pending: written at the end of the turn, after one commit, not one commit each
         self.core = ChatCore(self.delivery, limits, self.link, sessions,
                              wall_offset=time.time() - time.monotonic(), access=access,
                              world_state=world_state, store=store or NO_STORE)
@@ -198,7 +200,10 @@ class ChatServer:
         if mask & selectors.EVENT_READ and not conn.gone:
             self.on_readable(conn)
         if mask & selectors.EVENT_WRITE and not conn.gone:
-            self.write(conn)
+            if self.keeper.pending:
+                self.write_later.append(conn)
+            else:
+                self.write(conn)
 
     def next_timeout(self) -> float | None:
         if self.delivery.busy or self.tls_buffered:
@@ -471,6 +476,10 @@ class ChatServer:
             if not conn.gone:
                 self.fenced(conn, self.update_interest, conn)
         for conn in self.delivery.take_dirty():
+            if not conn.gone:
+                self.fenced(conn, self.write, conn)
+        later, self.write_later = self.write_later, []
+        for conn in later:
             if not conn.gone:
                 self.fenced(conn, self.write, conn)
 
