@@ -246,6 +246,28 @@ def test_what_is_older_than_the_days_goes_even_beside_newer_entries(servers, dat
     assert server.proc.poll() is None
 
 
+def test_a_backup_taken_while_it_runs_is_a_database_to_start_from(servers, database):
+    """SQLite's online backup (what ``sqlite3 chat.db ".backup copy.db"``
+    does), taken while the server writes: the copy starts a server with the
+    history up to the backup."""
+    server = servers("--db", str(database), "--rate", "0")
+    amy = RawClient(server.port, "amy")
+    amy.expect(join("amy"))
+    for i in range(50):
+        amy.chat(f"line {i}")
+    amy.expect(lambda m: m.get("message") == "line 49")
+    copy = database.with_name("copy.db")
+    with sqlite3.connect(database) as running, sqlite3.connect(copy) as backup:
+        amy.chat("during the backup")  # the server keeps writing meanwhile
+        running.backup(backup, pages=1)
+    restored = servers("--db", str(copy), "--history", "100")
+    pat, _ = session(restored.port, "pat")
+    pat.wait_until(lambda got: any(m.get("message") == "line 49" for m in got))
+    said = [m["message"] for m in pat.received if m.get("history")]
+    assert said[:50] == [f"line {i}" for i in range(50)]
+    assert said[50:] in ([], ["during the backup"])
+
+
 def test_files_that_are_not_its_database_are_refused_and_left_alone(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a database\n" * 100)
