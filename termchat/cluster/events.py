@@ -129,6 +129,25 @@ def unpack(data: bytes) -> list[bytes]:
         return [data]  # parse_node_event says what is wrong with it
 
 
+class Stamp(msgspec.Struct):
+    """Who published an event and its number there: all a node needs of its
+    own events when it reads them back (where they landed)."""
+    node: str = ""
+    seq: int = 0
+
+
+_stamps = msgspec.json.Decoder(Stamp)
+
+
+def stamp_of(data: bytes) -> Stamp | None:
+    """An event's stamp, read without validating the rest (None: not JSON
+    of that shape, which parse_node_event explains)."""
+    try:
+        return _stamps.decode(data)
+    except msgspec.MsgspecError:
+        return None
+
+
 def parse_node_event(data: bytes | str, stream: str = "") -> NodeEvent:
     """One event read off Redis (at position ``stream``), validated;
     InvalidMessage if it is bad."""

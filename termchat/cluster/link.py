@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import threading
 import time
 import urllib.parse
@@ -118,7 +117,7 @@ class ClusterLink:
         self._published = 0                # our events so far (the event loop's count)
         self._in_flight: list[Command] = []
         self._wake = wake
-        self._outbox: queue.Queue[Command] = queue.Queue()
+        self._outbox = Outbox()
         self._inbox: deque = deque()
         self.running = False
         self._connected = False
@@ -293,7 +292,7 @@ class ClusterLink:
                     self._beat()  # we were stopped: be registered again before writing
                     next_beat = time.monotonic() + self.heartbeat
                 timeout = max(0.0, next_beat - time.monotonic())
-                self._process(self._next_commands(timeout))
+                self._process(self._outbox.take(timeout))
                 if time.monotonic() >= next_beat:
                     self._beat()
                     next_beat = time.monotonic() + self.heartbeat
@@ -312,17 +311,6 @@ class ClusterLink:
                 if self._drain_while_down(backoff):
                     return
                 backoff = min(self.max_backoff, backoff * 2)
-
-    def _next_commands(self, timeout: float) -> list[Command]:
-        try:
-            commands = [self._outbox.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                commands.append(self._outbox.get_nowait())
-            except queue.Empty:
-                return commands
 
     def _process(self, commands: list[Command]) -> None:
         """Run a batch of commands in one pipeline (the events published in
@@ -477,7 +465,7 @@ class ClusterLink:
                 if time.monotonic() >= deadline:
                     break
                 continue  # the stop's wait is over
-            for command in self._next_commands(remaining):
+            for command in self._outbox.take(remaining):
                 if isinstance(command, Stop):
                     stop = command
                 else:
@@ -563,6 +551,29 @@ def drop_sessions_gone(link: ClusterLink, redis_lost: bool,
         link.users.pop(nick, None)
         link.hand_over(SessionGone(nick))
     return waiting
+
+
+class Outbox:
+    """The loop's work for the writer, in order.  Putting is an append, and
+    a wake-up only when the writer may be waiting (once per batch, not once
+    per command); the writer takes everything there at once."""
+
+    def __init__(self) -> None:
+        self._commands: deque[Command] = deque()
+        self._ready = threading.Event()  # set: something was put since the last take
+
+    def put(self, command: Command) -> None:
+        self._commands.append(command)
+        if not self._ready.is_set():
+            self._ready.set()
+
+    def take(self, timeout: float) -> list[Command]:
+        """All that is queued, waiting up to ``timeout`` for something."""
+        if not self._commands:
+            self._ready.wait(timeout)
+        self._ready.clear()  # before taking: a put from now on wakes the next take
+        commands = self._commands
+        return [commands.popleft() for _ in range(len(commands))]
 
 
 class OutageBuffer:

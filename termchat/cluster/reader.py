@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any
 
 from termchat.cluster.events import (Progress, entry_end, event_position, parse_node_event,
-                                     stream_id, unpack)
+                                     stamp_of, stream_id, unpack)
 from termchat.wire import protocol as proto
 
 MAX_BACKOFF = 2.0           # seconds between reconnection attempts, at most...
@@ -119,13 +119,14 @@ class StreamReader:
         """One event at ``position``: ours (where it landed goes in ``own``),
         another member's (into ``ready``), or ignored (``past``: read from
         the stream's past at start, when its node may have died since)."""
+        stamp = stamp_of(data)
+        if stamp is not None and stamp.node == self.link.node_id:
+            own.append((stamp.seq, position))  # ours: only where it landed matters
+            return
         try:
             event = parse_node_event(data, position)
         except proto.ProtocolError as exc:
             self.link.log_once("ignoring a malformed event", str(exc)[:200])
-            return
-        if event.node == self.link.node_id:
-            own.append((event.seq, position))
             return
         if not past and not self._from_a_member(client, event.node):  # (the past holds
             self.link.log_once("ignoring events from an unregistered node", event.node[:40])
