@@ -5,7 +5,7 @@ no Redis.  The chat core imports this module, never the link."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Iterator, Literal
 
 import msgspec
 from msgspec import Meta
@@ -106,6 +106,13 @@ def event_position(entry_id: str, index: int) -> str:
     """Where the index-th event of stream entry ``entry_id`` is."""
     milliseconds, _, sequence = entry_id.partition("-")
     return f"{milliseconds}-{int(sequence or 0) * POSITIONS_PER_ENTRY + index}"
+
+
+def event_positions(entry_id: str) -> Iterator[str]:
+    """The positions of the events of stream entry ``entry_id``, in order."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    first = int(sequence or 0) * POSITIONS_PER_ENTRY
+    return (f"{milliseconds}-{first + index}" for index in range(PACK_LIMIT))
 
 
 def entry_end(entry_id: str) -> str:

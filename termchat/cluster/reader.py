@@ -15,7 +15,7 @@ import time
 from collections import deque
 from typing import Any
 
-from termchat.cluster.events import (Progress, entry_end, event_position, parse_node_event,
+from termchat.cluster.events import (Progress, entry_end, event_positions, parse_node_event,
                                      stamp_of, stream_id, unpack)
 from termchat.wire import protocol as proto
 
@@ -104,8 +104,8 @@ class StreamReader:
         for entry_id, data in batch:
             self.count_bytes(entry_id, len(data))
             past = self.catch_up_end is not None and stream_id(entry_id) <= self.catch_up_end
-            for index, item in enumerate(unpack(data)):
-                self._take(client, item, event_position(entry_id, index), past, own, ready)
+            for item, position in zip(unpack(data), event_positions(entry_id)):
+                self._take(client, item, position, past, own, ready)
         if batch:
             last = stream_id(batch[-1][0])
             caught_up = self.catch_up_end is not None and last >= self.catch_up_end
