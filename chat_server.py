@@ -291,7 +291,7 @@ class ChatServer:
             set_keepalive(sock)
             conn = Connection(sock, format_address(address), Tls.SNIFF if self.tls else None, now)
             self.connections.add(conn)
-            self.selector.register(sock, selectors.EVENT_READ, conn)
+            self.selector.register(conn.fd, selectors.EVENT_READ, conn)  # (by fd: no int of its own)
             self.core.connected(conn, address, now)
 
     def refuse_one(self, listener: socket.socket) -> None:
@@ -375,7 +375,7 @@ class ChatServer:
             except (ssl.SSLError, OSError) as exc:  # it went away meanwhile (a reset, say)
                 self.drop(conn, f"TLS set-up failed: {getattr(exc, 'reason', None) or exc}")
                 return
-            self.selector.register(conn.sock, events, conn)
+            self.selector.register(conn.fd, events, conn)
             conn.events = events
             conn.tls = Tls.HANDSHAKE
 
@@ -447,9 +447,9 @@ class ChatServer:
         if not events:
             self.selector.unregister(conn.fd)
         elif not conn.events:
-            self.selector.register(conn.sock, events, conn)
+            self.selector.register(conn.fd, events, conn)
         else:
-            self.selector.modify(conn.sock, events, conn)
+            self.selector.modify(conn.fd, events, conn)
         conn.events = events
 
     def flush(self) -> None:
