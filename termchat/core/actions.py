@@ -349,6 +349,9 @@ def rename(parts: Parts, user: User, new: str, seq: int = 0) -> Effects:
     parts.log.name_in_use(user.key, False)
     parts.presence.rename(user, new)
     parts.log.name_in_use(user.key, True)
+    if user.local:
+        parts.log.own_again(user.key)  # ours under this name now (it may have been another
+        # user of ours, taken over elsewhere, whose late lines the others refuse)
     effects: Effects = []
     if parts.world_state is not None:
         effects += rename_player(parts, old, new, here=user.local)

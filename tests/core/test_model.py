@@ -83,8 +83,10 @@ OPEN in the code), not an excluded case:
   ``held`` event read from the stream's past) or its node is dead, or a
   node paused through that node's death, holds it for a grace of its own
   from when it learns of it (it cannot tell when the others found the node
-  dead, or the connection dropped): nodes are added, restarted and killed
-  only while no node would learn of a grace that way;
+  dead, or the connection dropped); so does a node paused when a session
+  user's connection dropped, once that user's node dies: nodes are added,
+  restarted, killed and paused only while no node would learn of a grace
+  that way;
 - a kick of a paused node's user waits for that node (it is the one that
   acts on it): the model kicks nobody of a paused node;
 - a resume elsewhere of a session whose paused node holds events not yet
@@ -618,6 +620,7 @@ class OneNode(ChatChecks):
             world.close(client)
         elif person.session:
             world.detach(person)
+            self.detached(person)
         else:
             world.leave(person)
         self.harness(client).lose(client.outlet, "connection reset")
@@ -657,6 +660,9 @@ class OneNode(ChatChecks):
 
     def resumable(self, holder: Person) -> bool:
         return True
+
+    def detached(self, person: Person) -> None:
+        """A session user's connection dropped (its grace begins)."""
 
     def session_for(self, token: str, node: str) -> Person | None:
         """The live person a token resumes on ``node``."""
@@ -786,6 +792,7 @@ class Cluster(OneNode):
         self.bus = Bus("A", "B", make=self.make_node)
         self.names = (f"N{n}" for n in itertools.count(1))
         self.unwritten: list = []      # Said on the paused node, not yet in the stream
+        self.heard_late: set[int] = set()  # pids dropped while a node was paused
         self.tail_lost = False  # Redis lost its last entries once: no node starts after
         self.abandoned: list[Client] = []  # connections given up on the paused node
         self.taken_while_paused = False  # a session of the paused node was taken up elsewhere
@@ -858,6 +865,13 @@ class Cluster(OneNode):
             return None
         return person
 
+    def detached(self, person: Person) -> None:
+        """A paused node will read when the grace began late (OPEN)."""
+        if self.bus.paused:
+            self.heard_late.add(person.pid)
+        else:
+            self.heard_late.discard(person.pid)
+
     def taken_from(self, person: Person) -> None:
         """From a paused node: its client gave up the connection there,
         which that node notices when it runs again."""
@@ -896,8 +910,9 @@ class Cluster(OneNode):
     def late_to_learn(self, name: str) -> bool:
         """OPEN (see the docstring): a paused node would learn of this death
         late and hold its session users for a grace from then."""
-        return bool(self.bus.paused) and any(p.session and p.node == name
-                                             for p in self.world.present())
+        return any(p.node == name and p.session and (
+            self.bus.paused or (p.detached and p.pid in self.heard_late))
+            for p in self.world.present())
 
     @precondition(lambda self: len(self.bus.live) >= 2)
     @rule(i=index)
@@ -943,6 +958,9 @@ class Cluster(OneNode):
         """SIGSTOP, perhaps just after one of its users said something that
         it echoed and did not write to the stream yet."""
         name = self.node_for(i)
+        if any(p.node == name and p.detached and p.pid in self.heard_late
+               for p in self.world.present()):
+            return  # OPEN: see the docstring (it could be taken for dead)
         speakers = self.world.joined(name)
         if unwritten and speakers:
             client = pick(speakers, i)

@@ -241,3 +241,26 @@ def test_a_node_taken_for_dead_and_back_says_its_users_away_messages_again():
     bus.nodes["A"].received(bob)
     bus.nodes["A"].send(bob, {"type": "who"})
     assert bus.nodes["A"].received(bob)[-1].get("away") == {"ann": "lunch"}
+
+
+def test_a_user_back_on_its_node_under_another_name_is_heard_when_it_takes_its_old_one():
+    bus = Bus("A", "B", make=node)
+    cat = user_on(bus, "A", "cat")
+    outlet, token, got = session_on(bus, "B", "ann")
+    bus.nodes["B"].received(outlet)
+    _, again = resume_on(bus, "A", "ann", token, got[0]["id"])  # taken over by A
+    assert again[0]["type"] == "resumed", again
+    on_a = bus.nodes["A"].core.parts.gate.connections
+    ann_a = next(o for o in on_a if o is not cat)
+    bus.nodes["A"].send(ann_a, {"type": "nick", "nick": "dan"})
+    bus.pump()
+    last = bus.nodes["A"].received(ann_a)[-1]["id"]
+    outlet, again = resume_on(bus, "B", "dan", token, last)  # back on B, as dan
+    assert again[0]["type"] == "resumed", again
+    bus.nodes["B"].send(outlet, {"type": "nick", "nick": "ann"})
+    bus.pump()
+    said(bus, "B", outlet, "heard, and kept")
+    assert "heard, and kept" in [p.get("message") for p in bus.nodes["A"].received(cat)]
+    since = bus.nodes["B"].received(outlet)[0]["id"]
+    _, again = resume_on(bus, "B", "ann", token, since)
+    assert "heard, and kept" in [p.get("message") for p in again], again
