@@ -46,6 +46,7 @@ from termchat.core.core import Access, ChatCore, Limits, SessionSettings
 from termchat.core.ports import NO_STORE
 from termchat.core.gate import format_address
 from termchat.server.door import TURNED_AWAY_PER_TURN, Door
+from termchat.server.waker import WAKE, Waker
 from termchat.core.delivery import Delivery, Outlet
 
 log = logging.getLogger("chat_server")
@@ -57,7 +58,6 @@ KERNEL_SEND_BUFFER = 1 << 18
 ACCEPTS_PER_TURN = 64
 LINGER_SECONDS = 2.0
 KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 6}  # dead after ~2 min
-WAKE = "wake"            # the selector key data of the wake-up socket
 TLS_RECORD = 1 << 14     # what one TLS write takes: one record
 TLS_HANDSHAKE = 0x16     # the first byte of a TLS ClientHello
 TLS_SILENCE = 1.0        # a TLS client speaks at once: one silent this long is plain
@@ -125,12 +125,11 @@ class ChatServer:
         self.lingering: dict[Connection, None] = {}  # in deadline order
         self.door = Door(self.selector)    # connections refused, listeners resting
         self.running = False
-        self._reserve_fd: int | None = os.open(os.devnull, os.O_RDONLY)
-        self._wake_reader, self._wake_writer = socket.socketpair()
+        self.waker = Waker()
         self.link = None
         if redis_url:
             from termchat.cluster.link import ClusterLink
-            self.link = ClusterLink(redis_url, self.wake, heartbeat,
+            self.link = ClusterLink(redis_url, self.waker.wake, heartbeat,
                                     history_seconds=sessions.resume_grace + 30)
         self.delivery = Delivery(limits.max_queue)
         self.keeper = StateKeeper(store, world_state, state_file)  # --db and --state
@@ -151,9 +150,7 @@ class ChatServer:
         for listener in self.listeners:
             listener.setblocking(False)
             self.selector.register(listener, selectors.EVENT_READ, None)
-        for sock in (self._wake_reader, self._wake_writer):
-            sock.setblocking(False)
-        self.selector.register(self._wake_reader, selectors.EVENT_READ, WAKE)
+        self.waker.register(self.selector)
         self.running = True
         if self.link:
             self.link.start()
@@ -177,7 +174,7 @@ class ChatServer:
         if conn is None:
             self.accept(key.fileobj)  # type: ignore[arg-type]
         elif conn is WAKE:
-            self.drain_wakeups()
+            self.waker.drain()
             if self.link:
                 now = time.monotonic()
                 for event in self.link.take_events():
@@ -224,33 +221,17 @@ class ChatServer:
     def stop(self) -> None:
         """Ask the loop to end; safe from a signal handler or another thread."""
         self.running = False
-        self.wake()
-
-    def wake(self) -> None:
-        """Make the loop's select return; safe from any thread."""
-        try:
-            self._wake_writer.send(b"\0")
-        except OSError:  # the buffer is full: a wake-up is pending anyway
-            pass
-
-    def drain_wakeups(self) -> None:
-        try:
-            while self._wake_reader.recv(4096):
-                pass
-        except OSError:
-            pass
+        self.waker.wake()
 
     def close_all(self) -> None:
         count = len(self.connections)
         for conn in list(self.connections):
             self.discard(conn)
         self.door.close_all()
-        for sock in self.listeners + [self._wake_reader, self._wake_writer]:
+        for sock in self.listeners:
             sock.close()
+        self.waker.close()
         self.selector.close()
-        if self._reserve_fd is not None:
-            os.close(self._reserve_fd)
-            self._reserve_fd = None
         announce("server stopped, closed %d connection(s)", count)
 
     # ------------------------------------------------------------------
@@ -271,7 +252,7 @@ class ChatServer:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    self.refuse_one(listener)
+                    self.door.refuse_one(listener)
                 else:
                     log.warning("accept failed: %s", exc)
                 return
@@ -293,20 +274,6 @@ class ChatServer:
             self.connections.add(conn)
             self.selector.register(conn.fd, selectors.EVENT_READ, conn)  # (by fd: no int of its own)
             self.core.connected(conn, address, now)
-
-    def refuse_one(self, listener: socket.socket) -> None:
-        """Out of descriptors: accept and close one connection so the
-        listener does not stay readable and spin the loop."""
-        log.warning("out of file descriptors; refusing a connection")
-        if self._reserve_fd is None:
-            return
-        os.close(self._reserve_fd)
-        try:
-            sock, _ = listener.accept()
-            sock.close()
-        except OSError:
-            pass
-        self._reserve_fd = os.open(os.devnull, os.O_RDONLY)
 
     def read_from(self, conn: Connection, size: int, flags: int = 0) -> bytes | None:
         """What the socket has (None: nothing yet, or it is gone and dropped)."""

@@ -5,6 +5,7 @@ the transport applies them: timers fire, reading really pauses, logs stay
 small, and nobody else notices.
 """
 
+import os
 import socket
 import threading
 import time
@@ -272,3 +273,24 @@ def test_churn_past_the_doors_share_of_a_turn_is_all_answered_and_others_get_in(
         client.close()
     other.chat("still here")
     first.expect(chat_from("other", "still here"))
+
+
+def test_a_server_out_of_descriptors_refuses_connections_and_stays_up(start_server):
+    """With its descriptors used up, the server accepts and closes the
+    connections it cannot keep (the listener does not spin the loop), says
+    so in its log, and serves again as soon as descriptors are free."""
+    import resource
+    server = start_server("--max-per-ip", "0", "--connect-rate", "0")
+    first = RawClient(server.port, "first")
+    first.expect(join("first"))
+    open_now = len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+    resource.prlimit(server.proc.pid, resource.RLIMIT_NOFILE, (open_now + 5, open_now + 5))
+    crowd = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(30)]
+    wait_for(lambda: "out of file descriptors" in server.log_text(), describe=server.log_text)
+    first.chat("still served")
+    first.expect(chat_from("first", "still served"))
+    for sock in crowd:
+        sock.close()
+    later = RawClient(server.port, "later")
+    later.expect(join("later"))
+    assert server.proc.poll() is None
