@@ -75,6 +75,7 @@ class Run:
         self.began = time.monotonic()
         self.fault_lines: list[str] = []
         self.problems: list[str] = []
+        self.phases: dict[str, float] = {}  # each phase's end, seconds into the run
         self.next_tick = 0.0
 
     # ---- what the faults act on ----
@@ -244,6 +245,7 @@ class Run:
             "proxy": {"resets": self.proxies.resets, "drops": self.proxies.drops},
             "node_ids": {n.name: n.ids for n in self.nodes.values()},
             "traces": {c.nick: c.trace for c in self.clients},
+            "phases": self.phases,
         }
         return record, line
 
@@ -295,10 +297,9 @@ def main(argv=None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="chaos_"))
     run = Run(args, folder)
     try:
-        run.start()
-        run.join()
-        run.chaos()
-        run.settle()
+        for phase in (run.start, run.join, run.chaos, run.settle):
+            phase()
+            run.phases[phase.__name__] = round(time.monotonic() - run.began, 2)
         record, line = run.finish()
     except (RunError, RuntimeError) as exc:  # (RuntimeError: a child did not start)
         print(f"chaos: the run failed: {exc}", file=sys.stderr)
