@@ -60,8 +60,9 @@ model's rules there:
   hello deadlines end), it registers again: a session whose grace the
   others ended is over (its connection closed) unless Redis lost its data
   meanwhile (then Redis cannot say, and it stays); a user whose nick was
-  taken meanwhile is refused with ``nick-taken``; the others see the rest
-  again.
+  taken meanwhile is refused with ``nick-taken`` (and what the taker said
+  meanwhile was never heard there: its own user held the nick); the
+  others see the rest again.
 - Redis restarts (``restart_redis``): empty (no persistence: nicks,
   sessions, bans and the stream gone), or from a file without its last
   entries; perhaps just after a node wrote a line nobody had read yet.
@@ -96,11 +97,14 @@ OPEN in the code), not an excluded case:
   a session of that node was taken up elsewhere or a dead node's session
   user is held: the paused node never reads the takeover, or that user's
   last moves, again: the model restarts Redis then only without loss;
-- a node started after Redis lost its last entries (a leave, a takeover,
-  a join over a dead node's user) reads a user as a dead node's that is
-  gone or another node's, and a live node's presence cannot take the nick
-  from a node it does not know is dead yet (once it does, the user is
-  gone); nor one started while a paused node's session was taken up
+- a node started after Redis lost entries (restarted empty, or without
+  its last ones) does not know what they said: it reads a user as a dead
+  node's that is gone or another node's (a lost leave, takeover, or join
+  over a dead node's user), and a live node's presence cannot take the
+  nick from a node it does not know is dead yet (once it does, the user is
+  gone); and it waits, to resume a session of a live node, for events of
+  that node it cannot tell were lost (the client is told to try again)
+  until that node publishes again; nor one started while a paused node's session was taken up
   elsewhere (Redis still lists the user as the paused node's): the model
   starts no node then;
 - Redis losing its last entries (not its data: no epoch change, so no
@@ -500,7 +504,7 @@ class OneNode(ChatChecks):
     @rule(i=index, kind=st.sampled_from(("chat", "emote")))
     def speak(self, i, kind):
         client = pick(self.usable('joined'), i)
-        said = self.world.say(client.person, kind, self.world.text())
+        said = self.said(self.world.say(client.person, kind, self.world.text()))
         self.send(client, {"type": kind, "message": said.text})
         self.settle()
 
@@ -512,7 +516,7 @@ class OneNode(ChatChecks):
         target = self.holder_for(to, client.node)
         text = world.text()
         if target is not None:
-            world.direct(client.person, target, text)
+            self.said(world.direct(client.person, target, text))
         self.send(client, {"type": "dm", "to": to, "message": text})
         got = self.settle()[client]
         if target is None:
@@ -661,6 +665,10 @@ class OneNode(ChatChecks):
     def resumable(self, holder: Person) -> bool:
         return True
 
+    def said(self, said):
+        """What was just said, with whoever cannot hear it left out."""
+        return said
+
     def detached(self, person: Person) -> None:
         """A session user's connection dropped (its grace begins)."""
 
@@ -793,7 +801,7 @@ class Cluster(OneNode):
         self.names = (f"N{n}" for n in itertools.count(1))
         self.unwritten: list = []      # Said on the paused node, not yet in the stream
         self.heard_late: set[int] = set()  # pids dropped while a node was paused
-        self.tail_lost = False  # Redis lost its last entries once: no node starts after
+        self.redis_lost = False  # Redis lost entries once: no node starts after
         self.abandoned: list[Client] = []  # connections given up on the paused node
         self.taken_while_paused = False  # a session of the paused node was taken up elsewhere
         self.expired: set[int] = set()  # pids of the paused node's session users whose
@@ -865,6 +873,20 @@ class Cluster(OneNode):
             return None
         return person
 
+    def said(self, said):
+        """A node taken for dead, one of whose users has the nick of the
+        sender elsewhere (taken meanwhile), refuses what that sender says
+        (its own user holds the nick): its users do not hear it."""
+        sender, present = said.sender, self.world.present()
+        deaf = {p.pid for p in present if p.node != sender.node and self.buried(p.node)
+                and any(o.key == sender.key and o.node == p.node for o in present)}
+        if deaf & said.audience:
+            said.audience = said.audience - deaf
+            for person in present:
+                if person.pid in deaf and said in person.entitled:
+                    person.entitled.remove(said)
+        return said
+
     def detached(self, person: Person) -> None:
         """A paused node will read when the grace began late (OPEN)."""
         if self.bus.paused:
@@ -897,8 +919,8 @@ class Cluster(OneNode):
     def may_start(self) -> bool:
         """OPEN (see the docstring): a node started now would read a stale
         past: the stream lost its last entries, or the paused node's users in
-        Redis are stale."""
-        return not self.orphans() and not self.tail_lost and not (
+        Redis are stale."""  # (the stream lost entries: see the docstring)
+        return not self.orphans() and not self.redis_lost and not (
             self.bus.paused and self.taken_while_paused)
 
     @precondition(lambda self: len(self.bus.live) < 3 and self.may_start())
@@ -1051,7 +1073,7 @@ class Cluster(OneNode):
         self.lose_unread(len(self.bus.stream) if lose is None else lose)
         if lose is None:
             self.bans_forgotten = {host: until for host, until in world.banned.items()}
-        self.tail_lost |= bool(lose)
+        self.redis_lost |= lose != 0
         event(f"redis restart: {'empty' if lose is None else f'lost {lose}'}")
         self.bus.restart_redis(lose)
         self.settle()
