@@ -261,7 +261,7 @@ class ChatServer:
             if self.tls is None:  # (on a TLS port the error waits for the handshake)
                 refusal = self.core.turned_away(address, now)
                 if refusal is not None:
-                    self.door.turn_away(sock, refusal, time.monotonic())
+                    self.door.turn_away(sock, refusal, now)
                     turned += 1
                     continue
             # Each turn's output goes in one send already: Nagle would only delay it.
