@@ -300,10 +300,19 @@ class EventLog:
 
     def file(self, entry: LogEntry, mover: tuple[str, str, str] | None) -> None:
         """Put an entry in the lists of its target (and of its mover)."""
+        message, target = entry.message, entry.target
+        if target is None:
+            self.keep((EVERYONE, None), entry)
+            if isinstance(message, proto.NickChanged):
+                self.keep((RENAMES, proto.name_key(message.nick)), entry)
+        elif isinstance(target, str):
+            self.keep((ROOM, target), entry)
+        else:
+            for name in target:
+                self.keep((DMS, name), entry)
         if mover is not None:
             entry.mover, entry.old, entry.new = mover
-        for key in filed_under(entry):
-            self.keep(key, entry)
+            self.keep((MOVES, entry.mover), entry)
 
     def stamp(self, entry: StampedEntry, origin: Origin | None, published: int) -> None:
         entry.node, entry.cursor, entry.published = self.node_id, self.stream_cursor, published
@@ -622,8 +631,7 @@ def speaker_key(message: proto.Message) -> str | None:
 
 
 def filed_under(entry: LogEntry) -> list[tuple[str, Any]]:
-    """The keys of the lists an entry is filed in: those of its target (and
-    of its mover); EventLog.file and EventLog.strike both go by these."""
+    """The keys of the lists EventLog.file put an entry in."""
     target = entry.target
     if target is None:
         keys: list[tuple[str, Any]] = [(EVERYONE, None)]
