@@ -277,6 +277,27 @@ def said_per_room(rows: list[tuple]) -> Counter:
     return Counter(row[TARGET] for row in rows if row[SAID])
 
 
+SAID_TYPES = (proto.ChatFrom, proto.EmoteFrom)  # in a room: its history
+
+
+def batch_rows(entries: list[tuple[LogEntry, bytes]]) -> list[tuple]:
+    """Logged entries and their packets as a batch's rows (see Row); one
+    loop for a turn's worth, as it runs for every chat."""
+    rows: list[tuple] = []
+    add, raw, header = rows.append, msgspec.Raw, proto.HEADER_SIZE
+    for entry, packet in entries:
+        target = entry.target
+        if isinstance(target, str):
+            kind, where, said = "room", target, int(isinstance(entry.message, SAID_TYPES))
+        elif target is None:
+            kind, where, said = "all", None, 0
+        else:
+            kind, where, said = "dm", "\n".join(sorted(target)), 0
+        add((entry.number, entry.time, kind, where, entry.mover, entry.old, entry.new, said,
+             raw(packet[header:])))  # (a copy of the payload: cheaper than a view's Raw)
+    return rows
+
+
 class SqliteStore:
     """Writes queued by the core, committed once a turn; reads for start-up
     and for history on demand."""
@@ -286,7 +307,7 @@ class SqliteStore:
         self.db = connection
         self.lock = lock
         self.keep, self.keep_days = keep, keep_days
-        self.entries: list[tuple] = []
+        self.entries: list[tuple[LogEntry, bytes]] = []  # this turn's, and packets
         self.users: dict[str, tuple | None] = {}   # key -> row (None: gone)
         self.bans: dict[str, tuple | None] = {}    # address -> row (None: lifted)
         self.world: tuple[dict, dict] | None = None
@@ -299,17 +320,9 @@ class SqliteStore:
     # ---- the Store port: queued writes ----
 
     def entry(self, entry: LogEntry, packet: bytes) -> None:
-        target = entry.target
-        if target is None:
-            kind, where = "all", None
-        elif isinstance(target, str):
-            kind, where = "room", target
-        else:
-            kind, where = "dm", "\n".join(sorted(target))
-        said = isinstance(entry.message, (proto.ChatFrom, proto.EmoteFrom)) and kind == "room"
-        self.entries.append((entry.number, entry.time, kind, where, entry.mover, entry.old,
-                             entry.new, int(said),
-                             msgspec.Raw(memoryview(packet)[proto.HEADER_SIZE:])))
+        """Called for every chat: only queued here, made a row at commit
+        (an entry does not change once logged)."""
+        self.entries.append((entry, packet))
 
     def user(self, key: str, nick: str, room: str, digest: str | None, start: int) -> None:
         self.users[key] = (key, nick, room, digest, start)
@@ -370,7 +383,7 @@ class SqliteStore:
         """This turn's writes (inside commit's transaction); returns the
         chats and emotes each room got."""
         db = self.db
-        said = write_batch(db, self.entries) if self.entries else Counter()
+        said = write_batch(db, batch_rows(self.entries)) if self.entries else Counter()
         for table, rows, key in (("users", self.users, "key"), ("bans", self.bans, "address")):
             gone = [(name,) for name, row in rows.items() if row is None]
             kept = [row for row in rows.values() if row is not None]
