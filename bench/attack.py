@@ -132,7 +132,9 @@ def drain(sock: socket.socket) -> None:
 
 
 def flooder(port: int, deadline: float, add) -> None:
-    chat = proto.encode(proto.Chat("f" * (proto.MAX_PAYLOAD - 60)))
+    overhead = len(proto.encode(proto.ChatFrom("flooder", ""))) - proto.HEADER_SIZE
+    chat = proto.encode(proto.Chat("f" * (proto.MAX_PAYLOAD - overhead - proto.SESSION_EXTRA)))
+    # (the largest chat the server takes: room for a session copy's id and time)
     pester(port, FLOODER, "flooder", chat, "flood_chats_sent", 1, "flooder_connections",
            deadline, add)
 

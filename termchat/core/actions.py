@@ -444,11 +444,15 @@ def say_in_room(parts: Parts, conn: Connection,
 
 
 def encoded(message: proto.Message) -> bytes | None:
-    """A rebroadcast's packet, or None if it would not fit in one."""
+    """A rebroadcast's packet, or None if it would not fit in one, in any
+    copy of it (a session's has an id and a time, a history's a mark)."""
     try:
-        return proto.encode(message)
+        packet = proto.encode(message)
     except proto.PacketTooLarge:
         return None
+    if len(packet) - proto.HEADER_SIZE + proto.SESSION_EXTRA > proto.MAX_PAYLOAD:
+        return None
+    return packet
 
 
 def log_once(parts: Parts, what: str, node: str) -> None:

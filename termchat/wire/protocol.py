@@ -31,6 +31,9 @@ from termchat.wire.names import (MAX_NAME_LENGTH, NAMES_REMEMBERED, name_key,  #
 
 HEADER_SIZE = 2
 MAX_PAYLOAD = 0xFFFF
+SESSION_EXTRA = 200  # bytes a session's copy of a chat event may add to its plain form
+# ("id" and "time", "history": true; a cluster's ids are the longest, under 100
+# characters): a chat, emote or dm is taken only if it fits a packet with them
 LOBBY = "lobby"
 QUOTE_LIMIT = 64  # characters of client input an error message repeats
 MAX_HISTORY = 100  # chats and emotes one history request may ask for
@@ -467,4 +470,6 @@ def encode(message: Message, **extra: Any) -> bytes:
 
 
 def fits_in_packet(message: Message) -> bool:
-    return len(to_payload(message)) <= MAX_PAYLOAD
+    """Whether a rebroadcast (ChatFrom, EmoteFrom, DirectFrom) fits a packet
+    in every copy the server sends, a session's too (SESSION_EXTRA)."""
+    return len(to_payload(message)) + SESSION_EXTRA <= MAX_PAYLOAD

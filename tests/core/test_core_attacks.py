@@ -353,3 +353,28 @@ def test_a_resume_is_not_taken_up_before_the_reader_reaches_what_the_client_saw(
     got = node.received(outlet)
     assert got[0]["code"] == "throttled", got
     assert node.core.parts.presence.local("pat") is None
+
+
+# ---- found by the abuse benchmark (issue 19) ----
+
+def test_the_largest_chat_taken_fits_every_copy_a_session_gets():
+    """A chat as large as the server takes reaches a session client live
+    with its id and time, and one joining after it in its history; it
+    used to fit only its plain form, and each session copy raised (a
+    session joining the room after one flooded chat was dropped)."""
+    chat = Harness()
+    alice, _, _ = session(chat, "alice")
+    (bob,) = chat.joined("bob")
+    chat.received(alice)
+    overhead = len(proto.encode(proto.ChatFrom("bob", ""))) - proto.HEADER_SIZE
+    largest = proto.MAX_PAYLOAD - overhead - proto.SESSION_EXTRA
+    chat.chat(bob, "y" * (largest + 1))
+    assert "too long" in chat.received(bob)[0]["message"]
+    assert chat.received(alice) == []
+    chat.chat(bob, "x" * largest)
+    live = chat.received(alice)
+    assert [m["message"] for m in live] == ["x" * largest] and "id" in live[0]
+    late, _, got = session(chat, "carol")
+    history = [m for m in got if m.get("history")]
+    assert [m["message"] for m in history] == ["x" * largest]
+    assert not chat.closed(late) and not chat.closed(alice) and not chat.closed(bob)

@@ -185,7 +185,7 @@ def test_rebroadcast_too_large_gets_error_and_nobody_sees_it(connect):
 def test_largest_rebroadcast_that_fits_is_delivered(connect):
     pat = connect("pat")
     overhead = len(proto.encode(proto.ChatFrom("pat", ""))) - 2
-    text = "y" * (proto.MAX_PAYLOAD - overhead)
+    text = "y" * (proto.MAX_PAYLOAD - overhead - proto.SESSION_EXTRA)  # (room for a session's id)
     pat.chat(text)
     assert pat.expect(lambda m: m["type"] == "chat")["message"] == text
 
