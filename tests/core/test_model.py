@@ -177,6 +177,7 @@ settings.register_profile("ci", max_examples=150, stateful_step_count=50, derand
                           phases=[Phase.explicit, Phase.generate, Phase.shrink],
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=3000, stateful_step_count=80, deadline=None,
+                          print_blob=True,
                           phases=[Phase.explicit, Phase.generate, Phase.shrink],
                           suppress_health_check=[HealthCheck.too_slow])
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
