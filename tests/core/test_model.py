@@ -69,7 +69,9 @@ model's rules there:
   Every link registers again (a paused one when it runs).  What a node had
   not read of what was lost is lost for its users (README: Redis must keep
   its data); history a node started since has not got may lack it; a ban
-  Redis forgot holds on the nodes that knew it, not on nodes started later.
+  Redis forgot holds on the nodes that knew it, not on nodes started later,
+  nor on a node paused when it was given (it never read it, and holds the
+  ban of that address it had before, if any).
 
 What the model found and is left open, each an explicit rule here (marked
 OPEN in the code), not an excluded case:
@@ -816,7 +818,9 @@ class Cluster(OneNode):
         self.expired: set[int] = set()  # pids of the paused node's session users whose
         # grace the others ended (gone, unless Redis lost its data meanwhile)
         self.bans_forgotten: dict[str, float] = {}  # by Redis restarting empty: host -> until
-        self.forgets: dict[str, dict[str, float]] = {}  # node -> the bans it never learned
+        self.forgets: dict[str, dict[str, tuple[float, float]]] = {}  # node -> host -> the
+        # ban it never learned (its until), and the one it holds instead (until, or 0)
+        self.bans_at_pause: dict[str, float] = {}  # host -> the until the paused node holds
 
     @staticmethod
     def make_node(name: str) -> Harness:
@@ -860,8 +864,15 @@ class Cluster(OneNode):
         return holder.detached or (holder.node != node and self.buried(holder.node))
 
     def banned(self, host: str, node: str) -> bool:
-        world = self.world
-        return world.is_banned(host) and self.forgets.get(node, {}).get(host) != world.banned[host]
+        return self.ban_held(host, node) > self.world.now
+
+    def ban_held(self, host: str, node: str) -> float:
+        """Until when ``node`` holds the address out (0: not at all): the
+        last ban of it, unless that is one Redis forgot before the node
+        learned it (then the one it had learned before, if any)."""
+        until = self.world.banned.get(host, 0.0)
+        forgot = self.forgets.get(node, {}).get(host)
+        return forgot[1] if forgot is not None and forgot[0] == until else until
 
     def delivered(self, person: Person) -> bool:
         """Its node runs, and nothing owed to it waits on a paused node."""
@@ -913,7 +924,7 @@ class Cluster(OneNode):
 
     def start(self, name: str) -> None:
         """A node process starts: it learns the bans Redis has."""
-        self.forgets[name] = dict(self.bans_forgotten)
+        self.forgets[name] = {host: (until, 0.0) for host, until in self.bans_forgotten.items()}
         self.bus.start(name, history=True)
 
     # ---- what befalls nodes ----
@@ -999,6 +1010,7 @@ class Cluster(OneNode):
             self.unwritten.append(said)
             self.send(client, {"type": "chat", "message": said.text})
             self.read_clients(self.world.open_clients(name))
+        self.bans_at_pause = {host: self.ban_held(host, name) for host in self.world.banned}
         self.bus.pause(name)
         self.settle()
 
@@ -1067,7 +1079,8 @@ class Cluster(OneNode):
         without its last ``lose`` entries; perhaps just after a node wrote
         one of its users' lines that no other node had read yet (lost for
         them if the restart lost it: the README's limit).  Bans Redis forgot
-        hold on the nodes that knew them, not on nodes started later."""
+        hold on the nodes that knew them, not on nodes started later nor on
+        a paused node that had not read them."""
         world = self.world
         if lose != 0 and self.bus.paused and (self.taken_while_paused or self.orphans()):
             return  # OPEN: see the docstring (a paused node would not read them again)
@@ -1082,10 +1095,22 @@ class Cluster(OneNode):
         self.lose_unread(len(self.bus.stream) if lose is None else lose)
         if lose is None:
             self.bans_forgotten = {host: until for host, until in world.banned.items()}
+            self.forget_unread_bans()
         self.redis_lost |= lose != 0
         event(f"redis restart: {'empty' if lose is None else f'lost {lose}'}")
         self.bus.restart_redis(lose)
         self.settle()
+
+    def forget_unread_bans(self) -> None:
+        """Redis restarted empty: a ban given while a node was paused, which
+        that node had not read, is one it never learns (it holds the one it
+        had, if any): a ban Redis forgot holds on the nodes that knew it."""
+        for name in self.bus.paused:
+            known = self.forgets.setdefault(name, {})
+            for host, until in self.world.banned.items():
+                held = self.bans_at_pause.get(host, 0.0)
+                if until != held:
+                    known[host] = (until, held)
 
     def lose_unread(self, count: int) -> None:
         """The stream's last ``count`` entries are lost: what some running
