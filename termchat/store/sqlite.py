@@ -435,7 +435,7 @@ class SqliteStore:
                 if gone >= TRIM_STEP:
                     break
                 if count > self.keep:
-                    gone += self.trim_room(room, min(count - self.keep, TRIM_STEP - gone))
+                    gone += self.trim_room(room, count - self.keep, TRIM_STEP - gone)
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             self.rollback()
@@ -457,9 +457,12 @@ class SqliteStore:
                 break
         return gone
 
-    def trim_room(self, room: str, step: int) -> int:
-        """The room's ``step`` oldest chats and emotes out of their batches."""
-        left = step
+    def trim_room(self, room: str, excess: int, step: int) -> int:
+        """The room's oldest chats and emotes past its keep (``excess``) out
+        of their batches, about ``step`` of them (at least one batch): all
+        of them that a batch holds once it is read, as rewriting it costs
+        the same however many go."""
+        left = excess
         for first, blob in self.db.execute(
                 "SELECT first, entries FROM said JOIN batches USING (first) "
                 "WHERE said.room = ? ORDER BY first LIMIT ?", (room, step)).fetchall():
@@ -470,9 +473,9 @@ class SqliteStore:
                 else:
                     kept.append(row)
             self.rewrite(first, rows, kept)
-            if not left:
+            if not left or excess - left >= step:
                 break
-        return step - left
+        return excess - left
 
     def rewrite(self, first: int, rows: list[tuple], kept: list[tuple]) -> int:
         """The batch ``first`` holding only ``kept`` of its ``rows`` (gone

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from termchat.store.sqlite import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from termchat.core.eventlog import LogEntry
+from termchat.store.sqlite import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, open_store
 from termchat.wire import protocol as proto
 from tests.support import RawClient, ServerProcess, chat_from, join, leave, run_server, wait_for
 
@@ -190,6 +191,23 @@ def test_retention_keeps_n_messages_a_room_and_nothing_older_than_the_days(serve
     aged = servers("--db", str(database), "--keep-days", "0.00001", port=server.port)
     wait_for(lambda: kept() == 0, describe=lambda: f"{kept()} kept")
     assert aged.proc.poll() is None
+
+
+def test_a_trim_step_takes_all_that_a_batch_it_reads_holds_past_the_keep(database):
+    """A busy turn's batch holds hundreds of chats: rewriting it costs the
+    same however many go, so one step takes all of its excess (a step of
+    at most 200 rewrote such a batch again and again)."""
+    store = open_store(str(database), keep=10)
+    try:
+        for number in range(1, 501):  # one turn, one batch
+            message = proto.ChatFrom("amy", f"line {number}")
+            store.entry(LogEntry(number, time.time(), message, "lobby", 0), proto.encode(message))
+        store.commit()
+        assert store.trim(time.time()) == 490
+        assert said_in(database) == [f"line {number}" for number in range(491, 501)]
+        assert store.trim(time.time()) == 0
+    finally:
+        store.close()
 
 
 def first_schema_file(path, chats, ages=None):
