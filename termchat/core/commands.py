@@ -24,6 +24,8 @@ from termchat.wire import protocol as proto
 from termchat.wire.protocol import Code
 
 MAX_AWAY = 300  # characters of an away message
+CLAIMED_NOW = ("another connection is taking up this nick or session right now: try again in "
+               "a moment")
 
 
 def error(conn: Connection, text: str, code: str) -> Effects:
@@ -67,18 +69,23 @@ def on_resume(parts: Parts, conn: Connection, hello: proto.Hello, now: float) ->
         return actions.resume(parts, conn, session, hello.after, now)
     if not parts.cluster:
         return [Send(conn, actions.SESSION_EXPIRED)]
-    return resume_elsewhere(parts, conn, hello)
+    return resume_elsewhere(parts, conn, hello, now)
 
 
-def resume_elsewhere(parts: Parts, conn: Connection, hello: proto.Hello) -> Effects:
+def resume_elsewhere(parts: Parts, conn: Connection, hello: proto.Hello,
+                     now: float) -> Effects:
     """A session this node does not hold: ask Redis to hand it (and its
-    nick) over from whichever node does."""
+    nick) over from whichever node does.  While another connection claims
+    the nick (most often the same client's, given up on: a resume in
+    flight), whether the session lives is not known yet: try again."""
     key = proto.name_key(hello.nick)
     user = parts.presence.users.get(key)
     position = parse_position(hello.after) if hello.after else None
-    if (user is not None and user.local) or key in parts.presence.claims or \
+    if (user is not None and user.local) or \
             position is None or position.node is None:  # not an id another node gave:
         return [Send(conn, actions.SESSION_EXPIRED)]     # nothing is asked of Redis
+    if key in parts.presence.claims:
+        return refuse(parts, conn, CLAIMED_NOW, Code.THROTTLED, now)
     conn.become(State.CLAIMING)
     conn.pending = hello
     parts.presence.claims[key] = (conn, hello.nick)

@@ -371,3 +371,37 @@ def test_a_resume_another_node_cannot_replay_goes_back_to_its_live_node_not_expi
     assert bus.nodes["N"].closed(outlet)
     _, got = resume_on(bus, "A", "pat", token, last)
     assert got[0]["type"] == "resumed", got
+
+
+def test_a_resume_while_another_connection_resumes_the_same_session_is_told_to_try_again():
+    """Found by the chaos run (seed 7, 600 s): a node started while Redis
+    was away held every hello until it could read the stream; among them
+    two resumes of one session, the first from a connection its client had
+    already given up on.  Once Redis was back the first went to Redis to
+    take the session over, and the second, finding the nick being claimed,
+    was told its session had expired: the client asked for a fresh join,
+    refused while the session held its nick, and lost every line until
+    the grace ran out.  The session is not known to have expired: the
+    client is told to try again, and its next resume takes it up."""
+    bus = Bus("A", "B")
+    bob = user_on(bus, "A", "bob")
+    pat, token, got = session_on(bus, "A", "pat")
+    last = got[0]["id"]
+    bus.nodes["A"].lose(pat)
+    bus.pump()
+    node = bus.nodes["B"]
+    resume = {"type": "hello", "nick": "pat", "session": True, "resume": token, "after": last}
+    given_up = node.connect()
+    node.send(given_up, resume)         # its takeover not answered yet
+    second = node.connect()
+    node.send(second, resume)
+    got = node.received(second)
+    assert [p.get("code") for p in got] == ["throttled"], got
+    assert node.closed(second)
+    node.lose(given_up)
+    bus.pump()
+    said(bus, "A", bob, "while pat was away")
+    outlet, got = resume_on(bus, "B", "pat", token, last)
+    assert got[0] == {"type": "resumed", "missed": 1}, got
+    assert bare(got[1:]) == [chat_from("bob", "while pat was away")]
+    assert leave("pat") not in bus.nodes["A"].received(bob)
