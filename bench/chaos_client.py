@@ -40,6 +40,7 @@ from termchat.wire import protocol as proto  # noqa: E402
 from chaos_check import Receipt, Sent, Session, Stay, WhoAnswer  # noqa: E402
 
 ECHO_TIMEOUT = 5.0
+EXPIRY_MARGIN = 1.0  # seconds: a server's grace may begin this long before our last packet
 TIMEOUTS = Timeouts(notice=3.0, give_up=20.0, first_retry=0.5, longest_retry=4.0)
 ROOMS = ("lobby", "games", "music")
 
@@ -52,6 +53,20 @@ def node_of(packet_id: str) -> str:
 
 def payload_of(nick: str, seq: int) -> str:
     return f"{nick}#{seq}"
+
+
+def expired_session_end(heard_live: float | None, expired: float | None, grace: float,
+                        last_loss: float) -> float:
+    """Until when a session that fell back to a fresh join was owed what
+    was said.  Told it expired after its grace (counted from the last
+    packet heard on its last live connection: its server cannot have
+    begun the grace before that), it was owed nothing sent after that
+    packet.  Told so sooner, the server broke its promise: it was owed
+    everything up to its last connection lost before the fresh join."""
+    if heard_live is not None and expired is not None and \
+            expired >= heard_live + grace - EXPIRY_MARGIN:
+        return heard_live
+    return last_loss
 
 
 @dataclass
@@ -92,6 +107,9 @@ class ChaosClient:
         self.stay: tuple[str, float, str] | None = None  # the room it is certainly in,
         # since when, and the node it moved there on (empty: not by a move)
         self.last_loss: float | None = None
+        self.heard_live: float | None = None  # the last packet on the last live connection
+        self.expired_at: float | None = None  # told its session expired (then a fresh join)
+        self.grace = 0.0             # the session's, as the server granted it
         self.checking_room = False   # asked who after a reconnection, no answer yet
         self.moving_to: str | None = None
         self.seq = 0
@@ -169,6 +187,8 @@ class ChaosClient:
     def _lost(self, now: float) -> None:
         heard = self.session.heard
         self.trace.append((now, "lost" if heard else "lost unheard"))
+        if self.session.phase is Phase.LIVE:
+            self.heard_live = self.heard_at
         self.session.lost(now)
         self.last_loss = now
         self.checking_room, self.replay_left, self.unanswered_since = False, 0, None
@@ -338,6 +358,8 @@ class ChaosClient:
                 self.counts.fresh += 1
                 self._end_session()
                 self._begin_session(now)
+        elif isinstance(message, proto.SessionGranted):
+            self.grace = message.grace
         elif isinstance(message, proto.Resumed):
             self.trace.append((now, "resumed"))
             self.counts.resumes += 1
@@ -362,6 +384,8 @@ class ChaosClient:
         elif isinstance(message, proto.Error):
             self.trace.append((now, f"error {message.code}"))
             self.errors[message.code or "?"] = self.errors.get(message.code or "?", 0) + 1
+            if message.code == proto.Code.SESSION_EXPIRED:
+                self.expired_at = now
             if message.code == proto.Code.BAD_PACKET and self.moving_to is not None:
                 self.moving_to = None  # (never expected: a move refused)
 
@@ -392,7 +416,7 @@ class ChaosClient:
         self.moving_to = None
 
     def _end_session(self) -> None:
-        end = self.last_loss
+        end = expired_session_end(self.heard_live, self.expired_at, self.grace, self.last_loss)
         if self.stay is not None:
             self._end_stay(end)
         self.records.sessions.append(Session(self.nick, self.number, self.session_start, end))

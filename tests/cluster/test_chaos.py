@@ -12,6 +12,7 @@ from tests.support import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 
 from chaos_check import History, Receipt, Sent, Session, Stay, WhoAnswer, check  # noqa: E402
+from chaos_client import expired_session_end  # noqa: E402
 from chaos_faults import KINDS  # noqa: E402
 
 END = 100.0
@@ -145,6 +146,21 @@ def test_a_session_that_fell_back_to_a_fresh_join_is_owed_nothing_sent_while_awa
     assert (verdict.lost, verdict.judged) == (1, 1)
     assert verdict.examples["lost"][0] == {"payload": back, "to": "bob", "session": 1,
                                            "window": [39.5, 40.6]}
+
+
+def test_a_session_told_it_expired_after_its_grace_is_owed_nothing_since_its_last_packet():
+    """Heard last at 100 on its live connection, lost at 104, its resumes
+    refused (the store away) until 131, told then that it expired (grace
+    30), it joined afresh after a last failed connection at 140."""
+    assert expired_session_end(100.0, 131.0, 30.0, last_loss=140.0) == 100.0
+
+
+def test_a_session_told_it_expired_within_its_grace_is_owed_up_to_its_fresh_join():
+    """Told at 112 (12 s after its last packet: inside the grace of 30) that
+    its session had expired, refused its nick until 166 while the session
+    held it: a broken promise, every line meanwhile is counted lost."""
+    assert expired_session_end(100.0, 112.0, 30.0, last_loss=166.0) == 166.0
+    assert expired_session_end(None, None, 30.0, last_loss=166.0) == 166.0
 
 
 def test_what_a_killed_node_never_passed_on_is_unwritten_not_lost():
