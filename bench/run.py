@@ -4,6 +4,7 @@
     python bench/run.py connect --sizes 1000 5000 10000
     python bench/run.py fanout latency --out results.json
     python bench/run.py cpu --repeat 5       # server CPU per delivery, vs a C relay
+    python bench/run.py fanout latency --db --repeat 5   # medians, with and without --db
 
 Each scenario starts its own server on a free loopback port, is bounded in
 count and time, and prints one line of figures per size.
@@ -573,8 +574,46 @@ def scenario_client(ui: str, messages: int = 10000) -> dict:
 # --------------------------------------------------------------------------
 
 
+def in_turn(run, flags: list[str], repeat: int) -> dict[str, dict]:
+    """``run()`` and ``run(flag=True)`` for each flag, ``repeat`` times in
+    turn (so that a slow minute of the machine falls on all of them);
+    each one's figures: with several runs, the median of each number, and
+    every run's figures under "each_run"."""
+    runs: dict[str, list[dict]] = {flag: [] for flag in ["", *flags]}
+    for _ in range(repeat):
+        for flag in runs:
+            runs[flag].append(run(**({flag: True} if flag else {})))
+    return {flag: medians(each) for flag, each in runs.items()}
+
+
+def medians(runs: list[dict]) -> dict:
+    if len(runs) == 1:
+        return runs[0]
+    figures: dict = {}
+    for key, value in runs[0].items():
+        values = [run.get(key) for run in runs]
+        if isinstance(value, bool):
+            figures[key] = all(values)
+        elif isinstance(value, (int, float)) and all(isinstance(v, (int, float)) for v in values):
+            figures[key] = statistics.median(values)
+        else:
+            figures[key] = value
+    figures["runs"] = len(runs)
+    figures["each_run"] = runs  # (in the json file, not on the screen)
+    return figures
+
+
+def compare(runs: dict[str, dict], key: str, what: str) -> None:
+    """One line per flag: its figure over the plain one's."""
+    base = runs[""].get(key)
+    for flag, figures in runs.items():
+        if flag and base and figures.get(key):
+            print(f"{what}: --{flag} / plain = {figures[key] / base:.2f}", flush=True)
+
+
 def report(name: str, figures: dict) -> None:
-    shown = {k: v for k, v in figures.items() if k != "server_rss_mib_over_time"}
+    shown = {k: v for k, v in figures.items()
+             if k not in ("server_rss_mib_over_time", "each_run")}
     print(f"{name:12} " + "  ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
 
 
@@ -601,9 +640,10 @@ def main(argv=None) -> int:
     parser.add_argument("--db", action="store_true",
                         help="also run fanout and latency with a database (the server's --db), "
                              "beside the figures without")
-    parser.add_argument("--repeat", type=int, default=3, metavar="N",
-                        help="runs per figure of the cpu scenario; the median is shown "
-                             "(default 3)")
+    parser.add_argument("--repeat", type=int, default=None, metavar="N",
+                        help="runs per figure of the cpu scenario (default 3), and of fanout "
+                             "and latency (default 1; their plain, --tls and --db runs taken "
+                             "in turn); the median is shown")
     parser.add_argument("--relay", type=Path, default=Relay.SOURCE, metavar="SOURCE",
                         help="the C relay the cpu scenario compares with (default "
                              f"{Relay.SOURCE}; the scenario runs without it)")
@@ -621,22 +661,30 @@ def main(argv=None) -> int:
     results: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                                  "platform": platform.platform()}}
     print(f"# {os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
+    flags = [flag for flag in ("tls", "db") if getattr(args, flag)]
     for scenario in chosen:
-        if scenario in DEFAULT_SIZES:
-            function = scenario_connect if scenario == "connect" else scenario_fanout
+        if scenario == "fanout":
+            for size in args.sizes or DEFAULT_SIZES[scenario]:
+                runs = in_turn(lambda **flag: scenario_fanout(size, **flag), flags,
+                               args.repeat or 1)
+                for flag, figures in runs.items():
+                    name = f"fanout-{flag}" if flag else "fanout"
+                    results.setdefault(name, []).append(figures)
+                    report(name, figures)
+                compare(runs, "deliveries_per_second", f"fanout {size} clients")
+                if args.cluster > 1:
+                    results.setdefault("fanout-cluster", []).append(
+                        scenario_fanout(size, args.cluster))
+                    report("fanout-cluster", results["fanout-cluster"][-1])
+        elif scenario == "connect":
             for size in args.sizes or DEFAULT_SIZES[scenario]:
                 for nodes in [1] + ([args.cluster] if args.cluster > 1 else []):
-                    figures = function(size, nodes)
+                    figures = scenario_connect(size, nodes)
                     name = scenario if nodes == 1 else f"{scenario}-cluster"
                     results.setdefault(name, []).append(figures)
                     report(name, figures)
-                for flag in ("tls", "db"):
-                    if getattr(args, flag) and scenario == "fanout":
-                        figures = scenario_fanout(size, **{flag: True})
-                        results.setdefault(f"fanout-{flag}", []).append(figures)
-                        report(f"fanout-{flag}", figures)
         elif scenario == "cpu":
-            results[scenario] = scenario_cpu(args.sizes or CPU_SIZES, args.repeat, args.relay,
+            results[scenario] = scenario_cpu(args.sizes or CPU_SIZES, args.repeat or 3, args.relay,
                                              args.cluster if args.cluster > 1 else 2,
                                              args.storm)
             for name, figures in results[scenario].items():
@@ -651,16 +699,17 @@ def main(argv=None) -> int:
             if args.cluster > 1:
                 results["resume-cluster"] = scenario_resume(nodes=args.cluster)
                 report("resume-cluster", results["resume-cluster"])
-        elif scenario in ("latency", "slow-reader"):
-            figures = scenario_latency(rate=args.rate, seconds=args.seconds,
-                                       stuck=scenario == "slow-reader")
-            results[scenario] = figures
-            report(scenario, figures)
-            for flag in ("tls", "db"):
-                if getattr(args, flag) and scenario == "latency":
-                    results[f"latency-{flag}"] = scenario_latency(
-                        rate=args.rate, seconds=args.seconds, **{flag: True})
-                    report(f"latency-{flag}", results[f"latency-{flag}"])
+        elif scenario == "latency":
+            runs = in_turn(lambda **flag: scenario_latency(rate=args.rate, seconds=args.seconds,
+                                                           **flag), flags, args.repeat or 1)
+            for flag, figures in runs.items():
+                results[f"latency-{flag}" if flag else "latency"] = figures
+                report(f"latency-{flag}" if flag else "latency", figures)
+            compare(runs, "p99_ms", "latency p99")
+        elif scenario == "slow-reader":
+            results[scenario] = scenario_latency(rate=args.rate, seconds=args.seconds,
+                                                 stuck=True)
+            report(scenario, results[scenario])
         else:
             for ui in ("curses", "ansi"):
                 figures = scenario_client(ui)
