@@ -15,7 +15,8 @@ records the run made, or a test made by hand) and returns a
   it at any time, so only a stay covering all of it says the receiver was
   a member then.
 - ``unwritten``: echoed messages whose sender's node was SIGKILLed after
-  the echo and that nobody on another node ever received: what the README
+  the send (the echo may be read just after the kill) and that nobody on
+  another node ever received: what the README
   says a killed node may not yet have written to Redis.  They are counted
   here, never in ``lost``, and are not judged further.
 - ``duplicated``: copies beyond the first of one message in one session.
@@ -244,7 +245,10 @@ def _window_end(message: Sent, echoed: float, receipts: list[Receipt]) -> float:
 
 def _unwritten(message: Sent, echoed: float, receipts: list[Receipt],
                kills: list[tuple[str, float]]) -> bool:
-    killed = any(node == message.node and at >= echoed for node, at in kills)
+    """Its node was SIGKILLed after the send and nobody off that node got
+    it (its echo included).  After the send, not after the echo: the echo
+    read a moment after the kill was written before it."""
+    killed = any(node == message.node and at >= message.at for node, at in kills)
     return killed and all(r.node == message.node for r in receipts)
 
 

@@ -174,6 +174,18 @@ def test_what_a_killed_node_never_passed_on_is_unwritten_not_lost():
     assert verdict.clean
 
 
+def test_an_echo_read_just_after_its_node_was_killed_is_still_unwritten():
+    """Seed 7, 600 s: the node echoed the line and was SIGKILLed (Redis was
+    away: it was never written) a moment before its client read the echo."""
+    history = everyone_in_lobby("ann", "bob", "cat")
+    payload = say(history, "ann", 1, 10.0, node="n1")
+    history.kills.append(("n1", 10.05))
+    receive(history, "ann", payload, 10.1, node="n1")
+    receive(history, "bob", payload, 10.1, node="n1")
+    verdict = check(history)
+    assert (verdict.unwritten, verdict.lost) == (1, 0)
+
+
 def test_a_killed_nodes_message_that_reached_another_node_must_reach_everyone():
     history = everyone_in_lobby("ann", "bob", "cat")
     payload = say(history, "ann", 1, 10.0, node="n1")
