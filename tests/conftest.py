@@ -32,6 +32,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 BYTECODE_FOLDER = pytest.StashKey[str]()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Two at a time (``-n 2``, with ``--dist loadgroup`` from pyproject), the
+    cluster tests still run one after another, in one worker: each starts a
+    Redis and two or three nodes beating every 0.2 s (a node is dead after
+    three missed beats), and two such clusters (the chaos run's 200 clients
+    beside a Redis restart) on two cores would be timing each other."""
+    for item in items:
+        if item.nodeid.startswith("tests/cluster/"):
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
 def server_options(item: pytest.Item) -> tuple[str, ...]:
     marker = item.get_closest_marker("server_args")
     return tuple(marker.args) if marker else ()
