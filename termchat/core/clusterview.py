@@ -50,6 +50,8 @@ class ClusterView:
         self.read: dict[str, int] = {}     # node -> the highest believable number read
         # (applied or refused: what a resume waits for)
         self.catching_up = False           # reading the stream's recent past at start
+        self.presence_read: set[str] = set()  # ...and the nodes whose presence it read
+        # there: they said who their users were (an event about another is stale)
         self.snapshot: cluster.Snapshot | None = None  # for when the reader gets there
         self.bans_mark: tuple = (0, 0)     # the last snapshot's mark: bans up to there
         # are the ones it gave
@@ -123,9 +125,16 @@ def heard_from(parts: Parts, node: str, stream: tuple | None) -> None:
 def owned_by(parts: Parts, nick: str, node: str) -> User | None:
     """The user ``nick`` if ``node`` is where it is; an event about someone
     else's user is refused (logged once).  While catching up at start, a
-    user not known yet is taken to be where the event says."""
+    user not known yet is taken to be where the event says (it came before
+    what we read), unless we read that node's presence since: that named its
+    users, and one left out had left (an event about it read later was
+    published before the presence, and passed on after it: a node paused,
+    or cut off from Redis, that forgot a session taken up or ended
+    meanwhile; taken to be there, it would hold the nick against the node
+    that has it now)."""
     user = parts.presence.get(nick)
-    if user is None and parts.view.catching_up:
+    view = parts.view
+    if user is None and view.catching_up and node not in view.presence_read:
         return appear(parts, node, nick, proto.LOBBY)
     if user is None or user.node != node:
         log_once(parts, "ignoring an event about a nick the node does not own", node)
@@ -491,6 +500,8 @@ def on_session_gone(parts: Parts, event: cluster.SessionGone, now: float) -> Eff
 
 @applies(cluster.RemotePresence)
 def on_remote_presence(parts: Parts, event: cluster.RemotePresence, now: float) -> Effects:
+    if parts.view.catching_up:
+        parts.view.presence_read.add(event.node)
     dead = parts.view.dead.get(event.node)
     stream = cluster.stream_id(event.stream) if event.stream else None
     if dead is not None and stream is not None and stream <= dead[1]:
@@ -660,10 +671,13 @@ def on_progress(parts: Parts, event: cluster.Progress, now: float) -> Effects:
     effects = take_snapshot(parts) + bury_reached(parts, now)
     if event.start:
         parts.view.catching_up = event.catching_up
+        if not event.catching_up:
+            parts.view.presence_read.clear()
         if parts.view.started is None:
             parts.view.started = now
     elif event.caught_up and parts.view.catching_up:
         parts.view.catching_up = False
+        parts.view.presence_read.clear()
         log.info("cluster: caught up with the stream")
         for node, (sessions, _) in list(parts.view.dead.items()):  # users of nodes that died
             effects += bury(parts, node, sessions, now)  # before we read their events

@@ -264,3 +264,19 @@ def test_a_user_back_on_its_node_under_another_name_is_heard_when_it_takes_its_o
     since = bus.nodes["B"].received(outlet)[0]["id"]
     _, again = resume_on(bus, "B", "ann", token, since)
     assert "heard, and kept" in [p.get("message") for p in again], again
+
+
+def test_a_node_catching_up_does_not_bring_back_a_user_a_node_forgot_before_its_last_words():
+    bus = Bus("A", "B", make=node)
+    outlet, _, _ = session_on(bus, "A", "ann")
+    bus.nodes["A"].chat(outlet, "said as A stopped")  # echoed, not yet in the stream
+    bus.pause("A")
+    bus.take_for_dead("A")            # B holds ann for her grace...
+    bus.tick(61)                      # ...which ends: her session is over
+    bus.carry_on("A")                 # A drops her, then writes her line after its presence
+    bus.kill("A")
+    user_on(bus, "B", "ann")          # another ann, on B
+    bus.start("C", history=True)      # reads A's line after A's presence without her
+    assert lobby(bus, "C") == ["ann"] == lobby(bus, "B")
+    assert bus.core("C").parts.presence.get("ann").node == "B"
+
