@@ -313,7 +313,8 @@ def missed_here(parts: Parts, session: Session, after: str | None) -> list | Non
     if position is None:
         return None
     if position.node is not None and position.node != parts.node_id:
-        missed = parts.log.missed_elsewhere(user.nick, user.room.key, position, session.start)
+        missed = parts.log.missed_elsewhere(user.nick, user.room.key, position, session.start,
+                                            session.start_stream)
     else:
         missed = parts.log.missed(user.nick, user.room.key, position.number, session.start)
     if missed is not None and sum(entry.size for entry in missed) > parts.limits.max_queue:

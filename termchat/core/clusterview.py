@@ -149,6 +149,7 @@ def appear(parts: Parts, node: str, nick: str, room: str, joining: bool = False)
     user = parts.presence.new_user(nick, node)
     user.since = 0 if parts.view.catching_up and not joining else \
         parts.log.last_number + int(joining)
+    user.since_stream = parts.log.stream_cursor if user.since else None
     parts.presence.add(user, parts.presence.room_named(room))
     parts.log.room_in_use(user.room.key, True)
     parts.log.name_in_use(user.key, True)
@@ -338,15 +339,17 @@ def adopt(parts: Parts, conn: Connection, old: str, room: str, position: Positio
     user = parts.presence.get(hello.nick)
     if user is None or user.local:
         user = appear(parts, old, hello.nick, room or proto.LOBBY)
-        user.since = 0  # here before we knew it: what the client's position leaves is owed
-    missed = parts.log.missed_elsewhere(user.nick, user.room.key, position, user.since)
+        user.since, user.since_stream = 0, None  # here before we knew it: what the
+        # client's position leaves is owed
+    missed = parts.log.missed_elsewhere(user.nick, user.room.key, position, user.since,
+                                        user.since_stream)
     if missed is None or sum(e.size for e in missed) > parts.limits.max_queue:
         return give_up(parts, conn, hello, old, room, now)  # too long ago
     conn.pending = None
     parts.sessions.unorphan(user)
     user.node = None
     parts.log.own_again(user.key)
-    parts.sessions.start(user, user.since, token=hello.resume)
+    parts.sessions.start(user, user.since, token=hello.resume, start_stream=user.since_stream)
     session = user.session
     actions.attach(conn, user)
     effects: Effects = [Send(conn, proto.Resumed(len(missed)))]
@@ -493,6 +496,7 @@ def on_session_gone(parts: Parts, event: cluster.SessionGone, now: float) -> Eff
     user = parts.presence.local(event.nick)
     if user is None or user.session is None:
         return []
+    parts.log.drop_user(user.key)
     effects = taken_elsewhere(parts, user)
     actions.forget(parts, user)
     return effects
@@ -716,6 +720,8 @@ def on_data_lost(parts: Parts, event: cluster.DataLost, now: float) -> Effects:
 @applies(cluster.Conflict)
 def on_conflict(parts: Parts, event: cluster.Conflict, now: float) -> Effects:
     user = parts.presence.local(event.nick)
+    if user is not None:
+        parts.log.drop_user(user.key)
     if user is None or user.connection is None:
         return actions.leave(parts, user, "nick taken elsewhere") if user else []
     return refuse(parts, user.connection, f"nick {event.nick} was taken on another server "

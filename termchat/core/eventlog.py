@@ -23,12 +23,15 @@ In a cluster each entry also says where it came from (:class:`Origin`)
 and what this node had seen when it logged it (``cursor``: the last
 stream entry applied; ``published``: how many events this node had
 published), which lets a session of another node be replayed here
-(:meth:`EventLog.missed_elsewhere`).  What one of our users said after
-another node took its session over (in the stream's order: this node was
-paused, say, and acted on what the client had sent before it gave up on
-it) is refused by every other node; it is struck here too once the
-stream says where it landed (:meth:`EventLog.disown`), so that no replay
-here presents it as said.  No I/O.
+(:meth:`EventLog.missed_elsewhere`); our own entries are logged when
+said, before they are in the stream, and one that lands there after a
+user we read (this node was paused, or cut off from Redis) is owed to
+that user as the stream has it (:func:`landed_after`).  What one of our
+users said after another node took its session over (in the stream's
+order: this node was paused, say, and acted on what the client had sent
+before it gave up on it) is refused by every other node; it is struck
+here too once the stream says where it landed (:meth:`EventLog.disown`),
+so that no replay here presents it as said.  No I/O.
 """
 
 from __future__ import annotations
@@ -222,6 +225,10 @@ class EntryList:
     def first(self) -> LogEntry | None:
         return self.items[self.head] if len(self) else None
 
+    def holds(self, entry: LogEntry) -> bool:
+        index = bisect.bisect_left(self.items, entry.number, lo=self.head, key=_number)
+        return index < len(self.items) and self.items[index] is entry
+
     def remove(self, entry: LogEntry) -> bool:
         index = bisect.bisect_left(self.items, entry.number, lo=self.head, key=_number)
         if index == len(self.items) or self.items[index] is not entry:
@@ -271,6 +278,8 @@ class EventLog:
         self.disowned: OrderedDict[str, tuple[StreamId, int | None]] = OrderedDict()  # name
         # key of a user of ours taken over elsewhere -> (the takeover's stream entry, the
         # last entry logged before the user was ours again, None: not yet)
+        self.dropped: OrderedDict[str, tuple[StreamId, int]] = OrderedDict()  # name key of
+        # a user of ours let go as we registered again -> (our cursor, our last entry then)
 
     # ---- recording ----
 
@@ -462,13 +471,25 @@ class EventLog:
                            lambda lst, low: lst.dropped_through <= low)
 
     def missed_elsewhere(self, nick: str, room: str, position: Position,
-                         start: int = 0) -> list[LogEntry] | None:
+                         start: int = 0, start_stream: StreamId | None = None
+                         ) -> list[LogEntry] | None:
         """What a client of another node, who last saw ``position`` there,
         missed, as this node logged it, from entry ``start`` on (the user's
         own start here: nothing before it is owed) (None: the log does not
         reach back that far).  Lists are read from the first entry the
         client may not have seen, found by the stamps (never by reading from
-        the start)."""
+        the start); and, to a user we read at stream entry ``start_stream``,
+        our own entries before it that landed after it (:func:`landed_after`)."""
+        missed = self.missed_from(nick, room, position, start)
+        if missed is None or start_stream is None:
+            return missed
+        late = landed_after(self, nick, room, position, start, start_stream)
+        if late is None:
+            return None
+        return list(heapq.merge(late, missed, key=_number)) if late else missed
+
+    def missed_from(self, nick: str, room: str, position: Position,
+                    start: int) -> list[LogEntry] | None:
         node, cursor, published = position.node, position.cursor, position.published
         if self.log_start is None or cursor < self.log_start:
             return None  # it saw its last packet before we started reading
@@ -599,6 +620,14 @@ class EventLog:
         if len(self.disowned) > DISOWNED_KEPT:
             self.disowned.popitem(last=False)
 
+    def drop_user(self, name: str) -> None:
+        """Our user ``name`` is let go without a leave the others accept (see
+        landed_after): what it said before, landing after now, they refuse."""
+        self.dropped.pop(name, None)
+        self.dropped[name] = (self.stream_cursor, self.last_number)
+        if len(self.dropped) > DISOWNED_KEPT:
+            self.dropped.popitem(last=False)
+
     def own_again(self, name: str) -> None:
         """The user ``name`` is ours again: what it says from now on counts."""
         taken = self.disowned.get(name)
@@ -618,6 +647,72 @@ class EventLog:
             if lst is not None and lst.remove(entry):
                 self.memory -= entry.size + ENTRY_OVERHEAD
                 self.entries -= 1
+
+
+def landed_after(log: EventLog, nick: str, room: str, position: Position, start: int,
+                 start_stream: StreamId) -> list[LogEntry] | None:
+    """Our own entries numbered up to ``start`` (before we read the user
+    at ``start_stream``: we echoed them before they were in the stream,
+    as a node paused, or cut off from Redis, does) that landed in the
+    stream after it: the user's node, and every other, read them after
+    the user's start, and gave them to it if it was there for them (in
+    the entry's room when it landed, by the user's moves as the stream
+    has them; everyone's entries to all; DMs named someone else), unless
+    they refused it: its user was let go here as we registered again (its
+    session ended elsewhere meanwhile, or its nick taken), before it
+    landed.  None: the log let some of that go."""
+    window: list[LogEntry] = []
+    own = log.own  # (ours land in the stream in the order they were logged)
+    for index in range(bisect.bisect_right(own, start, key=_number) - 1, -1, -1):
+        entry = own[index]
+        if entry.stream is not None and entry.stream <= start_stream:
+            break
+        window.append(entry)
+    if not window:
+        return []
+    periods = log.names_since(proto.name_key(nick), start)
+    if periods is None:
+        return None
+    moves: list[LogEntry] = []
+    for name, low, high in periods:
+        lst = log.lists.get((MOVES, name))
+        if lst is None and log.let_go_after((MOVES, name), low):
+            return None
+        if lst is not None:
+            if lst.dropped_through > low:
+                return None
+            moves += lst.between(low, high)
+    moves.sort(key=_number)
+    first_room = moves[0].old if moves else room
+
+    def room_at(stream: StreamId | None) -> str:
+        if stream is None:  # not in the stream yet: it lands after all we read
+            return room
+        here = first_room
+        for move in moves:
+            if move.stream is not None and move.stream < stream:
+                here = move.new or here
+        return here
+
+    node, cursor, published = position.node, position.cursor, position.published
+    found: list[LogEntry] = []
+    for entry in reversed(window):
+        target = entry.target
+        if not (target is None or (isinstance(target, str) and
+                                   target == room_at(entry.stream))):
+            continue
+        if entry.seen_at(node, cursor, published):
+            continue
+        lst = log.lists.get(filed_under(entry)[0])
+        if lst is None or lst.dropped_through >= entry.number:
+            return None
+        dropped = log.dropped.get(speaker_key(entry.message) or "")
+        if dropped is not None and entry.number <= dropped[1] and (
+                entry.stream is None or entry.stream > dropped[0]):
+            continue  # the others refuse it: its user was let go here before it landed
+        if lst.holds(entry):  # (not struck: the others refused it)
+            found.append(entry)
+    return found
 
 
 def speaker_key(message: proto.Message) -> str | None:

@@ -42,7 +42,7 @@ class User:
     meant for one user is never replayed to another of the same name."""
 
     __slots__ = ("uid", "nick", "key", "room", "away", "operator", "connection", "session",
-                 "node", "address", "since")
+                 "node", "address", "since", "since_stream")
 
     def __init__(self, uid: int, nick: str, node: str | None = None) -> None:
         self.uid = uid
@@ -57,6 +57,8 @@ class User:
         self.address: str | None = None  # its last connection's: what a ban holds out
         self.since = 0  # the log entry after which this node has known it: nothing before
         # is owed to it (a session it takes up here begins there)
+        self.since_stream: tuple | None = None  # another node's user: the stream entry
+        # we read it at (our own entries landing past it are owed to it: see EventLog)
 
     @property
     def local(self) -> bool:

@@ -34,11 +34,14 @@ class Session:
     given to the client once and kept nowhere), and while detached when its
     grace ends and how many bytes it would have received meanwhile."""
 
-    __slots__ = ("digest", "user", "start", "expires", "missed", "room")
+    __slots__ = ("digest", "user", "start", "start_stream", "expires", "missed", "room")
 
-    def __init__(self, digest: str, user: User, start: int) -> None:
+    def __init__(self, digest: str, user: User, start: int,
+                 start_stream: tuple | None = None) -> None:
         self.digest, self.user = digest, user
         self.start = start   # the log entry it began with: nothing before is replayed
+        self.start_stream = start_stream  # taken up from another node: the stream entry
+        # its user was read at here (our own entries past it are replayed too)
         self.expires = 0.0   # while detached: when it ends
         self.missed = 0      # while detached: bytes it would have received
         self.room = ""       # while detached: its room's key
@@ -67,11 +70,13 @@ class Sessions:
 
     # ---- this node's sessions ----
 
-    def start(self, user: User, start: int, token: str | None = None) -> str:
+    def start(self, user: User, start: int, token: str | None = None,
+              start_stream: tuple | None = None) -> str:
         """A session for the user (attached), beginning with log entry
-        ``start``; returns its token (``token``: one taken over elsewhere)."""
+        ``start``; returns its token (``token``: one taken over elsewhere,
+        whose user we read at stream entry ``start_stream``)."""
         token = token or secrets.token_urlsafe(24)
-        session = Session(session_digest(token), user, start)
+        session = Session(session_digest(token), user, start, start_stream)
         self.by_digest[session.digest] = session
         user.session = session
         self.attached += 1

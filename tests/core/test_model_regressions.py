@@ -280,3 +280,32 @@ def test_a_node_catching_up_does_not_bring_back_a_user_a_node_forgot_before_its_
     assert lobby(bus, "C") == ["ann"] == lobby(bus, "B")
     assert bus.core("C").parts.presence.get("ann").node == "B"
 
+
+def test_a_session_taken_up_on_a_node_that_echoed_a_line_before_it_was_written_gets_it():
+    bus = Bus("A", "B", make=node)
+    ann = user_on(bus, "A", "ann")
+    bus.nodes["A"].chat(ann, "said as A stopped")  # echoed, not yet in the stream
+    bus.pause("A")
+    cat, token, got = session_on(bus, "B", "cat")
+    last = got[0]["id"]               # her own join
+    bus.nodes["B"].lose(cat)
+    bus.pump()
+    bus.carry_on("A")                 # the line lands after cat's join: B keeps it for cat
+    _, got = resume_on(bus, "A", "cat", token, last)
+    assert got[0]["type"] == "resumed", got
+    assert "said as A stopped" in [p.get("message") for p in got], got
+
+
+def test_a_line_the_others_refused_is_not_given_to_a_session_taken_up_where_it_was_said():
+    bus = Bus("A", "B", make=node)
+    outlet, _, _ = session_on(bus, "B", "ann")
+    bus.nodes["B"].chat(outlet, "said as B stopped")  # echoed, not yet in the stream
+    bus.pause("B")
+    bus.take_for_dead("B")
+    bus.tick(61)                      # A ends ann's session: the nick is free
+    _, token, got = session_on(bus, "A", "ann")  # another ann
+    last = got[0]["id"]
+    bus.carry_on("B")                 # B lets its ann go, then writes her line: refused
+    _, got = resume_on(bus, "B", "ann", token, last)
+    assert got[0]["type"] == "resumed", got
+    assert "said as B stopped" not in [p.get("message") for p in got], got
