@@ -47,6 +47,7 @@ from termchat.core.ports import NO_STORE
 from termchat.core.gate import format_address
 from termchat.server.door import TURNED_AWAY_PER_TURN, Door
 from termchat.server.waker import WAKE, Waker
+from termchat.server.writes import WriteOrder
 from termchat.core.delivery import Delivery, Outlet
 
 log = logging.getLogger("chat_server")
@@ -133,6 +134,7 @@ class ChatServer:
                                     history_seconds=sessions.resume_grace + 30)
         self.delivery = Delivery(limits.max_queue)
         self.keeper = StateKeeper(store, world_state, state_file)  # --db and --state
+        self.writes = WriteOrder()  # who a turn writes: new output first, a share a turn
         self.write_later: list[Connection] = []  # writable while the store had writes
         # pending: written at the end of the turn, after one commit, not one commit each
         self.core = ChatCore(self.delivery, limits, self.link, sessions,
@@ -203,7 +205,7 @@ class ChatServer:
                 self.write(conn)
 
     def next_timeout(self) -> float | None:
-        if self.delivery.busy or self.tls_buffered:
+        if self.delivery.busy or self.tls_buffered or self.writes:
             return 0
         due = [next(iter(self.lingering)).deadline] if self.lingering else []
         door_due = self.door.next_due()
@@ -442,7 +444,7 @@ class ChatServer:
         for conn in self.delivery.take_input_changes():
             if not conn.gone:
                 self.fenced(conn, self.update_interest, conn)
-        for conn in self.delivery.take_dirty():
+        for conn in self.writes.this_turn(self.delivery.take_dirty()):
             if not conn.gone:
                 self.fenced(conn, self.write, conn)
         later, self.write_later = self.write_later, []
