@@ -574,16 +574,9 @@ class EventLog:
         """The rooms the user was in since ``after``, each with the stretch
         of entries it was there for (above, below), read back from ``room``
         through its moves under each name (None: a move was let go)."""
-        moves: list[LogEntry] = []
-        for name, low, high in periods:
-            lst = self.lists.get((MOVES, name))
-            if lst is None and self.let_go_after((MOVES, name), low):
-                return None
-            if lst is not None:
-                if lst.dropped_through > low:
-                    return None
-                moves += lst.between(low, high)
-        moves.sort(key=_number)
+        moves = moves_over(self, periods)
+        if moves is None:
+            return None
         stretches: list[tuple[str, int, int | None]] = []
         high: int | None = None
         for move in reversed(moves):  # its exit: the old room's up to it, the new one's after
@@ -649,6 +642,22 @@ class EventLog:
                 self.entries -= 1
 
 
+def moves_over(log: EventLog, periods: list[tuple[str, int, int | None]]) -> list[LogEntry] | None:
+    """The user's room moves in those periods (name, above, below), in
+    the log's order (None: the log let one of them go)."""
+    moves: list[LogEntry] = []
+    for name, low, high in periods:
+        lst = log.lists.get((MOVES, name))
+        if lst is None and log.let_go_after((MOVES, name), low):
+            return None
+        if lst is not None:
+            if lst.dropped_through > low:
+                return None
+            moves += lst.between(low, high)
+    moves.sort(key=_number)
+    return moves
+
+
 def landed_after(log: EventLog, nick: str, room: str, position: Position, start: int,
                  start_stream: StreamId) -> list[LogEntry] | None:
     """Our own entries numbered up to ``start`` (before we read the user
@@ -673,16 +682,9 @@ def landed_after(log: EventLog, nick: str, room: str, position: Position, start:
     periods = log.names_since(proto.name_key(nick), start)
     if periods is None:
         return None
-    moves: list[LogEntry] = []
-    for name, low, high in periods:
-        lst = log.lists.get((MOVES, name))
-        if lst is None and log.let_go_after((MOVES, name), low):
-            return None
-        if lst is not None:
-            if lst.dropped_through > low:
-                return None
-            moves += lst.between(low, high)
-    moves.sort(key=_number)
+    moves = moves_over(log, periods)
+    if moves is None:
+        return None
     first_room = moves[0].old if moves else room
 
     def room_at(stream: StreamId | None) -> str:
