@@ -157,12 +157,10 @@ they were in the stream and landing there after the user's start).
 
 Profiles: ``ci`` (the default: derandomized, 150 examples of 50 steps per
 machine, the whole model in about 10-15 s) and ``long``
-(``HYPOTHESIS_PROFILE=long``: 3000 examples of 80 steps, random seeds; its
-last run, green: 266 s under the lock, 150 s the cluster, 115 s one node;
-since then, 2026-12-02, three runs found the failures fixed or made OPEN
-rules above, the last at 2c3332c: OneNode green in 81 s, Cluster failed
-after 52 s on the Redis restart while a paused node's session was taken
-up elsewhere, now an OPEN rule; no green long run has been made since).
+(``HYPOTHESIS_PROFILE=long``: 3000 examples of 80 steps, random seeds; on
+2026-12-02 three runs found the failures fixed or made OPEN rules above,
+the last at 2c3332c; the next, at 80b88ad, was green: both machines in
+185 s on 2 cores).
 """
 
 from __future__ import annotations
